@@ -1,0 +1,3 @@
+//! Benchmark placeholder: replaced by the crate's criterion benchmark.
+
+fn main() {}

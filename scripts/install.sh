@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, when it is missing, idempotently. Debian 12 (bookworm).
+#   Debian packages (apt-get, bookworm-backports added for QEMU 10 and the 6.12 kernel),
+#   Python packages (pip, in a virtualenv under $NITRO_CACHE), cargo tools (cargo install --locked),
+#   the Rust targets and toolchains the tests build for, and the emulator (scripts/setup-emulator.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+# --- Debian packages -------------------------------------------------------------------------
+[ -r /etc/debian_version ] || die "scripts/install.sh supports Debian 12 (bookworm) only"
+
+# bookworm-backports from the same mirror as the configured suites.
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    mirror=$(grep -rhs -m1 -E '^URIs:.*/debian/?$' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | head -n1)
+    [ -n "$mirror" ] || mirror=$(grep -rhs -m1 -E '^deb .*/debian/? bookworm' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{print $2}' | head -n1)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+    log "adding bookworm-backports from $mirror"
+    printf 'Types: deb deb-src\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" \
+        | as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+    _APT_UPDATED=0
+fi
+
+# Everything the tests use as a real peer or a build input.
+apt_install \
+    ca-certificates curl xz-utils bzip2 cpio pkgconf gcc make \
+    musl-tools \
+    openssl \
+    socat iperf3 libssl-dev \
+    nbdkit libnbd-bin \
+    python3-venv python3-pip
+# qemu-img / qemu-io / qemu-nbd: QEMU 10 from backports.
+apt_install -t bookworm-backports qemu-utils
+
+# --- Python packages -------------------------------------------------------------------------
+MOTO_VERSION=5.2.5
+if ! "$NITRO_VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    log "pip install moto[server]==$MOTO_VERSION"
+    python3 -m venv "$NITRO_VENV"
+    "$NITRO_VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
+fi
+
+# --- Rust targets and toolchains -------------------------------------------------------------
+# Static enclave binaries (PID 1, the enclave application) are built for musl.
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
+    || rustup target add x86_64-unknown-linux-musl
+# cargo-fuzz needs a nightly toolchain.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+
+# --- cargo tools -----------------------------------------------------------------------------
+cargo_install cargo-deny 0.20.2
+cargo_install cargo-fuzz 0.13.1
+
+# --- the emulator (QEMU nitro-enclave, vhost-device-vsock, Debian 6.12 kernel) ---------------
+if [ -x scripts/setup-emulator.sh ]; then
+    scripts/setup-emulator.sh
+fi

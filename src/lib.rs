@@ -1,0 +1,1 @@
+//! Test-support code shared by the examples, benches and integration tests.
