@@ -1,2 +1,17 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
+
+mod addr;
+mod client;
+mod error;
+pub mod protocol;
+mod stats;
+pub mod time;
+mod transport;
+
+pub use addr::{Addr, NITRO_PARENT_CID, PARENT_CID_VAR, parent_cid, parent_cid_from_cmdline};
+pub use client::{ClientConfig, EgressClient, TunnelStream};
+pub use error::{Error, PolicyError, ProtocolError, Refusal, RefusalCode, TimeError};
+pub use stats::{ConnectionInfo, CountersSnapshot};
+pub use transport::{DEFAULT_CONNECT_TIMEOUT, Listener, PeerAddr, Stream};
