@@ -1,0 +1,267 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong in this crate.
+///
+/// Errors caused by untrusted input (a malformed envelope, a hostile HTTP response, a damaged
+/// sealed secret) are distinct variants from configuration mistakes ([`Error::Config`]); none of
+/// them ever carries key material, plaintexts or credentials.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A `CiphertextForRecipient` (CMS `EnvelopedData`) could not be parsed or opened.
+    #[error("CMS envelope: {0}")]
+    Cms(#[from] CmsError),
+
+    /// KMS (or the local KMS) answered with an error.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+
+    /// A `Recipient` was sent but the response carried no `CiphertextForRecipient`: the call
+    /// fails closed instead of using a plaintext field.
+    #[error(
+        "{operation}: the response has no CiphertextForRecipient although a Recipient was sent"
+    )]
+    MissingCiphertextForRecipient {
+        /// The KMS operation, e.g. `Decrypt`.
+        operation: &'static str,
+    },
+
+    /// A `Recipient` was sent and the server answered in plaintext (it ignored `Recipient`, as
+    /// moto does): the call fails closed.
+    #[error(
+        "{operation}: the server returned a plaintext although a Recipient was sent (Recipient ignored?)"
+    )]
+    RecipientIgnored {
+        /// The KMS operation, e.g. `Decrypt`.
+        operation: &'static str,
+    },
+
+    /// A response could not be understood.
+    #[error("{operation}: invalid response: {reason}")]
+    InvalidResponse {
+        /// The operation (or protocol step) whose response was invalid.
+        operation: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// I/O failed (connecting, reading, writing, files).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// TLS failed (handshake, certificate validation).
+    #[error("TLS: {0}")]
+    Tls(#[source] std::io::Error),
+
+    /// HTTP failed below the KMS protocol (connection closed, malformed HTTP).
+    #[error("HTTP: {0}")]
+    Http(String),
+
+    /// A step took longer than its configured timeout.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        what: &'static str,
+        /// The configured limit.
+        after: Duration,
+    },
+
+    /// No usable credentials (missing, expired, or the provider failed).
+    #[error("credentials: {0}")]
+    Credentials(String),
+
+    /// SigV4 signing failed, or (local KMS) an incoming signature did not verify.
+    #[error("SigV4: {0}")]
+    Signing(String),
+
+    /// Attestation failed: the NSM refused to produce a document, or (local KMS) a document did
+    /// not verify.
+    #[error("attestation: {0}")]
+    Attestation(String),
+
+    /// A cryptographic operation failed (key generation, encryption). Opaque on purpose.
+    #[error("cryptographic operation failed: {0}")]
+    Crypto(&'static str),
+
+    /// A sealed secret was malformed, damaged, or does not match what the caller expected.
+    #[error("sealed secret: {0}")]
+    Sealed(String),
+
+    /// A key policy document is malformed or uses something the local KMS does not support.
+    #[error("key policy: {0}")]
+    Policy(String),
+
+    /// The configuration is invalid (API misuse, not untrusted input).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether a retry may succeed (throttling, 5xx, transient network failures, timeouts).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Service(e) => e.is_retryable(),
+            Self::Io { .. } | Self::Http(_) | Self::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The KMS error code (`__type` without namespace), when this is a service error.
+    pub fn service_code(&self) -> Option<&str> {
+        match self {
+            Self::Service(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+/// An error returned by KMS (or by the local KMS, or another KMS-compatible server), with the
+/// code from `__type` (namespace removed) and the message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub struct ServiceError {
+    /// HTTP status code.
+    pub status: u16,
+    /// Error code, e.g. `AccessDeniedException` (from `__type` or `x-amzn-ErrorType`).
+    pub code: String,
+    /// Error message (`message` or `Message`), empty when the server sent none.
+    pub message: String,
+    /// `x-amzn-RequestId`, when present.
+    pub request_id: Option<String>,
+}
+
+impl ServiceError {
+    /// Creates a service error.
+    pub fn new(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            request_id: None,
+        }
+    }
+
+    /// Whether KMS documents this error as transient.
+    pub fn is_retryable(&self) -> bool {
+        self.status >= 500
+            || matches!(
+                self.code.as_str(),
+                "ThrottlingException"
+                    | "Throttling"
+                    | "TooManyRequestsException"
+                    | "RequestLimitExceeded"
+                    | "DependencyTimeoutException"
+                    | "KeyUnavailableException"
+                    | "KMSInternalException"
+                    | "ServiceUnavailable"
+                    | "ServiceUnavailableException"
+                    | "InternalFailure"
+            )
+    }
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KMS error {} (HTTP {})", self.code, self.status)?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " [request id {id}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a CMS envelope was rejected. Every malformed, truncated or hostile input maps to one of
+/// these; none panics.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CmsError {
+    /// The input ended inside an element.
+    #[error("truncated input")]
+    Truncated,
+    /// The input is larger than the configured limit, or a length does not fit.
+    #[error("input or length too large")]
+    TooLarge,
+    /// Nesting deeper than the parser follows.
+    #[error("nesting too deep")]
+    TooDeep,
+    /// Not valid BER, or a value of the wrong shape.
+    #[error("malformed BER: {0}")]
+    Malformed(&'static str),
+    /// A required element is absent.
+    #[error("missing {0}")]
+    Missing(&'static str),
+    /// An element has an unexpected tag.
+    #[error("{field}: unexpected tag 0x{found:02x}")]
+    UnexpectedTag {
+        /// The element being read.
+        field: &'static str,
+        /// The identifier octet found.
+        found: u8,
+    },
+    /// Bytes after the end of an element that must be complete.
+    #[error("trailing data after {0}")]
+    TrailingData(&'static str),
+    /// An object identifier other than the one required.
+    #[error("{field}: unsupported object identifier {oid}")]
+    UnexpectedOid {
+        /// The element being read.
+        field: &'static str,
+        /// Dotted form of the identifier found.
+        oid: String,
+    },
+    /// A version number this crate does not support.
+    #[error("{field}: unsupported version {version}")]
+    UnsupportedVersion {
+        /// The structure carrying the version.
+        field: &'static str,
+        /// The version found.
+        version: u32,
+    },
+    /// Not exactly one recipient, or a recipient that is not a `KeyTransRecipientInfo`.
+    #[error("unsupported recipients: {0}")]
+    UnsupportedRecipient(&'static str),
+    /// Key-encryption parameters other than RSAES-OAEP with SHA-256, MGF1-SHA-256, empty label.
+    #[error("unsupported key encryption parameters: {0}")]
+    UnsupportedKeyEncryption(&'static str),
+    /// The IV is not a 16-byte OCTET STRING.
+    #[error("AES-256-CBC IV must be 16 bytes, found {0}")]
+    BadIv(usize),
+    /// Optional structures (originatorInfo, unprotectedAttrs) this crate does not process.
+    #[error("unsupported optional field {0}")]
+    UnsupportedField(&'static str),
+    /// The envelope names a recipient other than the key used to open it.
+    #[error("the envelope is addressed to another recipient")]
+    RecipientMismatch,
+    /// The encrypted content key could not be decrypted with the private key (wrong key or
+    /// damaged envelope).
+    #[error("RSA-OAEP decryption of the content key failed")]
+    KeyDecryption,
+    /// The decrypted content key is not 32 bytes.
+    #[error("content key must be 32 bytes, found {0}")]
+    BadContentKey(usize),
+    /// The encrypted content is empty or not a whole number of AES blocks.
+    #[error("encrypted content length {0} is not a positive multiple of 16")]
+    BadContentLength(usize),
+    /// The PKCS#7 padding is invalid (wrong key or damaged content).
+    #[error("invalid PKCS#7 padding")]
+    BadPadding,
+}
