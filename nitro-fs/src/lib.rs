@@ -1,2 +1,17 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod client;
+mod device;
+mod error;
+mod file;
+pub mod proto;
+mod server;
+
+pub use client::{
+    ClientConfig, ExportInfo, NbdClient, ReconnectPolicy, Transport, list_exports, negotiate,
+};
+pub use device::{BlockDevice, MemDevice};
+pub use error::{Error, IntegrityError, NbdErrno, ProtocolError, Result};
+pub use file::FileDevice;
+pub use server::{Export, Server, ServerConfig};
