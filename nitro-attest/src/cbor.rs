@@ -50,6 +50,10 @@ impl<'a> Reader<'a> {
         Reader { data, pos: 0 }
     }
 
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.pos >= self.data.len()
     }

@@ -410,7 +410,9 @@ pub struct UnverifiedDocument {
 }
 
 impl UnverifiedDocument {
-    /// Parses raw COSE_Sign1 bytes (tagged or untagged).
+    /// Parses raw COSE_Sign1 bytes (tagged or untagged). The input must be exactly one
+    /// COSE_Sign1 item: trailing bytes are an error (see [`UnverifiedDocument::parse_prefix`]
+    /// for documents stored inside a larger container).
     ///
     /// # Errors
     ///
@@ -418,6 +420,25 @@ impl UnverifiedDocument {
     /// [`Error::Cbor`]/[`Error::Cose`] for a malformed envelope, [`Error::MissingField`],
     /// [`Error::DuplicateField`] or [`Error::InvalidField`] for a malformed payload.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let (doc, len) = Self::parse_prefix(bytes)?;
+        if len != bytes.len() {
+            return Err(Error::Cbor {
+                offset: len,
+                reason: "trailing bytes after the COSE_Sign1 array",
+            });
+        }
+        Ok(doc)
+    }
+
+    /// Parses the COSE_Sign1 item at the start of `bytes` and returns it with its length in
+    /// bytes; what follows is ignored. For containers that append data after the document
+    /// (e.g. dstack stores a SCALE-encoded trailer after it). The trailing bytes are not
+    /// covered by the signature.
+    ///
+    /// # Errors
+    ///
+    /// As [`UnverifiedDocument::parse`], except for trailing bytes.
+    pub fn parse_prefix(bytes: &[u8]) -> Result<(Self, usize)> {
         if bytes.len() > MAX_DOCUMENT_SIZE {
             return Err(Error::DocumentTooLarge {
                 size: bytes.len(),
@@ -462,12 +483,10 @@ impl UnverifiedDocument {
         if r.has_next(&mut remaining) {
             return Err(Error::Cose("array has more than 4 elements"));
         }
-        if !r.is_empty() {
-            return Err(r.err("trailing bytes after the COSE_Sign1 array"));
-        }
+        let len = r.position();
         let (algorithm, critical_headers) = parse_protected(&protected)?;
         let payload = AttestationDocument::from_payload(&payload_bytes)?;
-        Ok(UnverifiedDocument {
+        let doc = UnverifiedDocument {
             tagged,
             protected: protected.into_owned(),
             algorithm,
@@ -475,7 +494,8 @@ impl UnverifiedDocument {
             payload_bytes: payload_bytes.into_owned(),
             signature: signature.into_owned(),
             payload,
-        })
+        };
+        Ok((doc, len))
     }
 
     /// The typed payload. **Not verified**: do not base decisions on it before verification.

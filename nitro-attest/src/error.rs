@@ -46,6 +46,10 @@ pub enum Error {
     #[error("COSE signature is {0} bytes, ES384 requires 96 (raw r || s)")]
     SignatureLength(usize),
 
+    /// Text input is neither raw CBOR, hex nor base64 (see [`decode_input`](crate::decode_input)).
+    #[error("cannot decode input: {0}")]
+    InputEncoding(String),
+
     // ---- payload -----------------------------------------------------------------------------
     /// A mandatory payload field is absent or CBOR `null`.
     #[error("payload field `{0}` is missing")]

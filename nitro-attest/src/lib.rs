@@ -8,6 +8,7 @@ mod chain;
 pub mod dangerous;
 mod document;
 mod error;
+mod input;
 mod nsm;
 mod time;
 mod verify;
@@ -19,6 +20,7 @@ pub use document::{
     MAX_DOCUMENT_SIZE, MAX_OPTIONAL_FIELD, MAX_PCRS, PCR_LEN, UnverifiedDocument,
 };
 pub use error::{CertRef, CertificateError, Error, Field, NsmErrorCode, Result};
+pub use input::decode_input;
 #[cfg(feature = "device")]
 #[cfg_attr(docsrs, doc(cfg(feature = "device")))]
 pub use nsm::device::{NSM_DEVICE_PATH, NsmDevice};

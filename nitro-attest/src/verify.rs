@@ -386,29 +386,37 @@ impl Verifier {
         let n_ca = bundle.len() - 1;
         anchor
             .info
-            .check_validity(at, leeway)
-            .and_then(|()| anchor.info.check_ca(n_ca))
+            .check_ca(n_ca)
             .map_err(|r| cert_err(CertRef::Bundle(0), r))?;
 
+        // Pass 1, top down: issuer names, signatures, per-certificate and role constraints.
+        let mut chain: Vec<(CertRef, Arc<CertInfo>)> = Vec::with_capacity(bundle.len() + 1);
+        chain.push((CertRef::Bundle(0), anchor.info.clone()));
         let mut issuer_der: &[u8] = root_der;
-        let mut issuer: Arc<CertInfo> = anchor.info.clone();
         for (i, der) in bundle.iter().enumerate().skip(1) {
+            let issuer = &chain[chain.len() - 1].1;
             let info = self
-                .link(&issuer, issuer_der, der)
+                .link(issuer, issuer_der, der)
+                .and_then(|info| info.check_ca(n_ca - i).map(|()| info))
                 .map_err(|r| cert_err(CertRef::Bundle(i), r))?;
-            info.check_validity(at, leeway)
-                .and_then(|()| info.check_ca(n_ca - i))
-                .map_err(|r| cert_err(CertRef::Bundle(i), r))?;
-            issuer = info;
+            chain.push((CertRef::Bundle(i), info));
             issuer_der = der;
         }
+        let issuer = &chain[chain.len() - 1].1;
         let leaf = self
-            .link(&issuer, issuer_der, &doc.certificate)
+            .link(issuer, issuer_der, &doc.certificate)
+            .and_then(|info| info.check_leaf().map(|()| info))
             .map_err(|r| cert_err(CertRef::Leaf, r))?;
-        leaf.check_validity(at, leeway)
-            .and_then(|()| leaf.check_leaf())
-            .map_err(|r| cert_err(CertRef::Leaf, r))?;
-        Ok(leaf.cose_key.clone())
+        let key = leaf.cose_key.clone();
+        chain.push((CertRef::Leaf, leaf));
+
+        // Pass 2, leaf first: validity at the check time, so that an old document reports its
+        // expired leaf rather than an expired intermediate.
+        for (cert, info) in chain.iter().rev() {
+            info.check_validity(at, leeway)
+                .map_err(|r| cert_err(*cert, r))?;
+        }
+        Ok(key)
     }
 
     fn link(
