@@ -77,8 +77,6 @@ impl Tag {
 pub(crate) struct Element<'a> {
     pub(crate) tag: Tag,
     pub(crate) content: &'a [u8],
-    /// Whether the length was indefinite.
-    pub(crate) indefinite: bool,
     depth: usize,
 }
 
@@ -281,7 +279,6 @@ fn parse_element(input: &[u8], depth: usize) -> Result<(Element<'_>, usize), Cms
                 Element {
                     tag,
                     content,
-                    indefinite: false,
                     depth,
                 },
                 header_len + len,
@@ -310,7 +307,6 @@ fn parse_element(input: &[u8], depth: usize) -> Result<(Element<'_>, usize), Cms
                 Element {
                     tag,
                     content,
-                    indefinite: true,
                     depth,
                 },
                 header_len + pos + 2,
@@ -383,7 +379,6 @@ mod tests {
         ];
         let mut r = Reader::new(&input);
         let seq = r.expect(Tag::universal(TAG_SEQUENCE, true), "seq").unwrap();
-        assert!(seq.indefinite);
         r.finish("top").unwrap();
         let mut c = seq.children().unwrap();
         assert_eq!(

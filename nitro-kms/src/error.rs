@@ -86,7 +86,7 @@ pub enum Error {
     /// Attestation failed: the NSM refused to produce a document, or (local KMS) a document did
     /// not verify.
     #[error("attestation: {0}")]
-    Attestation(String),
+    Attestation(#[from] nitro_attest::Error),
 
     /// A cryptographic operation failed (key generation, encryption). Opaque on purpose.
     #[error("cryptographic operation failed: {0}")]

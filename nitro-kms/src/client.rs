@@ -1,0 +1,775 @@
+//! The KMS client: JSON 1.1 over HTTPS, SigV4, retries, and `Recipient` handling.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cms::Envelope;
+use crate::credentials::{EnvironmentCredentials, ProvideCredentials};
+use crate::error::{Error, ServiceError};
+use crate::http::{Endpoint, HttpClient, Response, TlsRoots};
+use crate::model::*;
+use crate::recipient::{AttestedKey, Recipient};
+use crate::secret::Plaintext;
+use crate::sigv4::{self, Service};
+use crate::transport::{Connect, TcpConnector};
+
+/// Largest KMS response body accepted.
+const MAX_RESPONSE: usize = 1024 * 1024;
+
+/// The time source used for SigV4 (an enclave's clock may need correcting, see
+/// `nitro_net::time`).
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// [`SystemTime::now`].
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Retry policy: up to `max_attempts` attempts, with "full jitter" exponential backoff (a
+/// random delay between zero and `min(max_backoff, initial_backoff × 2^(attempt-1))`) after
+/// throttling, 5xx, and transient network errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// Total attempts including the first (default 3; 1 disables retries).
+    pub max_attempts: u32,
+    /// Base delay (default 100 ms).
+    pub initial_backoff: Duration,
+    /// Delay cap (default 5 s).
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// A policy with `max_attempts` attempts and the default delays.
+    pub fn new(max_attempts: u32) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// The delay before attempt `attempt + 1` (`attempt` ≥ 1), given a uniform random `r` in
+    /// `[0, 1)`. Pure.
+    pub fn backoff(&self, attempt: u32, r: f64) -> Duration {
+        let exp = self.initial_backoff.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
+        exp.min(self.max_backoff).mul_f64(r.clamp(0.0, 1.0))
+    }
+}
+
+/// The default KMS endpoint of a region: `https://kms.<region>.amazonaws.com` (or `kms-fips.`),
+/// with the `amazonaws.com.cn` suffix in the China regions.
+pub fn default_endpoint(region: &str, fips: bool) -> String {
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    let service = if fips { "kms-fips" } else { "kms" };
+    format!("https://{service}.{region}.{suffix}")
+}
+
+/// Builds a [`KmsClient`].
+pub struct KmsClientBuilder {
+    region: String,
+    endpoint: Option<String>,
+    fips: bool,
+    credentials: Option<Arc<dyn ProvideCredentials>>,
+    connector: Option<Arc<dyn Connect>>,
+    roots: TlsRoots,
+    recipient: Option<Recipient>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    retry: RetryConfig,
+    allow_plain_http: bool,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for KmsClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KmsClientBuilder")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KmsClientBuilder {
+    /// Sends requests to `url` (`https://host[:port]`) instead of the regional endpoint: a VPC
+    /// endpoint, or a local KMS. `http://` needs
+    /// [`dangerous_allow_plain_http`](Self::dangerous_allow_plain_http).
+    #[must_use]
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Uses the FIPS endpoint (`kms-fips.<region>`) when no endpoint is set.
+    #[must_use]
+    pub fn fips(mut self, fips: bool) -> Self {
+        self.fips = fips;
+        self
+    }
+
+    /// Where credentials come from (default: the `AWS_*` environment variables, read per call).
+    #[must_use]
+    pub fn credentials(mut self, provider: impl ProvideCredentials + 'static) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
+    }
+
+    /// How streams to the endpoint are opened (default: TCP; in an enclave, the nitro-net
+    /// tunnel with feature `nitro-net`, or any [`Connect`]).
+    #[must_use]
+    pub fn connector(mut self, connector: impl Connect) -> Self {
+        self.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// Which certificate authorities to trust (default: the embedded Mozilla roots).
+    #[must_use]
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.roots = roots;
+        self
+    }
+
+    /// Sends `Recipient` with every attestation-capable call (Decrypt, GenerateDataKey,
+    /// GenerateDataKeyPair, GenerateRandom, DeriveSharedSecret), opens `CiphertextForRecipient`
+    /// and fails closed when it is missing.
+    #[must_use]
+    pub fn recipient(mut self, recipient: Recipient) -> Self {
+        self.recipient = Some(recipient);
+        self
+    }
+
+    /// Limit for opening a connection, TLS handshake included (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Limit for one attempt of a request, response body included (default 10 s).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Retry policy (default [`RetryConfig::default`]).
+    #[must_use]
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Time source for signing (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Accepts `http://` endpoints. **Without TLS the parent (or anyone on the path) can read
+    /// plaintexts and forge responses, including `CiphertextForRecipient`.** Only for test
+    /// servers such as moto.
+    #[must_use]
+    pub fn dangerous_allow_plain_http(mut self) -> Self {
+        self.allow_plain_http = true;
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<KmsClient, Error> {
+        let url = self
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| default_endpoint(&self.region, self.fips));
+        let endpoint = Endpoint::parse(&url)?;
+        if !endpoint.tls && !self.allow_plain_http {
+            return Err(Error::Config(format!(
+                "endpoint {url} is plain HTTP; TLS must end inside the enclave (use https://, or dangerous_allow_plain_http() for test servers)"
+            )));
+        }
+        let tls = self.roots.client_config()?;
+        let connector = self.connector.unwrap_or_else(|| Arc::new(TcpConnector));
+        Ok(KmsClient {
+            inner: Arc::new(Inner {
+                region: self.region,
+                endpoint,
+                http: Arc::new(HttpClient::new(connector, tls, self.connect_timeout)),
+                credentials: self
+                    .credentials
+                    .unwrap_or_else(|| Arc::new(EnvironmentCredentials)),
+                request_timeout: self.request_timeout,
+                retry: self.retry,
+                clock: self.clock,
+                server_date: Mutex::new(None),
+            }),
+            recipient: self.recipient,
+        })
+    }
+}
+
+struct Inner {
+    region: String,
+    endpoint: Endpoint,
+    http: Arc<HttpClient>,
+    credentials: Arc<dyn ProvideCredentials>,
+    request_timeout: Duration,
+    retry: RetryConfig,
+    clock: Arc<dyn Clock>,
+    server_date: Mutex<Option<SystemTime>>,
+}
+
+/// An AWS KMS client (or a client of any KMS-compatible endpoint, such as the local KMS).
+///
+/// Cheap to clone; clones share connections. With a [`Recipient`], the five
+/// attestation-capable operations send it, open `CiphertextForRecipient` with the enclave's
+/// private key, and put the recovered secret in the usual plaintext field of the response
+/// (`plaintext`, `private_key_plaintext`, `shared_secret`) — the raw envelope stays in
+/// `ciphertext_for_recipient`. A response that lacks the envelope is an error
+/// ([`Error::MissingCiphertextForRecipient`], [`Error::RecipientIgnored`]): the plaintext path is
+/// never taken silently.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use nitro_kms::{KmsClient, Recipient, model::DecryptRequest};
+///
+/// let nsm = Arc::new(nitro_attest::NsmDevice::open()?);
+/// let kms = KmsClient::builder("eu-west-1")
+///     .connector(nitro_kms::transport::TcpConnector) // the nitro-net tunnel in an enclave
+///     .recipient(Recipient::new(nsm))
+///     .build()?;
+/// let secret = kms.decrypt(DecryptRequest::new(std::fs::read("secret.bin")?)).await?;
+/// let plaintext = secret.plaintext.expect("always set with a Recipient");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KmsClient {
+    inner: Arc<Inner>,
+    recipient: Option<Recipient>,
+}
+
+impl fmt::Debug for KmsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KmsClient")
+            .field("region", &self.inner.region)
+            .field("endpoint", &self.inner.endpoint.base_url())
+            .field("recipient", &self.recipient.is_some())
+            .finish()
+    }
+}
+
+impl KmsClient {
+    /// A builder for a client of `region`.
+    pub fn builder(region: impl Into<String>) -> KmsClientBuilder {
+        KmsClientBuilder {
+            region: region.into(),
+            endpoint: None,
+            fips: false,
+            credentials: None,
+            connector: None,
+            roots: TlsRoots::default(),
+            recipient: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            retry: RetryConfig::default(),
+            allow_plain_http: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> &str {
+        &self.inner.region
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        self.inner.endpoint.base_url()
+    }
+
+    /// The configured recipient.
+    pub fn recipient(&self) -> Option<&Recipient> {
+        self.recipient.as_ref()
+    }
+
+    /// A client sharing this one's connections, with a different recipient (or none).
+    pub fn with_recipient(&self, recipient: Option<Recipient>) -> KmsClient {
+        KmsClient {
+            inner: self.inner.clone(),
+            recipient,
+        }
+    }
+
+    /// The `Date` of the last response from a TLS endpoint: a time the parent cannot forge,
+    /// with one-second resolution (useful to check an enclave clock).
+    pub fn last_server_date(&self) -> Option<SystemTime> {
+        self.inner.server_date.lock().ok().and_then(|d| *d)
+    }
+
+    /// Sends any KMS operation as raw JSON (for operations this crate does not model).
+    pub async fn call_json(
+        &self,
+        operation: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| Error::Config(format!("cannot encode request: {e}")))?;
+        let resp = self.send_with_retries(operation, Bytes::from(body)).await?;
+        serde_json::from_slice(&resp).map_err(|e| Error::InvalidResponse {
+            operation: "KMS",
+            reason: format!("{operation}: response is not JSON: {e}"),
+        })
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        request: &Req,
+    ) -> Result<Resp, Error> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| Error::Config(format!("cannot encode request: {e}")))?;
+        let resp = self.send_with_retries(operation, Bytes::from(body)).await?;
+        // Some servers answer an empty body for operations without output.
+        let resp: &[u8] = if resp.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &resp
+        };
+        serde_json::from_slice(resp).map_err(|e| Error::InvalidResponse {
+            operation,
+            reason: format!("cannot decode the response: {e}"),
+        })
+    }
+
+    async fn send_with_retries(&self, operation: &str, body: Bytes) -> Result<Bytes, Error> {
+        let retry = &self.inner.retry;
+        let mut attempt = 1;
+        loop {
+            match self.send_once(operation, body.clone()).await {
+                Ok(b) => return Ok(b),
+                Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
+                    let delay = retry.backoff(attempt, random_unit());
+                    tracing::debug!(operation, attempt, ?delay, "retrying after: {e}");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn send_once(&self, operation: &str, body: Bytes) -> Result<Bytes, Error> {
+        let inner = &self.inner;
+        let creds = inner.credentials.provide_credentials().await?;
+        let mut req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri("/")
+            .header(http::header::HOST, inner.endpoint.authority())
+            .header(http::header::CONTENT_TYPE, "application/x-amz-json-1.1")
+            .header("x-amz-target", format!("TrentService.{operation}"))
+            .header(
+                http::header::USER_AGENT,
+                concat!("nitro-kms/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(body)
+            .map_err(|e| Error::Config(format!("cannot build request: {e}")))?;
+        sigv4::sign_request(
+            &mut req,
+            &creds,
+            &inner.region,
+            Service::Kms,
+            inner.clock.now(),
+        )?;
+        let resp = inner
+            .http
+            .send(&inner.endpoint, req, inner.request_timeout, MAX_RESPONSE)
+            .await?;
+        if inner.endpoint.tls
+            && let Some(date) = resp
+                .headers
+                .get(http::header::DATE)
+                .and_then(|d| d.to_str().ok())
+                .and_then(parse_http_date)
+            && let Ok(mut d) = inner.server_date.lock()
+        {
+            *d = Some(date);
+        }
+        if resp.status.is_success() {
+            Ok(resp.body)
+        } else {
+            Err(Error::Service(parse_error(&resp)))
+        }
+    }
+
+    async fn attest(&self) -> Result<Option<Arc<AttestedKey>>, Error> {
+        match &self.recipient {
+            Some(r) => Ok(Some(r.current().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `Decrypt`.
+    pub async fn decrypt(&self, mut request: DecryptRequest) -> Result<DecryptResponse, Error> {
+        let key = self.attest().await?;
+        if let Some(k) = &key {
+            request.recipient = Some(k.recipient_info());
+        }
+        let mut resp: DecryptResponse = self.call("Decrypt", &request).await?;
+        if let Some(k) = key {
+            resp.plaintext = Some(open_for_recipient(
+                "Decrypt",
+                &k,
+                resp.plaintext.take(),
+                resp.ciphertext_for_recipient.as_deref(),
+            )?);
+        }
+        Ok(resp)
+    }
+
+    /// `Encrypt` (never attested: the caller supplies the plaintext).
+    pub async fn encrypt(&self, request: EncryptRequest) -> Result<EncryptResponse, Error> {
+        self.call("Encrypt", &request).await
+    }
+
+    /// `GenerateDataKey` (`AES_256` unless the request sets a key spec or length).
+    pub async fn generate_data_key(
+        &self,
+        mut request: GenerateDataKeyRequest,
+    ) -> Result<GenerateDataKeyResponse, Error> {
+        if request.key_spec.is_none() && request.number_of_bytes.is_none() {
+            request.key_spec = Some(KeySpec::Aes256);
+        }
+        let key = self.attest().await?;
+        if let Some(k) = &key {
+            request.recipient = Some(k.recipient_info());
+        }
+        let mut resp: GenerateDataKeyResponse = self.call("GenerateDataKey", &request).await?;
+        if let Some(k) = key {
+            resp.plaintext = Some(open_for_recipient(
+                "GenerateDataKey",
+                &k,
+                resp.plaintext.take(),
+                resp.ciphertext_for_recipient.as_deref(),
+            )?);
+        }
+        Ok(resp)
+    }
+
+    /// `GenerateDataKeyPair`.
+    pub async fn generate_data_key_pair(
+        &self,
+        mut request: GenerateDataKeyPairRequest,
+    ) -> Result<GenerateDataKeyPairResponse, Error> {
+        let key = self.attest().await?;
+        if let Some(k) = &key {
+            request.recipient = Some(k.recipient_info());
+        }
+        let mut resp: GenerateDataKeyPairResponse =
+            self.call("GenerateDataKeyPair", &request).await?;
+        if let Some(k) = key {
+            resp.private_key_plaintext = Some(open_for_recipient(
+                "GenerateDataKeyPair",
+                &k,
+                resp.private_key_plaintext.take(),
+                resp.ciphertext_for_recipient.as_deref(),
+            )?);
+        }
+        Ok(resp)
+    }
+
+    /// `GenerateRandom`.
+    pub async fn generate_random(
+        &self,
+        mut request: GenerateRandomRequest,
+    ) -> Result<GenerateRandomResponse, Error> {
+        let key = self.attest().await?;
+        if let Some(k) = &key {
+            request.recipient = Some(k.recipient_info());
+        }
+        let mut resp: GenerateRandomResponse = self.call("GenerateRandom", &request).await?;
+        if let Some(k) = key {
+            resp.plaintext = Some(open_for_recipient(
+                "GenerateRandom",
+                &k,
+                resp.plaintext.take(),
+                resp.ciphertext_for_recipient.as_deref(),
+            )?);
+        }
+        Ok(resp)
+    }
+
+    /// `DeriveSharedSecret`.
+    pub async fn derive_shared_secret(
+        &self,
+        mut request: DeriveSharedSecretRequest,
+    ) -> Result<DeriveSharedSecretResponse, Error> {
+        let key = self.attest().await?;
+        if let Some(k) = &key {
+            request.recipient = Some(k.recipient_info());
+        }
+        let mut resp: DeriveSharedSecretResponse =
+            self.call("DeriveSharedSecret", &request).await?;
+        if let Some(k) = key {
+            resp.shared_secret = Some(open_for_recipient(
+                "DeriveSharedSecret",
+                &k,
+                resp.shared_secret.take(),
+                resp.ciphertext_for_recipient.as_deref(),
+            )?);
+        }
+        Ok(resp)
+    }
+
+    /// `CreateKey`.
+    pub async fn create_key(
+        &self,
+        request: CreateKeyRequest,
+    ) -> Result<KeyMetadataResponse, Error> {
+        self.call("CreateKey", &request).await
+    }
+
+    /// `DescribeKey` of `key_id`.
+    pub async fn describe_key(&self, key_id: &str) -> Result<KeyMetadataResponse, Error> {
+        self.call("DescribeKey", &serde_json::json!({ "KeyId": key_id }))
+            .await
+    }
+
+    /// `PutKeyPolicy`.
+    pub async fn put_key_policy(&self, request: PutKeyPolicyRequest) -> Result<(), Error> {
+        let _: serde_json::Value = self.call("PutKeyPolicy", &request).await?;
+        Ok(())
+    }
+
+    /// `GetKeyPolicy`.
+    pub async fn get_key_policy(
+        &self,
+        request: GetKeyPolicyRequest,
+    ) -> Result<GetKeyPolicyResponse, Error> {
+        self.call("GetKeyPolicy", &request).await
+    }
+
+    /// `ListKeys`.
+    pub async fn list_keys(&self, request: ListKeysRequest) -> Result<ListKeysResponse, Error> {
+        self.call("ListKeys", &request).await
+    }
+}
+
+/// Opens the envelope of an attested response, failing closed when it is missing.
+fn open_for_recipient(
+    operation: &'static str,
+    key: &AttestedKey,
+    plaintext: Option<Plaintext>,
+    envelope: Option<&[u8]>,
+) -> Result<Plaintext, Error> {
+    match envelope {
+        Some(envelope) => Ok(Envelope::parse(envelope)?.open(key.key())?),
+        None if plaintext.is_some() => Err(Error::RecipientIgnored { operation }),
+        None => Err(Error::MissingCiphertextForRecipient { operation }),
+    }
+}
+
+/// Reads a KMS error response liberally: `__type` (namespace and `:suffix` removed) or the
+/// `x-amzn-ErrorType` header, `message` or `Message`.
+pub(crate) fn parse_error(resp: &Response) -> ServiceError {
+    let header = |name: &str| {
+        resp.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let json: Option<serde_json::Value> = serde_json::from_slice(&resp.body).ok();
+    let field = |names: &[&str]| -> Option<String> {
+        let obj = json.as_ref()?.as_object()?;
+        names
+            .iter()
+            .find_map(|n| obj.get(*n).and_then(|v| v.as_str()).map(str::to_owned))
+    };
+    let code = field(&["__type", "code", "Code"])
+        .or_else(|| header("x-amzn-errortype"))
+        .map(|c| normalize_code(&c))
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| format!("HTTP{}", resp.status.as_u16()));
+    let message = field(&["message", "Message", "errorMessage"]).unwrap_or_else(|| {
+        if json.is_some() {
+            String::new()
+        } else {
+            // A non-JSON body (an HTML error page): a short printable excerpt.
+            String::from_utf8_lossy(resp.body.get(..200).unwrap_or(&resp.body))
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+                .trim()
+                .to_owned()
+        }
+    });
+    let mut err = ServiceError::new(resp.status.as_u16(), code, message);
+    err.request_id = header("x-amzn-requestid");
+    err
+}
+
+fn normalize_code(code: &str) -> String {
+    let code = code.rsplit('#').next().unwrap_or(code);
+    let code = code.split(':').next().unwrap_or(code);
+    code.trim().to_owned()
+}
+
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let t = time::PrimitiveDateTime::parse(s, &fmt).ok()?;
+    Some(SystemTime::from(t.assume_utc()))
+}
+
+/// A uniform random number in `[0, 1)`.
+fn random_unit() -> f64 {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        Response {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: h,
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn errors_parsed_liberally() {
+        let e = parse_error(&resp(
+            400,
+            &[("x-amzn-RequestId", "rid")],
+            r#"{"__type":"com.amazonaws.kms#NotFoundException","message":"no key"}"#,
+        ));
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("NotFoundException", "no key")
+        );
+        assert_eq!(e.request_id.as_deref(), Some("rid"));
+        let e = parse_error(&resp(
+            400,
+            &[],
+            r#"{"__type":"AccessDeniedException","Message":"User: x is not authorized"}"#,
+        ));
+        assert_eq!(e.message, "User: x is not authorized");
+        let e = parse_error(&resp(
+            400,
+            &[],
+            r#"{"__type":"InvalidCiphertextException"}"#,
+        ));
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("InvalidCiphertextException", "")
+        );
+        let e = parse_error(&resp(
+            400,
+            &[(
+                "x-amzn-ErrorType",
+                "ThrottlingException:http://internal.amazon.com/",
+            )],
+            "",
+        ));
+        assert_eq!(e.code, "ThrottlingException");
+        assert!(e.is_retryable());
+        let e = parse_error(&resp(500, &[], "<html><body>boom</body></html>"));
+        assert_eq!(e.code, "HTTP500");
+        assert!(e.message.contains("boom"));
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_grows() {
+        let r = RetryConfig::default();
+        assert_eq!(r.backoff(1, 0.0), Duration::ZERO);
+        assert_eq!(r.backoff(1, 1.0), Duration::from_millis(100));
+        assert_eq!(r.backoff(3, 1.0), Duration::from_millis(400));
+        assert_eq!(r.backoff(40, 1.0), Duration::from_secs(5));
+        let u = random_unit();
+        assert!((0.0..1.0).contains(&u));
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            default_endpoint("eu-west-1", false),
+            "https://kms.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            default_endpoint("us-east-1", true),
+            "https://kms-fips.us-east-1.amazonaws.com"
+        );
+        assert_eq!(
+            default_endpoint("cn-north-1", false),
+            "https://kms.cn-north-1.amazonaws.com.cn"
+        );
+        assert!(
+            KmsClient::builder("r")
+                .endpoint("http://127.0.0.1:1")
+                .build()
+                .is_err()
+        );
+        assert!(
+            KmsClient::builder("r")
+                .endpoint("http://127.0.0.1:1")
+                .dangerous_allow_plain_http()
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn http_dates() {
+        let t = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+            784111777
+        );
+        assert!(parse_http_date("yesterday").is_none());
+    }
+}
