@@ -51,7 +51,9 @@ pub fn decode_input(input: &[u8]) -> Result<Cow<'_, [u8]>> {
         .strip_prefix(b"0x")
         .or_else(|| text.strip_prefix(b"0X"))
         .unwrap_or(&text);
-    if !hex_body.is_empty() && hex_body.len() % 2 == 0 && hex_body.iter().all(u8::is_ascii_hexdigit)
+    if !hex_body.is_empty()
+        && hex_body.len().is_multiple_of(2)
+        && hex_body.iter().all(u8::is_ascii_hexdigit)
     {
         return hex::decode(hex_body)
             .map(Cow::Owned)
