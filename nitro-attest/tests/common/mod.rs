@@ -1,6 +1,7 @@
 //! Locating the real fixtures (`NITRO_FIXTURES`, default `<workspace>/../shared/fixtures`).
 
 #![allow(dead_code)] // each test binary uses a subset
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: failing loudly is the point
 
 use std::path::PathBuf;
 
