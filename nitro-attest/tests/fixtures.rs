@@ -5,6 +5,8 @@
 //! time and four hours after its timestamp. Skipped (with a message) when the fixtures are
 //! absent, except under `CI=true`.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod common;
 
 use std::sync::Arc;
