@@ -104,6 +104,7 @@ impl EgressClient {
     /// error.
     pub async fn connect(&self, host: &str, port: u16) -> Result<TunnelStream, Error> {
         let (stream, peer) = self.open(host, port).await?;
+        self.inner.counters.opened();
         let conn = Arc::new(ByteCounters::default());
         Ok(TunnelStream {
             stream,
@@ -122,10 +123,7 @@ impl EgressClient {
         .encode()?;
         let (stream, resp) = self.exchange(&req).await?;
         match resp {
-            Response::Connected { peer } => {
-                self.inner.counters.opened();
-                Ok((stream, peer))
-            }
+            Response::Connected { peer } => Ok((stream, peer)),
             Response::Refused { refusal, .. } => {
                 self.inner.counters.refused();
                 Err(Error::Refused(refusal))

@@ -4,14 +4,26 @@
 
 mod addr;
 mod client;
+mod egress;
 mod error;
+pub mod ingress;
+pub mod policy;
 pub mod protocol;
+pub mod proxy;
+mod relay;
+mod server;
 mod stats;
 pub mod time;
 mod transport;
 
 pub use addr::{Addr, NITRO_PARENT_CID, PARENT_CID_VAR, parent_cid, parent_cid_from_cmdline};
 pub use client::{ClientConfig, EgressClient, TunnelStream};
+pub use egress::{EgressServer, Resolve, StaticResolver, SystemResolver};
 pub use error::{Error, PolicyError, ProtocolError, Refusal, RefusalCode, TimeError};
+pub use ingress::{IngressConnection, IngressForward, IngressListener, IngressServer};
+pub use policy::Policy;
+pub use proxy::{LocalProxy, ProxyKind};
+pub use relay::{BUFFER_SIZE, RelayTotals, relay};
+pub use server::{Limits, ServerHandle, Shutdown};
 pub use stats::{ConnectionInfo, CountersSnapshot};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, Listener, PeerAddr, Stream};

@@ -1,0 +1,1393 @@
+//! The parent-side egress policy: which destinations the enclave may reach.
+//!
+//! # Rules
+//!
+//! A policy is two ordered lists of rules, `allow` and `deny`. Each rule names either a host
+//! pattern or a CIDR block, optionally restricted to ports:
+//!
+//! ```toml
+//! [[allow]]
+//! host = "kms.us-east-1.amazonaws.com"   # exact name
+//! ports = [443]
+//!
+//! [[allow]]
+//! host = "*.amazonaws.com"               # any name below amazonaws.com (any depth), not amazonaws.com itself
+//! ports = [443, "8000-8100"]
+//!
+//! [[allow]]
+//! cidr = "10.0.0.0/8"                    # IPv4 or IPv6 block
+//!
+//! [[deny]]
+//! cidr = "169.254.169.254/32"
+//! ```
+//!
+//! - **Default deny**: what no `allow` rule admits is refused.
+//! - **Deny wins**: a destination matched by any `deny` rule is refused, whatever allows it.
+//! - **Names are normalised** before matching, in requests and in rules alike: case folded,
+//!   one trailing dot dropped, internationalised names converted to their ASCII (IDNA/UTS 46)
+//!   form. Host patterns are `name`, `*.name` (label boundary: `*.example.com` does not match
+//!   `evilexample.com`) or `*` (any name).
+//! - **Addresses are canonicalised** before matching: IPv4 written in decimal
+//!   (`2130706433`), octal (`0177.0.0.1`), hexadecimal (`0x7f.1`) or short forms (`127.1`), and
+//!   IPv4-mapped (`::ffff:127.0.0.1`) or IPv4-compatible (`::127.0.0.1`) IPv6 literals all become
+//!   the plain IPv4 address. A NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address is also
+//!   checked against the `deny` rules through the IPv4 address it embeds.
+//! - **IP literals need a `cidr` rule**; host rules only match names.
+//! - **Every resolved address is re-checked** (DNS rebinding): a name admitted by a host rule
+//!   may only lead to *public* addresses, unless a `cidr` rule allows the address, or the
+//!   host rule says `private = true` (then RFC 1918, CGNAT and IPv6 ULA addresses are also
+//!   admitted, for VPC endpoints). Loopback, link-local (including the instance metadata
+//!   service `169.254.169.254`), multicast, documentation and other special-purpose ranges are
+//!   only ever reachable through an explicit `cidr` allow rule. Addresses refused this way are
+//!   dropped; the request is refused when none is left.
+//!
+//! Everything here is pure: [`Policy::check_name`] and [`Policy::check_addresses`] take the
+//! request and the resolved addresses and return the verdict, so the decisions are tested
+//! without any network.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
+use std::path::Path;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::Deserialize;
+
+use crate::{PolicyError, Refusal, RefusalCode};
+
+/// A destination host after normalisation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Host {
+    /// A DNS name in canonical ASCII form (lower case, no trailing dot, IDNA-encoded).
+    Name(String),
+    /// An IP address in canonical form (IPv4-mapped and IPv4-compatible IPv6 become IPv4).
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// Normalises a host as an application wrote it: an IP literal in any spelling (see the
+/// [module documentation](self)) or a DNS name.
+///
+/// ```
+/// use nitro_net::policy::{Host, normalize_host};
+/// use std::net::{IpAddr, Ipv4Addr};
+///
+/// let meta = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254));
+/// for spelling in ["169.254.169.254", "2852039166", "0251.0376.0251.0376", "0xa9.0xfe.0xa9fe",
+///                  "[::ffff:169.254.169.254]", "::ffff:a9fe:a9fe", "169.254.43518"] {
+///     assert_eq!(normalize_host(spelling)?, Host::Ip(meta), "{spelling}");
+/// }
+/// assert_eq!(normalize_host("KMS.us-east-1.AmazonAWS.com.")?,
+///            Host::Name("kms.us-east-1.amazonaws.com".into()));
+/// assert_eq!(normalize_host("bücher.example")?, Host::Name("xn--bcher-kva.example".into()));
+/// assert!(normalize_host("evil.com/x").is_err());
+/// # Ok::<(), nitro_net::PolicyError>(())
+/// ```
+pub fn normalize_host(input: &str) -> Result<Host, PolicyError> {
+    let invalid = |reason: &str| PolicyError::InvalidHost {
+        pattern: input.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if input.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if input.len() > 1024 {
+        return Err(invalid("longer than 1024 bytes"));
+    }
+    let bracketed = input.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
+    if let Some(inner) = bracketed {
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|ip| Host::Ip(canonical_ip(IpAddr::V6(ip))))
+            .map_err(|_| {
+                invalid("not an IPv6 address between brackets (zone ids are not accepted)")
+            });
+    }
+    if input.contains(':') {
+        return input
+            .parse::<Ipv6Addr>()
+            .map(|ip| Host::Ip(canonical_ip(IpAddr::V6(ip))))
+            .map_err(|_| invalid("contains ':' but is not an IPv6 address"));
+    }
+    // UTS 46 mapping first: it folds case, full-width digits and dots, so an IPv4 address
+    // spelled with them is recognised as one below.
+    let ascii = idna::uts46::Uts46::new()
+        .to_ascii(
+            input.as_bytes(),
+            idna::uts46::AsciiDenyList::URL,
+            idna::uts46::Hyphens::Allow,
+            idna::uts46::DnsLength::Ignore,
+        )
+        .map_err(|_| invalid("not a valid internationalised domain name"))?;
+    // One trailing dot (the DNS root) is dropped; after mapping, so that an ideographic full
+    // stop counts too.
+    let ascii = ascii.strip_suffix('.').unwrap_or(&ascii);
+    if ascii.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if ends_in_number(ascii) {
+        return parse_ipv4_spelling(ascii)
+            .map(|ip| Host::Ip(IpAddr::V4(ip)))
+            .ok_or_else(|| invalid("ends in a number but is not a valid IPv4 address"));
+    }
+    validate_dns_name(ascii).map_err(|r| invalid(&r))?;
+    Ok(Host::Name(ascii.to_owned()))
+}
+
+fn validate_dns_name(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err(format!("{} bytes long, above 253", name.len()));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("label {label:?} longer than 63 bytes"));
+        }
+        if let Some(c) = label
+            .bytes()
+            .find(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_'))
+        {
+            return Err(format!(
+                "character {:?} not allowed in a host name",
+                char::from(c)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// WHATWG URL "ends in a number": the last label is all digits or `0x` + hex digits. Such a
+/// host must be an IPv4 address or is invalid (resolvers would take it as one).
+fn ends_in_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or(host);
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    match last.strip_prefix("0x").or_else(|| last.strip_prefix("0X")) {
+        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => false,
+    }
+}
+
+/// Parses the IPv4 spellings `inet_aton(3)` and URL parsers accept: one to four parts, each
+/// decimal, octal (leading `0`) or hexadecimal (`0x`), the last part filling the remaining bytes.
+///
+/// ```
+/// use nitro_net::policy::parse_ipv4_spelling;
+/// use std::net::Ipv4Addr;
+/// assert_eq!(parse_ipv4_spelling("127.1"), Some(Ipv4Addr::LOCALHOST));
+/// assert_eq!(parse_ipv4_spelling("0x7f000001"), Some(Ipv4Addr::LOCALHOST));
+/// assert_eq!(parse_ipv4_spelling("017700000001"), Some(Ipv4Addr::LOCALHOST));
+/// assert_eq!(parse_ipv4_spelling("1.2.3.256"), None);
+/// ```
+pub fn parse_ipv4_spelling(s: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(4);
+    for p in &parts {
+        nums.push(parse_ipv4_part(p)?);
+    }
+    let (last, head) = nums.split_last()?;
+    if head.iter().any(|&n| n > 255) {
+        return None;
+    }
+    let shift = 8 * (4 - head.len() as u32);
+    let limit: u64 = if shift >= 32 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << shift) - 1
+    };
+    if *last > limit {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for (i, &n) in head.iter().enumerate() {
+        v |= n << (8 * (3 - i as u32));
+    }
+    v |= last;
+    u32::try_from(v).ok().map(Ipv4Addr::from)
+}
+
+fn parse_ipv4_part(p: &str) -> Option<u64> {
+    if p.is_empty() {
+        return None;
+    }
+    let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+        (h, 16)
+    } else if p.len() > 1 && p.starts_with('0') {
+        (&p[1..], 8)
+    } else {
+        (p, 10)
+    };
+    if digits.is_empty() {
+        // "0x" alone is zero for inet_aton and URL parsers.
+        return (radix == 16).then_some(0);
+    }
+    if digits.len() > 32 || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// Canonical form of an address for matching: IPv4-mapped (`::ffff:a.b.c.d`) and
+/// IPv4-compatible (`::a.b.c.d`, except `::` and `::1`) IPv6 addresses become IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+                let o = v6.octets();
+                return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            ip
+        }
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// The IPv4 address embedded in a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address.
+fn embedded_ipv4(ip: &IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let s = v6.segments();
+    let o = v6.octets();
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
+}
+
+/// How an address is classified for names admitted by host rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AddressClass {
+    /// Globally routable.
+    Public,
+    /// Private networks: RFC 1918, CGNAT `100.64.0.0/10`, IPv6 unique local `fc00::/7`.
+    Private,
+    /// A special-purpose range (loopback, link-local, multicast, documentation, ...); the name
+    /// says which.
+    Special(&'static str),
+}
+
+/// Classifies a (canonical) address.
+pub fn classify(ip: IpAddr) -> AddressClass {
+    use AddressClass::*;
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            match o {
+                [0, ..] => Special("\"this network\" 0.0.0.0/8"),
+                [10, ..] => Private,
+                [100, b, ..] if (64..128).contains(&b) => Private,
+                [127, ..] => Special("loopback"),
+                [169, 254, ..] => Special("link-local (instance metadata service)"),
+                [172, b, ..] if (16..32).contains(&b) => Private,
+                [192, 0, 0, _] => Special("IETF protocol assignments 192.0.0.0/24"),
+                [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => Special("documentation"),
+                [192, 88, 99, _] => Special("6to4 relay anycast"),
+                [192, 168, ..] => Private,
+                [198, b, ..] if b == 18 || b == 19 => Special("benchmarking 198.18.0.0/15"),
+                [255, 255, 255, 255] => Special("broadcast"),
+                [a, ..] if a >= 240 => Special("reserved 240.0.0.0/4"),
+                [a, ..] if a >= 224 => Special("multicast"),
+                _ => Public,
+            }
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if v6.is_unspecified() {
+                return Special("unspecified");
+            }
+            if v6.is_loopback() {
+                return Special("loopback");
+            }
+            if let Some(v4) = embedded_ipv4(&IpAddr::V6(v6)) {
+                return match classify(IpAddr::V4(v4)) {
+                    Public => Public,
+                    Private => Special("translation of a private IPv4 address"),
+                    Special(_) => Special("translation of a special-purpose IPv4 address"),
+                };
+            }
+            match s[0] {
+                0xfe80..=0xfebf => Special("link-local"),
+                0xfec0..=0xfeff => Special("site-local (deprecated)"),
+                0xff00..=0xffff => Special("multicast"),
+                0xfc00..=0xfdff => Private,
+                0x2001 if s[1] == 0x0db8 => Special("documentation"),
+                0x2001 if s[1] < 0x0200 => {
+                    Special("IETF protocol assignments 2001::/23 (Teredo, ...)")
+                }
+                0x0100 if s[1..4] == [0, 0, 0] => Special("discard-only 100::/64"),
+                0x0000 => Special("reserved ::/8"),
+                0x0064 if s[1] == 0xff9b => Special("local-use NAT64 64:ff9b:1::/48"),
+                0x3fff if s[1] < 0x1000 => Special("documentation"),
+                _ => Public,
+            }
+        }
+    }
+}
+
+/// A set of ports: empty means every port.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Ports(Vec<RangeInclusive<u16>>);
+
+impl Ports {
+    fn contains(&self, port: u16) -> bool {
+        self.0.is_empty() || self.0.iter().any(|r| r.contains(&port))
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            if r.start() == r.end() {
+                write!(f, "{}", r.start())?;
+            } else {
+                write!(f, "\"{}-{}\"", r.start(), r.end())?;
+            }
+        }
+        f.write_str("]")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    AnyName,
+    Exact(String),
+    /// `.example.com` for `*.example.com`.
+    Suffix(String),
+    Cidr(IpNet),
+}
+
+/// One `allow` or `deny` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    target: Target,
+    ports: Ports,
+    private: bool,
+    /// `allow[0] (host = "*.amazonaws.com", ports = [443])`, for refusal reasons and logs.
+    label: String,
+}
+
+impl Rule {
+    fn matches_name(&self, name: &str, port: u16) -> bool {
+        let hit = match &self.target {
+            Target::AnyName => true,
+            Target::Exact(n) => n == name,
+            Target::Suffix(s) => name.len() > s.len() && name.ends_with(s.as_str()),
+            Target::Cidr(_) => false,
+        };
+        hit && self.ports.contains(port)
+    }
+
+    fn matches_ip(&self, ip: IpAddr, port: u16) -> bool {
+        match &self.target {
+            Target::Cidr(net) => net.contains(&ip) && self.ports.contains(port),
+            _ => false,
+        }
+    }
+
+    fn is_cidr(&self) -> bool {
+        matches!(self.target, Target::Cidr(_))
+    }
+}
+
+/// The egress policy. Build it with [`Policy::builder`] or parse it with [`Policy::from_toml`].
+///
+/// ```
+/// use nitro_net::policy::Policy;
+///
+/// let policy = Policy::from_toml(r#"
+///     [[allow]]
+///     host = "*.amazonaws.com"
+///     ports = [443]
+///     [[deny]]
+///     host = "evil.amazonaws.com"
+/// "#)?;
+/// assert!(policy.check_name("kms.us-east-1.amazonaws.com", 443).is_ok());
+/// let refusal = policy.check_name("evil.amazonaws.com", 443).unwrap_err();
+/// assert!(refusal.message.contains("deny[0]"));
+/// assert!(policy.check_name("kms.us-east-1.amazonaws.com", 80).is_err());
+/// # Ok::<(), nitro_net::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policy {
+    allow: Vec<Rule>,
+    deny: Vec<Rule>,
+}
+
+/// What [`Policy::check_name`] decided before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameVerdict {
+    /// An IP literal, allowed: connect to it.
+    Ip(IpAddr),
+    /// A name to resolve; its addresses then go through [`Policy::check_addresses`].
+    Name {
+        /// The normalised name to resolve.
+        name: String,
+        /// Label of the host rule that admitted the name, if one did (else only `cidr` rules
+        /// can admit its addresses).
+        allowed_by: Option<String>,
+        /// Whether that host rule also admits private addresses.
+        private: bool,
+    },
+}
+
+fn denied(reason: String) -> Refusal {
+    Refusal::new(RefusalCode::DeniedByPolicy, reason)
+}
+
+impl Policy {
+    /// A policy builder (default deny; add rules).
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder::default()
+    }
+
+    /// A policy that refuses everything (for a parent that only serves time).
+    pub fn deny_all() -> Policy {
+        Policy::default()
+    }
+
+    /// Parses a TOML policy (see the [module documentation](self) for the format).
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Toml(e.to_string()))?;
+        let mut b = PolicyBuilder::default();
+        for (section, rules) in [("allow", raw.allow), ("deny", raw.deny)] {
+            for (index, r) in rules.into_iter().enumerate() {
+                let rule_err = |reason: String| PolicyError::Rule {
+                    section,
+                    index,
+                    reason,
+                };
+                let ports = match r.ports {
+                    None => Ports::default(),
+                    Some(list) => {
+                        if list.is_empty() {
+                            return Err(rule_err("`ports = []` matches nothing; leave `ports` out to match every port".into()));
+                        }
+                        let mut v = Vec::with_capacity(list.len());
+                        for p in list {
+                            v.push(p.range().map_err(|e| rule_err(e.to_string()))?);
+                        }
+                        Ports(v)
+                    }
+                };
+                let spec = match (r.host, r.cidr) {
+                    (Some(h), None) => RuleSpec::Host(h),
+                    (None, Some(c)) => RuleSpec::Cidr(c),
+                    _ => return Err(rule_err("needs exactly one of `host` or `cidr`".into())),
+                };
+                let private = r.private.unwrap_or(false);
+                b.push(section == "deny", spec, ports, private)
+                    .map_err(|e| match e {
+                        PolicyError::Rule { .. } => e,
+                        other => rule_err(other.to_string()),
+                    })?;
+            }
+        }
+        Ok(Policy {
+            allow: b.allow,
+            deny: b.deny,
+        })
+    }
+
+    /// Reads and parses a TOML policy file.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::Toml(format!("{}: {e}", path.display())))?;
+        Policy::from_toml(&text)
+    }
+
+    /// Number of `allow` and `deny` rules.
+    pub fn len(&self) -> (usize, usize) {
+        (self.allow.len(), self.deny.len())
+    }
+
+    /// Whether the policy has no rule at all (refuses everything).
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// First step of a decision, before any name resolution: normalises `host` and checks it
+    /// (and, for an IP literal, the address) against the rules. A refusal carries
+    /// [`RefusalCode::DeniedByPolicy`] with the deciding rule, or [`RefusalCode::BadRequest`]
+    /// for an invalid host or port 0.
+    pub fn check_name(&self, host: &str, port: u16) -> Result<NameVerdict, Refusal> {
+        if port == 0 {
+            return Err(Refusal::new(RefusalCode::BadRequest, "port 0"));
+        }
+        let host = normalize_host(host)
+            .map_err(|e| Refusal::new(RefusalCode::BadRequest, e.to_string()))?;
+        match host {
+            Host::Ip(ip) => {
+                self.check_ip(ip, port, None)?;
+                Ok(NameVerdict::Ip(ip))
+            }
+            Host::Name(name) => {
+                if let Some(r) = self.deny.iter().find(|r| r.matches_name(&name, port)) {
+                    return Err(denied(format!("{name}:{port} is denied by {}", r.label)));
+                }
+                if let Some(r) = self.allow.iter().find(|r| r.matches_name(&name, port)) {
+                    return Ok(NameVerdict::Name {
+                        name,
+                        allowed_by: Some(r.label.clone()),
+                        private: r.private,
+                    });
+                }
+                if self
+                    .allow
+                    .iter()
+                    .any(|r| r.is_cidr() && r.ports.contains(port))
+                {
+                    return Ok(NameVerdict::Name {
+                        name,
+                        allowed_by: None,
+                        private: false,
+                    });
+                }
+                Err(denied(format!(
+                    "no allow rule matches {name}:{port} (default deny)"
+                )))
+            }
+        }
+    }
+
+    /// Checks one address. `name` gives the host rule context for resolved addresses.
+    fn check_ip(&self, ip: IpAddr, port: u16, name: Option<(&str, bool)>) -> Result<(), Refusal> {
+        let ip = canonical_ip(ip);
+        let shown = Host::Ip(ip);
+        let candidates = [Some(ip), embedded_ipv4(&ip).map(IpAddr::V4)];
+        for cand in candidates.into_iter().flatten() {
+            if let Some(r) = self.deny.iter().find(|r| r.matches_ip(cand, port)) {
+                return Err(denied(match name {
+                    Some((n, _)) => {
+                        format!("{n} resolved to {shown}, which is denied by {}", r.label)
+                    }
+                    None => format!("{shown}:{port} is denied by {}", r.label),
+                }));
+            }
+        }
+        if self.allow.iter().any(|r| r.matches_ip(ip, port)) {
+            return Ok(());
+        }
+        match (name, classify(ip)) {
+            (Some(_), AddressClass::Public) => Ok(()),
+            (Some((_, true)), AddressClass::Private) => Ok(()),
+            (Some((n, _)), class) => {
+                let what = match class {
+                    AddressClass::Private => "a private address".to_owned(),
+                    AddressClass::Special(s) => format!("a special-purpose address ({s})"),
+                    AddressClass::Public => "an address".to_owned(),
+                };
+                Err(denied(format!(
+                    "{n} resolved to {shown}, {what}, which host rules do not admit; allow it with a cidr rule"
+                )))
+            }
+            (None, _) => Err(denied(format!(
+                "no allow rule matches {shown}:{port} (default deny; IP literals need a cidr rule)"
+            ))),
+        }
+    }
+
+    /// Second step: filters the addresses `verdict`'s name resolved to. Returns the admitted
+    /// addresses (canonical form, order kept) or, when none is left, the reason for the
+    /// first refused one.
+    pub fn check_addresses(
+        &self,
+        verdict: &NameVerdict,
+        port: u16,
+        addrs: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, Refusal> {
+        match verdict {
+            NameVerdict::Ip(ip) => Ok(vec![*ip]),
+            NameVerdict::Name {
+                name,
+                allowed_by,
+                private,
+            } => {
+                let ctx = allowed_by.as_ref().map(|_| (name.as_str(), *private));
+                let mut ok = Vec::with_capacity(addrs.len());
+                let mut first_refusal = None;
+                for &a in addrs {
+                    let r = match ctx {
+                        Some(c) => self.check_ip(a, port, Some(c)),
+                        // Not admitted by name: the address itself must be allowed.
+                        None => self.check_ip(a, port, None).map_err(|e| {
+                            denied(format!(
+                                "{name} resolved to {}: {}",
+                                Host::Ip(canonical_ip(a)),
+                                e.message
+                            ))
+                        }),
+                    };
+                    match r {
+                        Ok(()) => {
+                            let c = canonical_ip(a);
+                            if !ok.contains(&c) {
+                                ok.push(c);
+                            }
+                        }
+                        Err(e) => {
+                            first_refusal.get_or_insert(e);
+                        }
+                    }
+                }
+                if ok.is_empty() {
+                    Err(first_refusal.unwrap_or_else(|| {
+                        Refusal::new(RefusalCode::ResolveFailed, format!("{name} has no address"))
+                    }))
+                } else {
+                    Ok(ok)
+                }
+            }
+        }
+    }
+
+    /// Both steps at once, with the addresses a resolver returned for the name (ignored for IP
+    /// literals). Convenient for tests and dry runs.
+    pub fn check(
+        &self,
+        host: &str,
+        port: u16,
+        resolved: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, Refusal> {
+        let v = self.check_name(host, port)?;
+        self.check_addresses(&v, port, resolved)
+    }
+}
+
+impl fmt::Display for Policy {
+    /// The policy as TOML (normalised).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (section, rules) in [("allow", &self.allow), ("deny", &self.deny)] {
+            for r in rules {
+                writeln!(f, "[[{section}]]")?;
+                match &r.target {
+                    Target::AnyName => writeln!(f, "host = \"*\"")?,
+                    Target::Exact(n) => writeln!(f, "host = {n:?}")?,
+                    Target::Suffix(s) => writeln!(f, "host = \"*{s}\"")?,
+                    Target::Cidr(c) => writeln!(f, "cidr = \"{c}\"")?,
+                }
+                if !r.ports.0.is_empty() {
+                    writeln!(f, "ports = {}", r.ports)?;
+                }
+                if r.private {
+                    writeln!(f, "private = true")?;
+                }
+                writeln!(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum RuleSpec {
+    Host(String),
+    Cidr(String),
+}
+
+/// Builds a [`Policy`] in Rust.
+///
+/// ```
+/// use nitro_net::policy::Policy;
+///
+/// let policy = Policy::builder()
+///     .allow_host("*.amazonaws.com", &[443])
+///     .allow_cidr("10.0.0.0/8", &[])
+///     .deny_cidr("169.254.0.0/16", &[])
+///     .build()?;
+/// assert!(policy.check("10.1.2.3", 22, &[]).is_ok());
+/// assert!(policy.check("169.254.169.254", 80, &[]).is_err());
+/// # Ok::<(), nitro_net::PolicyError>(())
+/// ```
+#[derive(Debug, Default)]
+#[must_use]
+pub struct PolicyBuilder {
+    allow: Vec<Rule>,
+    deny: Vec<Rule>,
+    pending: Vec<(bool, RuleSpec, Ports, bool)>,
+}
+
+impl fmt::Debug for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleSpec::Host(h) => write!(f, "host {h:?}"),
+            RuleSpec::Cidr(c) => write!(f, "cidr {c:?}"),
+        }
+    }
+}
+
+fn ports_of(ports: &[u16]) -> Ports {
+    Ports(ports.iter().map(|&p| p..=p).collect())
+}
+
+impl PolicyBuilder {
+    /// Allows a host pattern (`name`, `*.name`, `*`) on `ports` (empty: every port).
+    pub fn allow_host(mut self, pattern: &str, ports: &[u16]) -> Self {
+        self.pending.push((
+            false,
+            RuleSpec::Host(pattern.into()),
+            ports_of(ports),
+            false,
+        ));
+        self
+    }
+
+    /// Like [`allow_host`](Self::allow_host), also admitting private addresses (RFC 1918,
+    /// CGNAT, IPv6 ULA) the name resolves to: for VPC endpoints.
+    pub fn allow_host_private(mut self, pattern: &str, ports: &[u16]) -> Self {
+        self.pending
+            .push((false, RuleSpec::Host(pattern.into()), ports_of(ports), true));
+        self
+    }
+
+    /// Allows a CIDR block (`10.0.0.0/8`, `2001:db8::/32`, or one address) on `ports`.
+    pub fn allow_cidr(mut self, cidr: &str, ports: &[u16]) -> Self {
+        self.pending
+            .push((false, RuleSpec::Cidr(cidr.into()), ports_of(ports), false));
+        self
+    }
+
+    /// Denies a host pattern on `ports` (empty: every port).
+    pub fn deny_host(mut self, pattern: &str, ports: &[u16]) -> Self {
+        self.pending
+            .push((true, RuleSpec::Host(pattern.into()), ports_of(ports), false));
+        self
+    }
+
+    /// Denies a CIDR block on `ports` (empty: every port).
+    pub fn deny_cidr(mut self, cidr: &str, ports: &[u16]) -> Self {
+        self.pending
+            .push((true, RuleSpec::Cidr(cidr.into()), ports_of(ports), false));
+        self
+    }
+
+    /// Validates every rule and returns the policy.
+    pub fn build(mut self) -> Result<Policy, PolicyError> {
+        for (deny, spec, ports, private) in std::mem::take(&mut self.pending) {
+            self.push(deny, spec, ports, private)?;
+        }
+        Ok(Policy {
+            allow: self.allow,
+            deny: self.deny,
+        })
+    }
+
+    fn push(
+        &mut self,
+        deny: bool,
+        spec: RuleSpec,
+        ports: Ports,
+        private: bool,
+    ) -> Result<(), PolicyError> {
+        let section = if deny { "deny" } else { "allow" };
+        let index = if deny {
+            self.deny.len()
+        } else {
+            self.allow.len()
+        };
+        let rule_err = |reason: String| PolicyError::Rule {
+            section,
+            index,
+            reason,
+        };
+        let target = match spec {
+            RuleSpec::Host(h) => parse_host_pattern(&h)?,
+            RuleSpec::Cidr(c) => Target::Cidr(parse_cidr(&c)?),
+        };
+        let text = match &target {
+            Target::AnyName => "host = \"*\"".to_owned(),
+            Target::Exact(n) => format!("host = {n:?}"),
+            Target::Suffix(s) => format!("host = \"*{s}\""),
+            Target::Cidr(c) => format!("cidr = \"{c}\""),
+        };
+        if private && (deny || matches!(target, Target::Cidr(_))) {
+            return Err(rule_err(
+                "`private = true` only applies to allow rules with a `host`".into(),
+            ));
+        }
+        let mut label = format!("{section}[{index}] ({text}");
+        if !ports.0.is_empty() {
+            label.push_str(&format!(", ports = {ports}"));
+        }
+        label.push(')');
+        let rule = Rule {
+            target,
+            ports,
+            private,
+            label,
+        };
+        if deny {
+            self.deny.push(rule);
+        } else {
+            self.allow.push(rule);
+        }
+        Ok(())
+    }
+}
+
+fn parse_host_pattern(p: &str) -> Result<Target, PolicyError> {
+    let err = |reason: &str| PolicyError::InvalidHost {
+        pattern: p.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if p == "*" {
+        return Ok(Target::AnyName);
+    }
+    let (wild, rest) = match p.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, p),
+    };
+    if rest.contains('*') {
+        return Err(err(
+            "`*` is only allowed as a whole first label (`*.example.com`) or alone",
+        ));
+    }
+    match normalize_host(rest)? {
+        Host::Name(n) if wild => Ok(Target::Suffix(format!(".{n}"))),
+        Host::Name(n) => Ok(Target::Exact(n)),
+        Host::Ip(ip) => Err(err(&format!(
+            "is an IP address ({ip}); use `cidr = \"{ip}\"` instead"
+        ))),
+    }
+}
+
+fn parse_cidr(c: &str) -> Result<IpNet, PolicyError> {
+    let bad = || PolicyError::InvalidCidr(c.to_owned());
+    // The standard parser is strict (no octal-looking leading zeros, no short forms), which is
+    // what a policy wants: one spelling per address.
+    let (ip, prefix) = match c.split_once('/') {
+        Some((ip, p)) => {
+            if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            (ip, Some(p.parse::<u8>().map_err(|_| bad())?))
+        }
+        None => (c, None),
+    };
+    let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+    let net = match prefix {
+        Some(p) => IpNet::new(ip, p).map_err(|_| bad())?,
+        None => IpNet::from(ip),
+    };
+    let net = net.trunc();
+    // An IPv4-mapped IPv6 block means the IPv4 block (addresses are canonicalised the same way).
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && let Ok(n4) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return Ok(IpNet::V4(n4));
+    }
+    Ok(net)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    allow: Vec<RawRule>,
+    #[serde(default)]
+    deny: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    host: Option<String>,
+    cidr: Option<String>,
+    ports: Option<Vec<RawPort>>,
+    private: Option<bool>,
+    #[allow(dead_code)] // Free text for the policy's reader; accepted and ignored.
+    comment: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Num(i64),
+    Range(String),
+}
+
+impl RawPort {
+    fn range(&self) -> Result<RangeInclusive<u16>, PolicyError> {
+        let port = |v: i64, s: &str| -> Result<u16, PolicyError> {
+            u16::try_from(v)
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| PolicyError::InvalidPorts(s.to_owned()))
+        };
+        match self {
+            RawPort::Num(n) => {
+                let p = port(*n, &n.to_string())?;
+                Ok(p..=p)
+            }
+            RawPort::Range(s) => {
+                let bad = || PolicyError::InvalidPorts(s.clone());
+                let (a, b) = s.split_once('-').ok_or_else(bad)?;
+                let a = port(a.trim().parse().map_err(|_| bad())?, s)?;
+                let b = port(b.trim().parse().map_err(|_| bad())?, s)?;
+                if a > b {
+                    return Err(bad());
+                }
+                Ok(a..=b)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        IpAddr::V4(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv4_spellings() {
+        let lo = Some(Ipv4Addr::LOCALHOST);
+        let table: &[(&str, Option<Ipv4Addr>)] = &[
+            ("127.0.0.1", lo),
+            ("127.1", lo),
+            ("127.0.1", lo),
+            ("2130706433", lo),
+            ("0x7f000001", lo),
+            ("0X7F000001", lo),
+            ("017700000001", lo),
+            ("0177.0.0.1", lo),
+            ("0x7f.0.0.1", lo),
+            ("0x7f.1", lo),
+            ("0x7f.0x0.0x0.0x1", lo),
+            ("127.0.0.01", lo),
+            ("0", Some(Ipv4Addr::UNSPECIFIED)),
+            ("0x", Some(Ipv4Addr::UNSPECIFIED)),
+            ("4294967295", Some(Ipv4Addr::BROADCAST)),
+            ("4294967296", None),
+            ("1.2.3.256", None),
+            ("1.2.65536", None),
+            ("1.16777216", None),
+            ("256.1", None),
+            ("1.2.3.4.5", None),
+            ("08", None),
+            ("0x1g", None),
+            ("1..2", None),
+            ("", None),
+            ("1.2.3.", None),
+            ("99999999999999999999999999999999999999", None),
+        ];
+        for (s, want) in table {
+            assert_eq!(parse_ipv4_spelling(s), *want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn host_normalisation() {
+        let meta = Host::Ip(v4("169.254.169.254"));
+        let table: &[(&str, Result<Host, ()>)] = &[
+            ("169.254.169.254", Ok(meta.clone())),
+            ("169.254.169.254.", Ok(meta.clone())),
+            ("2852039166", Ok(meta.clone())),
+            ("0xA9FEA9FE", Ok(meta.clone())),
+            ("0251.0376.0251.0376", Ok(meta.clone())),
+            ("169.254.43518", Ok(meta.clone())),
+            ("::ffff:169.254.169.254", Ok(meta.clone())),
+            ("[::ffff:a9fe:a9fe]", Ok(meta.clone())),
+            ("::169.254.169.254", Ok(meta.clone())),
+            ("[0:0:0:0:0:ffff:169.254.169.254]", Ok(meta.clone())),
+            ("１６９．２５４．１６９．２５４", Ok(meta.clone())),
+            ("::1", Ok(Host::Ip("::1".parse().unwrap()))),
+            ("[::]", Ok(Host::Ip("::".parse().unwrap()))),
+            (
+                "[64:ff9b::a9fe:a9fe]",
+                Ok(Host::Ip("64:ff9b::a9fe:a9fe".parse().unwrap())),
+            ),
+            ("Example.COM", Ok(Host::Name("example.com".into()))),
+            ("example.com.", Ok(Host::Name("example.com".into()))),
+            ("EXAMPLE.com.", Ok(Host::Name("example.com".into()))),
+            (
+                "Bücher.example",
+                Ok(Host::Name("xn--bcher-kva.example".into())),
+            ),
+            (
+                "xn--bcher-kva.example",
+                Ok(Host::Name("xn--bcher-kva.example".into())),
+            ),
+            ("_srv.example", Ok(Host::Name("_srv.example".into()))),
+            ("1.2.3.example", Ok(Host::Name("1.2.3.example".into()))),
+            ("localhost", Ok(Host::Name("localhost".into()))),
+            ("example.com..", Err(())),
+            ("a..b", Err(())),
+            (".", Err(())),
+            ("", Err(())),
+            ("ex ample.com", Err(())),
+            ("example.com/x", Err(())),
+            ("user@example.com", Err(())),
+            ("example.com:443", Err(())),
+            ("[::1", Err(())),
+            ("[fe80::1%eth0]", Err(())),
+            ("1.2.3.999", Err(())),
+            ("example.0x1g", Ok(Host::Name("example.0x1g".into()))),
+            ("example.123", Err(())),
+            ("a\u{0}b", Err(())),
+            (&"a".repeat(64), Err(())),
+        ];
+        for (s, want) in table {
+            let got = normalize_host(s).map_err(|_| ());
+            assert_eq!(&got, want, "{s:?}");
+        }
+        let long = ["a"; 127].join(".") + ".bb"; // 256 bytes
+        assert!(normalize_host(&long).is_err());
+    }
+
+    #[test]
+    fn classification() {
+        use AddressClass::*;
+        let table: &[(&str, AddressClass)] = &[
+            ("8.8.8.8", Public),
+            ("10.0.0.1", Private),
+            ("172.16.0.1", Private),
+            ("172.32.0.1", Public),
+            ("192.168.1.1", Private),
+            ("100.64.0.1", Private),
+            ("100.128.0.1", Public),
+            ("::ffff:10.0.0.1", Private),
+            ("fd00::1", Private),
+            ("2600::1", Public),
+        ];
+        for (s, want) in table {
+            assert_eq!(classify(s.parse().unwrap()), *want, "{s}");
+        }
+        for s in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "2002:a9fe:a9fe::1",
+            "::ffff:127.0.0.1",
+            "fec0::1",
+        ] {
+            assert!(matches!(classify(s.parse().unwrap()), Special(_)), "{s}");
+        }
+        assert_eq!(classify("64:ff9b::808:808".parse().unwrap()), Public);
+    }
+
+    fn sample() -> Policy {
+        Policy::from_toml(
+            r#"
+            [[allow]]
+            host = "kms.us-east-1.amazonaws.com"
+            ports = [443]
+            [[allow]]
+            host = "*.example.com"
+            [[allow]]
+            host = "*.vpc.internal"
+            ports = [443]
+            private = true
+            [[allow]]
+            cidr = "10.0.0.0/8"
+            ports = ["8000-8100"]
+            [[allow]]
+            cidr = "2001:db8:1::/48"
+            [[allow]]
+            cidr = "127.0.0.1/32"
+            ports = [9999]
+            [[deny]]
+            host = "bad.example.com"
+            [[deny]]
+            cidr = "10.66.0.0/16"
+            [[deny]]
+            cidr = "169.254.0.0/16"
+            [[deny]]
+            cidr = "::ffff:192.0.2.0/120"
+            "#,
+        )
+        .unwrap()
+    }
+
+    /// (host, port, resolved, expected: Ok(admitted) / Err(substring of the reason))
+    #[test]
+    fn decisions() {
+        let p = sample();
+        let pub1 = v4("93.184.216.34");
+        let table: Vec<(&str, u16, Vec<IpAddr>, Result<Vec<IpAddr>, &str>)> = vec![
+            (
+                "kms.us-east-1.amazonaws.com",
+                443,
+                vec![pub1],
+                Ok(vec![pub1]),
+            ),
+            (
+                "KMS.US-EAST-1.AMAZONAWS.COM.",
+                443,
+                vec![pub1],
+                Ok(vec![pub1]),
+            ),
+            (
+                "kms.us-east-1.amazonaws.com",
+                80,
+                vec![pub1],
+                Err("default deny"),
+            ),
+            (
+                "kms.us-west-2.amazonaws.com",
+                443,
+                vec![pub1],
+                Err("default deny"),
+            ),
+            ("www.example.com", 80, vec![pub1], Ok(vec![pub1])),
+            ("a.b.c.example.com", 1, vec![pub1], Ok(vec![pub1])),
+            ("example.com", 80, vec![pub1], Err("default deny")),
+            ("evilexample.com", 80, vec![pub1], Err("default deny")),
+            ("bad.example.com", 80, vec![pub1], Err("deny[0]")),
+            ("BAD.example.com.", 80, vec![pub1], Err("deny[0]")),
+            // DNS rebinding: an allowed name resolving to special or denied addresses.
+            (
+                "www.example.com",
+                80,
+                vec![v4("169.254.169.254")],
+                Err("deny[2]"),
+            ),
+            (
+                "www.example.com",
+                80,
+                vec![v4("127.0.0.1")],
+                Err("loopback"),
+            ),
+            (
+                "www.example.com",
+                80,
+                vec!["::ffff:127.0.0.1".parse().unwrap()],
+                Err("loopback"),
+            ),
+            (
+                "www.example.com",
+                80,
+                vec!["::1".parse().unwrap()],
+                Err("loopback"),
+            ),
+            ("www.example.com", 80, vec![v4("10.1.1.1")], Err("private")),
+            (
+                "www.example.com",
+                80,
+                vec!["64:ff9b::a9fe:a9fe".parse().unwrap()],
+                Err("deny[2]"),
+            ),
+            (
+                "www.example.com",
+                80,
+                vec!["2002:a9fe:a9fe::1".parse().unwrap()],
+                Err("deny[2]"),
+            ),
+            ("www.example.com", 80, vec![v4("192.0.2.7")], Err("deny[3]")),
+            // Mixed answers: the bad address is dropped, the good one kept.
+            (
+                "www.example.com",
+                80,
+                vec![v4("127.0.0.1"), pub1],
+                Ok(vec![pub1]),
+            ),
+            ("www.example.com", 80, vec![], Err("no address")),
+            // private = true admits RFC 1918 for that rule, never loopback/link-local.
+            (
+                "kms.vpc.internal",
+                443,
+                vec![v4("10.1.2.3")],
+                Ok(vec![v4("10.1.2.3")]),
+            ),
+            (
+                "kms.vpc.internal",
+                443,
+                vec![v4("10.66.0.1")],
+                Err("deny[1]"),
+            ),
+            (
+                "kms.vpc.internal",
+                443,
+                vec![v4("127.0.0.1")],
+                Err("loopback"),
+            ),
+            (
+                "kms.vpc.internal",
+                443,
+                vec![v4("169.254.169.254")],
+                Err("deny[2]"),
+            ),
+            // Names not admitted by a host rule: only the cidr rules can admit their addresses.
+            (
+                "db.corp",
+                8080,
+                vec![v4("10.2.3.4")],
+                Ok(vec![v4("10.2.3.4")]),
+            ),
+            (
+                "db.corp",
+                8080,
+                vec![pub1],
+                Err("no allow rule matches 93.184.216.34:8080"),
+            ),
+            ("db.corp", 22, vec![v4("10.2.3.4")], Err("default deny")),
+            // IP literals in every spelling.
+            ("10.1.2.3", 8000, vec![], Ok(vec![v4("10.1.2.3")])),
+            ("10.1.2.3", 22, vec![], Err("IP literals need a cidr rule")),
+            ("167838211", 8000, vec![], Ok(vec![v4("10.1.2.3")])),
+            ("012.1.2.3", 8000, vec![], Ok(vec![v4("10.1.2.3")])),
+            ("10.66.1.1", 8000, vec![], Err("deny[1]")),
+            ("0xa.0x42.1.1", 8000, vec![], Err("deny[1]")),
+            ("169.254.169.254", 80, vec![], Err("deny[2]")),
+            ("2852039166", 80, vec![], Err("deny[2]")),
+            ("0251.0376.0251.0376", 80, vec![], Err("deny[2]")),
+            ("0xa9.0xfe.0xa9.0xfe", 80, vec![], Err("deny[2]")),
+            ("169.254.43518", 80, vec![], Err("deny[2]")),
+            ("[::ffff:169.254.169.254]", 80, vec![], Err("deny[2]")),
+            ("::ffff:a9fe:a9fe", 80, vec![], Err("deny[2]")),
+            ("::169.254.169.254", 80, vec![], Err("deny[2]")),
+            ("[64:ff9b::a9fe:a9fe]", 80, vec![], Err("deny[2]")),
+            ("127.0.0.1", 9999, vec![], Ok(vec![v4("127.0.0.1")])),
+            ("127.1", 9999, vec![], Ok(vec![v4("127.0.0.1")])),
+            ("::ffff:127.0.0.1", 9999, vec![], Ok(vec![v4("127.0.0.1")])),
+            ("127.0.0.1", 9998, vec![], Err("default deny")),
+            (
+                "2001:db8:1::5",
+                1,
+                vec![],
+                Ok(vec!["2001:db8:1::5".parse().unwrap()]),
+            ),
+            ("2001:db8:2::5", 1, vec![], Err("default deny")),
+            // Bad requests.
+            ("www.example.com", 0, vec![pub1], Err("port 0")),
+            ("www.example.com/x", 80, vec![pub1], Err("invalid host")),
+            ("1.2.3.999", 80, vec![], Err("invalid host")),
+        ];
+        for (host, port, resolved, want) in table {
+            let got = p.check(host, port, &resolved);
+            match (&got, &want) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{host}:{port}"),
+                (Err(r), Err(s)) => assert!(
+                    r.message.contains(s),
+                    "{host}:{port}: reason {:?} does not contain {s:?}",
+                    r.message
+                ),
+                _ => panic!("{host}:{port} {resolved:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert_eq!(
+            p.check("www.example.com", 0, &[]).unwrap_err().code,
+            RefusalCode::BadRequest
+        );
+        assert_eq!(
+            p.check("bad.example.com", 1, &[]).unwrap_err().code,
+            RefusalCode::DeniedByPolicy
+        );
+    }
+
+    #[test]
+    fn empty_policy_denies_everything() {
+        let p = Policy::deny_all();
+        assert!(p.check("example.com", 443, &[v4("1.1.1.1")]).is_err());
+        assert!(p.check("1.1.1.1", 443, &[]).is_err());
+        // A name is refused before any resolution when no rule could admit it.
+        assert!(p.check_name("example.com", 443).is_err());
+    }
+
+    #[test]
+    fn wildcard_any_name_still_protects_special_addresses() {
+        let p = Policy::builder().allow_host("*", &[]).build().unwrap();
+        assert!(p.check("anything.org", 80, &[v4("1.1.1.1")]).is_ok());
+        assert!(
+            p.check("anything.org", 80, &[v4("169.254.169.254")])
+                .is_err()
+        );
+        assert!(
+            p.check("1.1.1.1", 80, &[]).is_err(),
+            "IP literals need cidr rules"
+        );
+    }
+
+    #[test]
+    fn invalid_policies() {
+        for (toml, want) in [
+            (
+                "[[allow]]\nhost = \"a\"\ncidr = \"1.0.0.0/8\"",
+                "exactly one",
+            ),
+            ("[[allow]]\nports = [1]", "exactly one"),
+            ("[[allow]]\nhost = \"a.*.b\"", "only allowed"),
+            ("[[allow]]\nhost = \"**.b\"", "only allowed"),
+            ("[[allow]]\nhost = \"1.2.3.4\"", "use `cidr"),
+            ("[[allow]]\nhost = \"a b\"", "invalid host pattern"),
+            ("[[allow]]\nhost = \"a_b!\"", "not allowed"),
+            ("[[allow]]\ncidr = \"10.0.0.0/33\"", "invalid CIDR"),
+            ("[[allow]]\ncidr = \"010.0.0.0/8\"", "invalid CIDR"),
+            ("[[allow]]\nhost = \"a\"\nports = [0]", "invalid port"),
+            ("[[allow]]\nhost = \"a\"\nports = [70000]", "invalid port"),
+            ("[[allow]]\nhost = \"a\"\nports = [\"9-8\"]", "invalid port"),
+            ("[[allow]]\nhost = \"a\"\nports = [\"x\"]", "invalid port"),
+            ("[[allow]]\nhost = \"a\"\nports = []", "matches nothing"),
+            ("[[allow]]\nhost = \"a\"\nport = [1]", "unknown field"),
+            ("[[deny]]\nhost = \"a\"\nprivate = true", "only applies"),
+            (
+                "[[allow]]\ncidr = \"10.0.0.0/8\"\nprivate = true",
+                "only applies",
+            ),
+            ("[allow]\nhost = \"a\"", "policy file"),
+            ("[[permit]]\nhost = \"a\"", "unknown field"),
+            ("not toml", "policy file"),
+        ] {
+            let e = Policy::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(want), "{toml:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let p = sample();
+        let again = Policy::from_toml(&p.to_string()).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn mapped_cidr_is_ipv4() {
+        let p = Policy::builder()
+            .allow_cidr("::ffff:10.0.0.0/104", &[])
+            .build()
+            .unwrap();
+        assert!(p.check("10.9.9.9", 1, &[]).is_ok());
+    }
+}

@@ -1,0 +1,332 @@
+//! Copying bytes both ways between two streams, with half-close, bounded lazily-allocated
+//! buffers, idle timeout and byte counters.
+//!
+//! Each direction owns at most one buffer of [`BUFFER_SIZE`] bytes, taken from a shared pool
+//! only while bytes are in flight: when a read would block and nothing is left to write, the
+//! buffer goes back to the pool. An idle relayed connection therefore holds no buffer at all,
+//! and a busy one at most two (one per direction), which bounds memory per connection and
+//! gives backpressure: nothing more is read from one side until the other side has accepted
+//! what was read before.
+//!
+//! End of file on one side becomes a write shutdown (`SHUT_WR`) of the other side, after every
+//! byte read before it has been written; the other direction keeps flowing until it ends too.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stats::ByteCounters;
+
+/// Size of each relay buffer (64 KiB: the virtio-vsock maximum packet payload, and where
+/// published vsock throughput peaks).
+pub const BUFFER_SIZE: usize = 64 * 1024;
+
+/// How many idle buffers the shared pool keeps for reuse (beyond that they are freed).
+const POOL_KEEP: usize = 64;
+
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+fn take_buffer() -> Box<[u8]> {
+    if let Ok(mut p) = POOL.lock()
+        && let Some(b) = p.pop()
+    {
+        return b;
+    }
+    vec![0u8; BUFFER_SIZE].into_boxed_slice()
+}
+
+fn give_buffer(b: Box<[u8]>) {
+    if let Ok(mut p) = POOL.lock()
+        && p.len() < POOL_KEEP
+    {
+        p.push(b);
+    }
+}
+
+/// Bytes copied by [`relay`], per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayTotals {
+    /// From the first stream to the second.
+    pub a_to_b: u64,
+    /// From the second stream to the first.
+    pub b_to_a: u64,
+}
+
+/// Copies `a → b` and `b → a` until both directions have ended; end of file in one direction
+/// is passed on as a write shutdown and the other direction continues (never a shutdown of
+/// both directions because one ended). Fails on an I/O error in either direction, or when
+/// nothing moved for `idle_timeout` (checked with a granularity of half the timeout).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// let (mut client, a) = tokio::io::duplex(1024);
+/// let (b, mut server) = tokio::io::duplex(1024);
+/// let relay = tokio::spawn(nitro_net::relay(a, b, None));
+/// client.write_all(b"ping").await?;
+/// client.shutdown().await?;                      // half-close towards the server
+/// let mut got = Vec::new();
+/// server.read_to_end(&mut got).await?;           // ... which sees EOF after "ping"
+/// server.write_all(b"pong").await?;              // and can still answer
+/// drop(server);
+/// let mut answer = Vec::new();
+/// client.read_to_end(&mut answer).await?;
+/// assert_eq!((&got[..], &answer[..]), (&b"ping"[..], &b"pong"[..]));
+/// assert_eq!(relay.await??.a_to_b, 4);
+/// # Ok(()) }
+/// ```
+pub async fn relay<A, B>(a: A, b: B, idle_timeout: Option<Duration>) -> io::Result<RelayTotals>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = ByteCounters::default();
+    let totals = ByteCounters::default();
+    relay_counted(a, b, idle_timeout, &conn, &totals).await?;
+    Ok(RelayTotals {
+        a_to_b: conn.up.load(Ordering::Relaxed),
+        b_to_a: conn.down.load(Ordering::Relaxed),
+    })
+}
+
+/// [`relay`] updating per-connection and total counters as bytes move (`up` = a → b).
+pub(crate) async fn relay_counted<A, B>(
+    a: A,
+    b: B,
+    idle_timeout: Option<Duration>,
+    conn: &ByteCounters,
+    totals: &ByteCounters,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    Relay {
+        a,
+        b,
+        ab: Pump::new(&conn.up, &totals.up),
+        ba: Pump::new(&conn.down, &totals.down),
+        idle: idle_timeout.map(|t| Idle {
+            period: (t / 2).max(Duration::from_millis(1)),
+            sleep: Box::pin(tokio::time::sleep(t / 2)),
+            seen: 0,
+            quiet_periods: 0,
+            timeout: t,
+        }),
+    }
+    .await
+}
+
+struct Idle {
+    period: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Progress counter value at the last check.
+    seen: u64,
+    quiet_periods: u32,
+    timeout: Duration,
+}
+
+struct Relay<'c, A, B> {
+    a: A,
+    b: B,
+    ab: Pump<'c>,
+    ba: Pump<'c>,
+    idle: Option<Idle>,
+}
+
+impl<A, B> Future for Relay<'_, A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let ab = this.ab.poll(cx, &mut this.a, &mut this.b)?;
+        let ba = this.ba.poll(cx, &mut this.b, &mut this.a)?;
+        if ab.is_ready() && ba.is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(idle) = &mut this.idle {
+            while idle.sleep.as_mut().poll(cx).is_ready() {
+                let progress = this.ab.moved + this.ba.moved;
+                if progress != idle.seen {
+                    idle.seen = progress;
+                    idle.quiet_periods = 0;
+                } else {
+                    idle.quiet_periods += 1;
+                    if idle.quiet_periods >= 2 {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no data in either direction for {:?}", idle.timeout),
+                        )));
+                    }
+                }
+                let next = tokio::time::Instant::now() + idle.period;
+                idle.sleep.as_mut().reset(next);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// One direction.
+struct Pump<'c> {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+    done: bool,
+    need_flush: bool,
+    moved: u64,
+    conn: &'c AtomicU64,
+    total: &'c AtomicU64,
+}
+
+impl Drop for Pump<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            give_buffer(b);
+        }
+    }
+}
+
+impl<'c> Pump<'c> {
+    fn new(conn: &'c AtomicU64, total: &'c AtomicU64) -> Self {
+        Pump {
+            buf: None,
+            pos: 0,
+            len: 0,
+            eof: false,
+            done: false,
+            need_flush: false,
+            moved: 0,
+            conn,
+            total,
+        }
+    }
+
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // Write what was read before reading more (bounded buffer = backpressure).
+            if self.pos < self.len {
+                let Some(buf) = self.buf.as_ref() else {
+                    return Poll::Ready(Err(io::Error::other("relay buffer missing")));
+                };
+                let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.len]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.moved += n as u64;
+                self.conn.fetch_add(n as u64, Ordering::Relaxed);
+                self.total.fetch_add(n as u64, Ordering::Relaxed);
+                self.need_flush = true;
+                continue;
+            }
+            if self.eof {
+                if let Some(b) = self.buf.take() {
+                    give_buffer(b);
+                }
+                ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                match ready!(Pin::new(&mut *w).poll_shutdown(cx)) {
+                    Ok(()) => {}
+                    // The peer is already fully gone: nothing left to tell it.
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            self.pos = 0;
+            self.len = 0;
+            let buf = self.buf.get_or_insert_with(take_buffer);
+            let mut rb = ReadBuf::new(buf);
+            match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        self.eof = true;
+                    } else {
+                        self.len = n;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Idle in this direction: hold no buffer while waiting.
+                    if let Some(b) = self.buf.take() {
+                        give_buffer(b);
+                    }
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn half_close_both_ways_over_small_pipes() {
+        // duplex(7) forces many partial reads and writes.
+        let (mut client, a) = tokio::io::duplex(7);
+        let (b, mut server) = tokio::io::duplex(7);
+        let relay = tokio::spawn(relay(a, b, None));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let d2 = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&d2).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, data);
+        server.write_all(b"after EOF").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"after EOF");
+        let t = relay.await.unwrap().unwrap();
+        assert_eq!((t.a_to_b, t.b_to_a), (100_000, 9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fires_only_when_idle() {
+        let (mut client, a) = tokio::io::duplex(64);
+        let (b, mut server) = tokio::io::duplex(64);
+        let relay = tokio::spawn(relay(a, b, Some(Duration::from_secs(10))));
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            client.write_all(b"x").await.unwrap();
+            let mut one = [0u8; 1];
+            server.read_exact(&mut one).await.unwrap();
+        }
+        assert!(!relay.is_finished());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let e = relay.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+}
