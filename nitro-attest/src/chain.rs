@@ -29,7 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1, ParsedPublicKey};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::{
@@ -49,10 +49,9 @@ use crate::time::{Timestamp, duration_ms};
 pub(crate) struct CertInfo {
     /// Raw DER of the subject name.
     pub(crate) subject: Vec<u8>,
-    /// Key for verifying certificates this one issued (ecdsa-with-SHA384, DER signatures).
-    pub(crate) ca_key: ParsedPublicKey,
-    /// Key for verifying the COSE signature (ES384, raw `r ‖ s`).
-    pub(crate) cose_key: ParsedPublicKey,
+    /// The subject's P-384 key, parsed once, for ecdsa-with-SHA384 (DER-encoded) signatures:
+    /// of certificates this one issued, and of the COSE signature (converted from `r ‖ s`).
+    pub(crate) key: ParsedPublicKey,
     /// Validity period, in seconds since the epoch.
     pub(crate) not_before: i64,
     pub(crate) not_after: i64,
@@ -92,8 +91,7 @@ pub(crate) fn parse(der: &[u8]) -> Result<Parsed, CertificateError> {
         .as_ref();
     let unsupported =
         |e: aws_lc_rs::error::KeyRejected| CertificateError::UnsupportedKey(e.to_string());
-    let ca_key = ParsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, point).map_err(unsupported)?;
-    let cose_key = ParsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, point).map_err(unsupported)?;
+    let key = ParsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, point).map_err(unsupported)?;
 
     let mut basic_constraints = None;
     let mut key_usage = None;
@@ -110,8 +108,7 @@ pub(crate) fn parse(der: &[u8]) -> Result<Parsed, CertificateError> {
     Ok(Parsed {
         info: CertInfo {
             subject: cert.subject().as_raw().to_vec(),
-            ca_key,
-            cose_key,
+            key,
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             basic_constraints,
@@ -197,7 +194,7 @@ pub(crate) fn link(issuer: &CertInfo, der: &[u8]) -> Result<CertInfo, Certificat
         return Err(CertificateError::IssuerMismatch);
     }
     issuer
-        .ca_key
+        .key
         .verify_sig(&p.tbs, &p.signature)
         .map_err(|_| CertificateError::BadSignature)?;
     Ok(p.info)
@@ -209,7 +206,7 @@ pub(crate) fn check_self_signed(p: &Parsed) -> Result<(), CertificateError> {
         return Err(CertificateError::IssuerMismatch);
     }
     p.info
-        .ca_key
+        .key
         .verify_sig(&p.tbs, &p.signature)
         .map_err(|_| CertificateError::BadSignature)
 }
@@ -377,5 +374,52 @@ impl Default for CertCache {
     /// A cache of 256 entries.
     fn default() -> Self {
         CertCache::new(256)
+    }
+}
+
+/// Converts a raw `r ‖ s` ECDSA signature (COSE) to the DER `Ecdsa-Sig-Value` encoding.
+/// Returns `None` unless `sig` is 96 bytes.
+pub(crate) fn fixed_to_der(sig: &[u8]) -> Option<Vec<u8>> {
+    if sig.len() != 96 {
+        return None;
+    }
+    let int = |out: &mut Vec<u8>, v: &[u8]| {
+        let start = v.iter().position(|&b| b != 0).unwrap_or(v.len() - 1);
+        let v = &v[start..];
+        let pad = v[0] & 0x80 != 0;
+        out.push(0x02);
+        out.push((v.len() + usize::from(pad)) as u8);
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    };
+    let mut body = Vec::with_capacity(104);
+    int(&mut body, &sig[..48]);
+    int(&mut body, &sig[48..]);
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.push(0x30);
+    out.push(body.len() as u8);
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_to_der_encodings() {
+        assert_eq!(fixed_to_der(&[0; 95]), None);
+        let mut sig = [0u8; 96];
+        // r = 0 (minimal INTEGER 0), s = 0x80 00.. (needs a leading zero byte).
+        sig[48] = 0x80;
+        let der = fixed_to_der(&sig).unwrap();
+        assert_eq!(&der[..5], &[0x30, 3 + 2 + 49, 0x02, 0x01, 0x00]);
+        assert_eq!(&der[5..8], &[0x02, 49, 0x00]);
+        assert_eq!(der.len(), 2 + 3 + 51);
+        let sig = [0x11u8; 96];
+        let der = fixed_to_der(&sig).unwrap();
+        assert_eq!(der.len(), 2 + 2 * 50);
     }
 }

@@ -354,8 +354,9 @@ impl Verifier {
         };
         let leaf_key = self.verify_chain(payload, at, policy.leeway)?;
         let digest = sig_structure_digest(doc.protected_header(), doc.payload_bytes());
+        let der_sig = chain::fixed_to_der(doc.signature()).ok_or(Error::BadSignature)?;
         leaf_key
-            .verify_digest_sig(&digest, doc.signature())
+            .verify_digest_sig(&digest, &der_sig)
             .map_err(|_| Error::BadSignature)?;
         policy.check_payload(payload, now)?;
         let anchor_sha256 = sha256(&payload.cabundle[0]);
@@ -407,7 +408,7 @@ impl Verifier {
             .link(issuer, issuer_der, &doc.certificate)
             .and_then(|info| info.check_leaf().map(|()| info))
             .map_err(|r| cert_err(CertRef::Leaf, r))?;
-        let key = leaf.cose_key.clone();
+        let key = leaf.key.clone();
         chain.push((CertRef::Leaf, leaf));
 
         // Pass 2, leaf first: validity at the check time, so that an old document reports its
