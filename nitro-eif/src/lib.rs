@@ -1,2 +1,38 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
+
+#[cfg(not(unix))]
+compile_error!(
+    "nitro-eif builds cpio archives with Unix file metadata: it supports Unix hosts only"
+);
+
+mod builder;
+mod cpio;
+mod error;
+mod format;
+mod image;
+mod measure;
+mod metadata;
+mod pem;
+mod ramdisk;
+mod reader;
+mod sign;
+mod stream;
+
+pub use builder::{BuildOutput, EifBuilder, Progress, Source};
+pub use cpio::{CpioArchive, CpioReader};
+pub use error::{Error, FormatError, Result, SignatureError};
+pub use format::{
+    Arch, CRC_OFFSET, DEFAULT_CPUS, DEFAULT_MEM, EifHeader, FLAG_ARM64, HEADER_SIZE, MAGIC,
+    MAX_SECTIONS, SECTION_HEADER_SIZE, SectionKind, VERSION,
+};
+pub use image::{ImageConfig, ImageOptions};
+pub use measure::{Measurements, PCR_LEN, Pcr};
+pub use metadata::{BuildInfo, Metadata, build_time_from_env, format_build_time};
+pub use ramdisk::{BootstrapRamdisk, CustomerRamdisk};
+pub use reader::{
+    Describe, EifReader, MAX_CMDLINE, MAX_METADATA, MetadataDescribe, Report, SectionInfo,
+};
+pub use sign::{CertificateInfo, MAX_SIGNATURE_SECTION, PemSigner, Signer, SigningAlgorithm};

@@ -1,0 +1,229 @@
+//! The crate's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::format::{Arch, SectionKind};
+
+/// Everything that can go wrong while building, reading or verifying an EIF.
+///
+/// Errors caused by a malformed or hostile EIF are [`Error::Format`]; errors caused by the
+/// inputs of a build (files, container images, keys) have their own variants; mistakes in how
+/// the API was called are [`Error::InvalidInput`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation failed; `context` says what was being done (and on which file).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, e.g. `reading kernel /boot/vmlinuz`.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The EIF is malformed, truncated or inconsistent.
+    #[error("invalid EIF: {0}")]
+    Format(#[from] FormatError),
+
+    /// The CRC32 stored in the EIF header does not match its contents.
+    #[error("EIF CRC mismatch: header has {expected:#010x}, contents give {computed:#010x}")]
+    CrcMismatch {
+        /// The CRC stored in the header.
+        expected: u32,
+        /// The CRC computed over the file.
+        computed: u32,
+    },
+
+    /// The EIF signature section is malformed or does not verify.
+    #[error("EIF signature: {0}")]
+    Signature(#[from] SignatureError),
+
+    /// A signing key or certificate given to the builder is unusable.
+    #[error("signing key: {0}")]
+    SigningKey(String),
+
+    /// A [`Signer`](crate::Signer) implementation failed.
+    #[error("signer failed: {0}")]
+    Signer(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// A container image (OCI layout or `docker save` archive) could not be used.
+    #[error("container image: {0}")]
+    Image(String),
+
+    /// A build input produced a different number of bytes than announced (e.g. a file changed
+    /// while the image was being built).
+    #[error("{what}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Which input.
+        what: String,
+        /// The size announced before streaming (file metadata, declared length).
+        expected: u64,
+        /// The number of bytes actually produced (a lower bound if the input grew).
+        actual: u64,
+    },
+
+    /// The kernel's architecture could not be detected and none was given.
+    #[error(
+        "cannot detect the kernel architecture (neither an x86 bzImage nor an arm64 Image); set it with EifBuilder::arch"
+    )]
+    UnknownArch,
+
+    /// Two inputs disagree about the architecture.
+    #[error("architecture mismatch: {what} is {found}, the image is built for {expected}")]
+    ArchMismatch {
+        /// Which input disagrees.
+        what: String,
+        /// The architecture of that input.
+        found: Arch,
+        /// The architecture of the EIF (from the kernel or [`EifBuilder::arch`](crate::EifBuilder::arch)).
+        expected: Arch,
+    },
+
+    /// A file or directory cannot be put into a cpio archive.
+    #[error("{path}: {reason}")]
+    Unsupported {
+        /// The offending path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
+    /// The API was called with arguments that cannot produce a valid EIF.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A structural problem in an EIF file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The file is shorter than its header says.
+    #[error("truncated: {what} needs bytes {start}..{end} but the file has {len} bytes")]
+    Truncated {
+        /// What was being read.
+        what: String,
+        /// First byte needed.
+        start: u64,
+        /// One past the last byte needed.
+        end: u64,
+        /// The file length.
+        len: u64,
+    },
+    /// The file does not start with `.eif`.
+    #[error("bad magic {0:02x?} (expected \".eif\")")]
+    BadMagic([u8; 4]),
+    /// The header version is not one this crate understands (1 to 4).
+    #[error("unsupported EIF version {0}")]
+    UnsupportedVersion(u16),
+    /// The header flags have bits set that no version of the format defines.
+    #[error("unknown header flags {0:#06x}")]
+    UnknownFlags(u16),
+    /// More sections than the header can describe.
+    #[error("{0} sections (at most 32)")]
+    TooManySections(u16),
+    /// A section header carries an undefined type.
+    #[error("section {index}: invalid section type {value}")]
+    InvalidSectionType {
+        /// Index in the header's section table.
+        index: usize,
+        /// The type value found.
+        value: u16,
+    },
+    /// A section header has non-zero flags.
+    #[error("section {index}: non-zero section flags {flags:#06x}")]
+    SectionFlags {
+        /// Index in the header's section table.
+        index: usize,
+        /// The flags found.
+        flags: u16,
+    },
+    /// The size in the file header and the size in the section header differ.
+    #[error(
+        "section {index}: size {in_header} in the file header but {in_section} in the section header"
+    )]
+    SizeDisagreement {
+        /// Index in the header's section table.
+        index: usize,
+        /// Size from the file header.
+        in_header: u64,
+        /// Size from the section header.
+        in_section: u64,
+    },
+    /// A section starts inside the file header or the previous section, or sections are not in
+    /// increasing file order.
+    #[error(
+        "section {index} at offset {offset} overlaps the header or the previous section (which ends at {previous_end})"
+    )]
+    Overlap {
+        /// Index in the header's section table.
+        index: usize,
+        /// Its offset.
+        offset: u64,
+        /// Where the previous section (or the header) ends.
+        previous_end: u64,
+    },
+    /// A section exceeds the limit this crate accepts for its kind.
+    #[error("{kind} section of {size} bytes exceeds the limit of {limit} bytes")]
+    SectionTooLarge {
+        /// The kind of section.
+        kind: SectionKind,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A mandatory section is missing.
+    #[error("no {0} section")]
+    MissingSection(SectionKind),
+    /// A section that may appear once appears twice.
+    #[error("more than one {0} section")]
+    DuplicateSection(SectionKind),
+    /// Sections are in an order whose measurement would be ambiguous (the kernel, the command line
+    /// and the ramdisks must appear in that order).
+    #[error("{0}")]
+    SectionOrder(String),
+    /// The metadata section is not the JSON document the format defines.
+    #[error("metadata section: {0}")]
+    Metadata(String),
+    /// The unused slots of the section table are not zero.
+    #[error("section table slot {0} is unused but not zero")]
+    UnusedSlot(usize),
+}
+
+/// A problem with the signature section or the signature it carries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// The section is not the CBOR structure nitro-cli writes.
+    #[error("malformed signature section: {0}")]
+    Malformed(String),
+    /// The signing certificate cannot be parsed.
+    #[error("signing certificate: {0}")]
+    Certificate(String),
+    /// The COSE_Sign1 structure cannot be parsed or uses an unsupported algorithm.
+    #[error("COSE_Sign1: {0}")]
+    Cose(String),
+    /// The signed payload is not the PCR0 this image measures to.
+    #[error("the signature covers a different PCR0 than the image measures to")]
+    PayloadMismatch,
+    /// The signature does not verify with the certificate's public key.
+    #[error("the signature does not verify with the certificate's key")]
+    BadSignature,
+    /// The certificate is not valid at the given time.
+    #[error("the signing certificate is not valid at {0} (validity {1})")]
+    Expired(String, String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
