@@ -179,7 +179,7 @@ impl EgressClient {
 }
 
 /// Reads exactly one response, never a byte beyond it (what follows belongs to the stream).
-async fn read_response(stream: &mut Stream) -> Result<Response, Error> {
+pub(crate) async fn read_response(stream: &mut Stream) -> Result<Response, Error> {
     let mut buf = vec![0u8; RESPONSE_HEADER_LEN];
     stream
         .read_exact(&mut buf)
