@@ -6,6 +6,7 @@ mod device;
 mod error;
 mod file;
 pub mod proto;
+pub mod sealed;
 mod server;
 
 pub use client::{
