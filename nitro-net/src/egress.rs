@@ -497,9 +497,28 @@ async fn read_request(s: &mut Stream) -> Result<Option<Request>, ReadError> {
     }
 }
 
-async fn write_and_close(s: &mut Stream, resp: &Response) -> io::Result<()> {
+/// Sends a final response and closes "lingering": after the write shutdown, what the peer
+/// still sends is read and discarded for a moment, so that closing with unread bytes does not
+/// turn into a reset that destroys the response before the peer reads it.
+pub(crate) async fn write_and_close(s: &mut Stream, resp: &Response) -> io::Result<()> {
     s.write_all(&resp.encode()).await?;
-    s.shutdown().await
+    s.shutdown().await?;
+    linger_drain(s).await;
+    Ok(())
+}
+
+pub(crate) async fn linger_drain(s: &mut Stream) {
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -321,7 +321,9 @@ async fn http_reply(
     head.push_str("\r\n");
     client.write_all(head.as_bytes()).await?;
     client.write_all(body.as_bytes()).await?;
-    client.shutdown().await
+    client.shutdown().await?;
+    crate::egress::linger_drain(client).await;
+    Ok(())
 }
 
 /// Why an HTTP `CONNECT` request was rejected.
