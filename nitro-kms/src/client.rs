@@ -564,6 +564,12 @@ impl KmsClient {
             .await
     }
 
+    /// `GetPublicKey` of `key_id`.
+    pub async fn get_public_key(&self, key_id: &str) -> Result<GetPublicKeyResponse, Error> {
+        self.call("GetPublicKey", &serde_json::json!({ "KeyId": key_id }))
+            .await
+    }
+
     /// `PutKeyPolicy`.
     pub async fn put_key_policy(&self, request: PutKeyPolicyRequest) -> Result<(), Error> {
         let _: serde_json::Value = self.call("PutKeyPolicy", &request).await?;

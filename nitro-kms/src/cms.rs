@@ -414,12 +414,12 @@ fn check_sha256(alg_id: ber::Element<'_>) -> Result<(), CmsError> {
     if oid.content != OID_SHA256 {
         return Err(CmsError::UnsupportedKeyEncryption("hash is not SHA-256"));
     }
-    if let Some(param) = r.next()? {
-        if param.tag != NULL || !param.content.is_empty() {
-            return Err(CmsError::Malformed(
-                "SHA-256 parameters must be absent or NULL",
-            ));
-        }
+    if let Some(param) = r.next()?
+        && (param.tag != NULL || !param.content.is_empty())
+    {
+        return Err(CmsError::Malformed(
+            "SHA-256 parameters must be absent or NULL",
+        ));
     }
     r.finish("hash algorithm")
 }
@@ -499,7 +499,7 @@ fn dotted(content: &[u8]) -> String {
 }
 
 fn decrypt_cbc(cek: &[u8], iv: &[u8; 16], ciphertext: &[u8]) -> Result<Plaintext, CmsError> {
-    if ciphertext.is_empty() || ciphertext.len() % 16 != 0 {
+    if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
         return Err(CmsError::BadContentLength(ciphertext.len()));
     }
     let key =

@@ -9,6 +9,9 @@ pub mod cms;
 pub mod credentials;
 mod error;
 mod http;
+#[cfg(feature = "local-kms")]
+#[cfg_attr(docsrs, doc(cfg(feature = "local-kms")))]
+pub mod local;
 pub mod model;
 mod recipient;
 mod secret;

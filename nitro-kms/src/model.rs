@@ -319,7 +319,7 @@ pub enum KeySpec {
 
 impl KeySpec {
     /// Key length in bytes.
-    pub fn len(self) -> usize {
+    pub fn key_len(self) -> usize {
         match self {
             Self::Aes256 => 32,
             Self::Aes128 => 16,
@@ -577,6 +577,28 @@ pub struct DeriveSharedSecretResponse {
     /// `AWS_KMS`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_origin: Option<String>,
+}
+
+/// `GetPublicKey` response (the fields the local KMS fills).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[non_exhaustive]
+pub struct GetPublicKeyResponse {
+    /// ARN of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The public key (DER SubjectPublicKeyInfo).
+    #[serde(default, with = "b64")]
+    pub public_key: Vec<u8>,
+    /// `ECC_NIST_P256`, `RSA_2048`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_spec: Option<String>,
+    /// `KEY_AGREEMENT`, `SIGN_VERIFY`, `ENCRYPT_DECRYPT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_usage: Option<String>,
+    /// Key agreement algorithms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_agreement_algorithms: Option<Vec<String>>,
 }
 
 /// `CreateKey` request.

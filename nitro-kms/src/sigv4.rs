@@ -90,7 +90,7 @@ pub(crate) fn sign_request(
 }
 
 #[cfg(feature = "local-kms")]
-pub(crate) use verify::{VerifiedSignature, verify_request};
+pub(crate) use verify::verify_request;
 
 #[cfg(feature = "local-kms")]
 mod verify {
@@ -105,7 +105,23 @@ mod verify {
     use aws_sigv4::sign::v4;
 
     use crate::credentials::Credentials;
-    use crate::error::Error;
+    use crate::error::ServiceError as Error;
+
+    fn incomplete(message: impl Into<String>) -> Error {
+        Error::new(400, "IncompleteSignatureException", message)
+    }
+
+    fn invalid(message: impl Into<String>) -> Error {
+        Error::new(400, "InvalidSignatureException", message)
+    }
+
+    fn unrecognized() -> Error {
+        Error::new(
+            400,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+    }
 
     /// Largest accepted clock difference between client and server (as AWS).
     const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
@@ -126,7 +142,7 @@ mod verify {
     }
 
     fn parse_authorization(value: &str) -> Result<Authorization<'_>, Error> {
-        let bad = |why: &str| Error::Signing(format!("malformed Authorization header: {why}"));
+        let bad = |why: &str| incomplete(format!("malformed Authorization header: {why}"));
         let rest = value
             .strip_prefix("AWS4-HMAC-SHA256")
             .ok_or_else(|| bad("algorithm is not AWS4-HMAC-SHA256"))?;
@@ -279,51 +295,46 @@ mod verify {
     ) -> Result<VerifiedSignature, Error> {
         let header =
             |name: &str| -> Option<&str> { parts.headers.get(name).and_then(|v| v.to_str().ok()) };
-        let auth = header("authorization")
-            .ok_or_else(|| Error::Signing("missing Authentication Token".into()))?;
+        let auth = header("authorization").ok_or_else(|| {
+            Error::new(
+                400,
+                "MissingAuthenticationTokenException",
+                "Missing Authentication Token",
+            )
+        })?;
         let auth = parse_authorization(auth)?;
         if auth.service != service {
-            return Err(Error::Signing(format!(
+            return Err(invalid(format!(
                 "credential should be scoped to correct service: '{service}'"
             )));
         }
         if auth.region != region {
-            return Err(Error::Signing(format!(
+            return Err(invalid(format!(
                 "credential should be scoped to a valid region, not '{}' (this endpoint is '{region}')",
                 auth.region
             )));
         }
-        let amz_date =
-            header("x-amz-date").ok_or_else(|| Error::Signing("missing X-Amz-Date".into()))?;
+        let amz_date = header("x-amz-date").ok_or_else(|| incomplete("missing X-Amz-Date"))?;
         let signed_at = parse_amz_date(amz_date)
-            .ok_or_else(|| Error::Signing(format!("invalid X-Amz-Date {amz_date:?}")))?;
+            .ok_or_else(|| incomplete(format!("invalid X-Amz-Date {amz_date:?}")))?;
         if !amz_date.starts_with(auth.date) || auth.date.len() != 8 {
-            return Err(Error::Signing(
-                "credential date does not match X-Amz-Date".into(),
-            ));
+            return Err(invalid("credential date does not match X-Amz-Date"));
         }
         let skew = now
             .duration_since(signed_at)
-            .or_else(|e| Ok::<_, Error>(e.duration()))?;
+            .unwrap_or_else(|e| e.duration());
         if skew > MAX_SKEW {
-            return Err(Error::Signing(format!(
+            return Err(invalid(format!(
                 "Signature expired or not yet valid: {amz_date} is more than 15 minutes away from the server's time"
             )));
         }
-        let creds = lookup(auth.access_key_id).ok_or_else(|| {
-            Error::Signing("The security token included in the request is invalid.".into())
-        })?;
+        let creds = lookup(auth.access_key_id).ok_or_else(unrecognized)?;
         if let Some(expected) = creds.session_token() {
             let sent = header("x-amz-security-token").unwrap_or("");
-            if !constant_time::verify_slices_are_equal(
-                sent.as_bytes(),
-                expected.expose().as_bytes(),
-            )
-            .is_ok()
+            if constant_time::verify_slices_are_equal(sent.as_bytes(), expected.expose().as_bytes())
+                .is_err()
             {
-                return Err(Error::Signing(
-                    "The security token included in the request is invalid.".into(),
-                ));
+                return Err(unrecognized());
             }
         }
 
@@ -390,9 +401,8 @@ mod verify {
         if constant_time::verify_slices_are_equal(expected.as_bytes(), auth.signature.as_bytes())
             .is_err()
         {
-            return Err(Error::Signing(
-                "The request signature we calculated does not match the signature you provided."
-                    .into(),
+            return Err(invalid(
+                "The request signature we calculated does not match the signature you provided.",
             ));
         }
         Ok(VerifiedSignature {

@@ -1,5 +1,6 @@
 //! CMS `EnvelopedData` interop: real AWS KMS `CiphertextForRecipient` vectors, envelopes written
 //! by `openssl cms -encrypt`, and envelopes written by this crate opened by `openssl cms -decrypt`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: fixtures and external tools, skipped with a printed
 //! reason when absent unless `CI=true`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 #![allow(dead_code, unreachable_pub)] // each test binary uses a subset
 
 use std::path::PathBuf;

@@ -1,0 +1,429 @@
+//! The client against the local KMS over TLS on loopback: every operation with and without
+//! `Recipient`, key policies on PCR0, SigV4 rejection, attestation trust, and the state file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
+
+use std::sync::Arc;
+
+use aws_lc_rs::agreement::{self, ECDH_P256, UnparsedPublicKey};
+use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+use nitro_attest::SimulatedNsm;
+use nitro_kms::local::{AttestationTrust, LocalKms, LocalKmsConfig, server};
+use nitro_kms::model::*;
+use nitro_kms::{Credentials, Error, KmsClient, Recipient, RetryConfig, TlsRoots};
+
+const REGION: &str = "eu-west-1";
+const PCR0_GOOD: [u8; 48] = [0x11; 48];
+const PCR0_BAD: [u8; 48] = [0x22; 48];
+
+fn creds() -> Credentials {
+    Credentials::new("AKIDLOCALTEST", "local-secret-key", None, None)
+}
+
+struct Env {
+    server: server::RunningServer,
+    ca_pem: String,
+    roots: Vec<Vec<u8>>,
+    _state: tempfile::TempDir,
+    state_file: std::path::PathBuf,
+}
+
+/// A TLS certificate for 127.0.0.1/localhost from a throwaway CA.
+fn tls_material() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "local KMS test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+/// A local KMS over TLS trusting the roots of `nsms`.
+async fn env(nsms: &[&SimulatedNsm]) -> Env {
+    let roots: Vec<Vec<u8>> = nsms
+        .iter()
+        .map(|n| n.root_certificate_der().to_vec())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("kms-state.json");
+    let kms = LocalKms::new(
+        LocalKmsConfig::new(AttestationTrust::roots_der(roots.iter().map(Vec::as_slice)).unwrap())
+            .region(REGION)
+            .state_file(&state_file)
+            .credentials(creds()),
+    )
+    .unwrap();
+    let (ca_pem, cert_pem, key_pem) = tls_material();
+    let tls = server::tls_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    let server = server::spawn(Arc::new(kms), "127.0.0.1:0", Some(tls))
+        .await
+        .unwrap();
+    Env {
+        server,
+        ca_pem,
+        roots,
+        _state: dir,
+        state_file,
+    }
+}
+
+fn nsm(seed: u64, pcr0: &[u8]) -> Arc<SimulatedNsm> {
+    Arc::new(
+        SimulatedNsm::builder()
+            .seed(seed)
+            .pcr(0, pcr0)
+            .build()
+            .unwrap(),
+    )
+}
+
+fn client(env: &Env, recipient: Option<Recipient>) -> KmsClient {
+    let mut b = KmsClient::builder(REGION)
+        .endpoint(format!(
+            "https://localhost:{}",
+            env.server.local_addr().port()
+        ))
+        .tls_roots(TlsRoots::from_pem(env.ca_pem.as_bytes()).unwrap())
+        .credentials(creds())
+        .retry(RetryConfig::new(1));
+    if let Some(r) = recipient {
+        b = b.recipient(r);
+    }
+    b.build().unwrap()
+}
+
+fn pcr0_policy(pcr0: &[u8]) -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+             "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*", "kms:Encrypt", "kms:List*"], "Resource": "*"},
+            {"Sid": "enclave", "Effect": "Allow", "Principal": {"AWS": "*"},
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair", "kms:DeriveSharedSecret"], "Resource": "*",
+             "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": hex::encode(pcr0)}}}
+        ]
+    })
+    .to_string()
+}
+
+fn code(e: &Error) -> &str {
+    e.service_code().unwrap_or("<not a service error>")
+}
+
+#[tokio::test]
+async fn plain_operations() {
+    let sim = nsm(1, &PCR0_GOOD);
+    let env = env(&[&sim]).await;
+    let kms = client(&env, None);
+
+    let key = kms
+        .create_key(CreateKeyRequest::new().description("test"))
+        .await
+        .unwrap();
+    let key_id = key.key_metadata.key_id.clone();
+    assert_eq!(
+        key.key_metadata.key_spec.as_deref(),
+        Some("SYMMETRIC_DEFAULT")
+    );
+
+    let enc = kms
+        .encrypt(
+            EncryptRequest::new(&key_id, b"attack at dawn".to_vec()).context("purpose", "test"),
+        )
+        .await
+        .unwrap();
+    let dec = kms
+        .decrypt(DecryptRequest::new(enc.ciphertext_blob.clone()).context("purpose", "test"))
+        .await
+        .unwrap();
+    assert_eq!(dec.plaintext.unwrap().as_bytes(), b"attack at dawn");
+    // Wrong encryption context.
+    let e = kms
+        .decrypt(DecryptRequest::new(enc.ciphertext_blob.clone()).context("purpose", "other"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidCiphertextException");
+
+    let dk = kms
+        .generate_data_key(GenerateDataKeyRequest::new(&key_id))
+        .await
+        .unwrap();
+    assert_eq!(dk.plaintext.as_ref().unwrap().len(), 32);
+    let back = kms
+        .decrypt(DecryptRequest::new(dk.ciphertext_blob))
+        .await
+        .unwrap();
+    assert_eq!(back.plaintext, dk.plaintext);
+
+    let kp = kms
+        .generate_data_key_pair(GenerateDataKeyPairRequest::new(&key_id, "ECC_NIST_P256"))
+        .await
+        .unwrap();
+    assert!(!kp.public_key.is_empty());
+    let back = kms
+        .decrypt(DecryptRequest::new(kp.private_key_ciphertext_blob))
+        .await
+        .unwrap();
+    assert_eq!(back.plaintext, kp.private_key_plaintext);
+
+    let r = kms
+        .generate_random(GenerateRandomRequest::new(64))
+        .await
+        .unwrap();
+    assert_eq!(r.plaintext.unwrap().len(), 64);
+
+    let listed = kms.list_keys(ListKeysRequest::new()).await.unwrap();
+    assert!(listed.keys.iter().any(|k| k.key_id == key_id));
+    let policy = kms
+        .get_key_policy(GetKeyPolicyRequest::new(&key_id))
+        .await
+        .unwrap();
+    assert!(policy.policy.contains("kms:*"));
+
+    // Validation errors come back typed.
+    let e = kms
+        .generate_random(GenerateRandomRequest::new(2000))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "ValidationException");
+    let e = kms
+        .decrypt(DecryptRequest::new(vec![1, 2, 3]))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidCiphertextException");
+    let e = kms
+        .encrypt(EncryptRequest::new("no-such-key", b"x".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NotFoundException");
+}
+
+#[tokio::test]
+async fn key_agreement() {
+    let sim = nsm(2, &PCR0_GOOD);
+    let env = env(&[&sim]).await;
+    let kms = client(&env, None);
+    let key = kms
+        .create_key(
+            CreateKeyRequest::new()
+                .key_spec("ECC_NIST_P256")
+                .key_usage("KEY_AGREEMENT"),
+        )
+        .await
+        .unwrap();
+    let key_id = key.key_metadata.key_id;
+    let kms_public = kms.get_public_key(&key_id).await.unwrap().public_key;
+
+    let mine = agreement::PrivateKey::generate(&ECDH_P256).unwrap();
+    let my_public: PublicKeyX509Der<'static> = mine.compute_public_key().unwrap().as_der().unwrap();
+    let expected = agreement::agree(
+        &mine,
+        UnparsedPublicKey::new(&ECDH_P256, &kms_public),
+        (),
+        |s| Ok(s.to_vec()),
+    )
+    .unwrap();
+
+    let plain = kms
+        .derive_shared_secret(DeriveSharedSecretRequest::new(
+            &key_id,
+            my_public.as_ref().to_vec(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(plain.shared_secret.unwrap().as_bytes(), expected.as_slice());
+
+    // Attested: the key policy is the default (account-wide), so any recipient is admitted.
+    let attested = client(&env, Some(Recipient::new(sim)));
+    let resp = attested
+        .derive_shared_secret(DeriveSharedSecretRequest::new(
+            &key_id,
+            my_public.as_ref().to_vec(),
+        ))
+        .await
+        .unwrap();
+    assert!(resp.ciphertext_for_recipient.is_some());
+    assert_eq!(resp.shared_secret.unwrap().as_bytes(), expected.as_slice());
+}
+
+#[tokio::test]
+async fn recipient_admitted_and_refused_by_pcr0_policy() {
+    let good = nsm(3, &PCR0_GOOD);
+    // A second enclave image: another PCR0 (and its own simulator root, also trusted).
+    let bad = nsm(30, &PCR0_BAD);
+    let env = env(&[&good, &bad]).await;
+    let admin = client(&env, None);
+    let key_id = admin
+        .create_key(CreateKeyRequest::new().policy(pcr0_policy(&PCR0_GOOD)))
+        .await
+        .unwrap()
+        .key_metadata
+        .key_id;
+    let sealed = admin
+        .encrypt(EncryptRequest::new(&key_id, b"only for PCR0 11..".to_vec()).context("app", "x"))
+        .await
+        .unwrap()
+        .ciphertext_blob;
+
+    // Without Recipient the condition key is absent: denied even for the admin.
+    let e = admin
+        .decrypt(DecryptRequest::new(sealed.clone()).context("app", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException");
+
+    // The enclave with the right PCR0 gets it, through CiphertextForRecipient.
+    let enclave = client(&env, Some(Recipient::new(good.clone())));
+    let resp = enclave
+        .decrypt(DecryptRequest::new(sealed.clone()).context("app", "x"))
+        .await
+        .unwrap();
+    assert!(resp.ciphertext_for_recipient.is_some());
+    assert_eq!(resp.plaintext.unwrap().as_bytes(), b"only for PCR0 11..");
+
+    let dk = enclave
+        .generate_data_key(GenerateDataKeyRequest::new(&key_id).context("app", "x"))
+        .await
+        .unwrap();
+    let again = enclave
+        .decrypt(DecryptRequest::new(dk.ciphertext_blob.clone()).context("app", "x"))
+        .await
+        .unwrap();
+    assert_eq!(again.plaintext, dk.plaintext);
+    let kp = enclave
+        .generate_data_key_pair(GenerateDataKeyPairRequest::new(&key_id, "RSA_2048"))
+        .await
+        .unwrap();
+    let pk8 = kp.private_key_plaintext.unwrap();
+    assert!(aws_lc_rs::rsa::KeyPair::from_pkcs8(&pk8).is_ok());
+    let random = enclave
+        .generate_random(GenerateRandomRequest::new(32))
+        .await
+        .unwrap();
+    assert_eq!(random.plaintext.unwrap().len(), 32);
+
+    // The other enclave image, attested by a trusted root, is refused by the key policy.
+    let other = client(&env, Some(Recipient::new(bad)));
+    let e = other
+        .decrypt(DecryptRequest::new(sealed.clone()).context("app", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException", "{e}");
+    let e = other
+        .generate_data_key(GenerateDataKeyRequest::new(&key_id))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException");
+
+    // A document from an untrusted root is refused before the policy is even read.
+    let stranger = client(&env, Some(Recipient::new(nsm(99, &PCR0_GOOD))));
+    let e = stranger
+        .decrypt(DecryptRequest::new(sealed).context("app", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "ValidationException", "{e}");
+}
+
+#[tokio::test]
+async fn signatures_are_checked() {
+    let sim = nsm(4, &PCR0_GOOD);
+    let env = env(&[&sim]).await;
+    let url = format!("https://localhost:{}", env.server.local_addr().port());
+    let roots = TlsRoots::from_pem(env.ca_pem.as_bytes()).unwrap();
+    let bad_secret = KmsClient::builder(REGION)
+        .endpoint(&url)
+        .tls_roots(roots.clone())
+        .credentials(Credentials::new("AKIDLOCALTEST", "wrong", None, None))
+        .build()
+        .unwrap();
+    let e = bad_secret
+        .list_keys(ListKeysRequest::new())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidSignatureException");
+    let unknown = KmsClient::builder(REGION)
+        .endpoint(&url)
+        .tls_roots(roots.clone())
+        .credentials(Credentials::new("AKIDOTHER", "x", None, None))
+        .build()
+        .unwrap();
+    let e = unknown.list_keys(ListKeysRequest::new()).await.unwrap_err();
+    assert_eq!(code(&e), "UnrecognizedClientException");
+    let wrong_region = KmsClient::builder("us-west-2")
+        .endpoint(&url)
+        .tls_roots(roots)
+        .credentials(creds())
+        .build()
+        .unwrap();
+    let e = wrong_region
+        .list_keys(ListKeysRequest::new())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidSignatureException");
+    // And a client that does not trust the server's CA never gets to send anything.
+    let untrusting = KmsClient::builder(REGION)
+        .endpoint(&url)
+        .credentials(creds())
+        .retry(RetryConfig::new(1))
+        .build()
+        .unwrap();
+    let e = untrusting
+        .list_keys(ListKeysRequest::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Tls(_)), "{e}");
+}
+
+#[tokio::test]
+async fn state_file_survives_restart() {
+    let sim = nsm(5, &PCR0_GOOD);
+    let env = env(&[&sim]).await;
+    let kms = client(&env, None);
+    let key_id = kms
+        .create_key(CreateKeyRequest::new())
+        .await
+        .unwrap()
+        .key_metadata
+        .key_id;
+    let blob = kms
+        .encrypt(EncryptRequest::new(&key_id, b"persisted".to_vec()))
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    // A second local KMS reading the same state file decrypts it.
+    let reloaded = LocalKms::new(
+        LocalKmsConfig::new(
+            AttestationTrust::roots_der(env.roots.iter().map(Vec::as_slice)).unwrap(),
+        )
+        .region(REGION)
+        .state_file(&env.state_file)
+        .credentials(creds()),
+    )
+    .unwrap();
+    let server2 = server::spawn(Arc::new(reloaded), "127.0.0.1:0", None)
+        .await
+        .unwrap();
+    let plain = KmsClient::builder(REGION)
+        .endpoint(format!("http://127.0.0.1:{}", server2.local_addr().port()))
+        .dangerous_allow_plain_http()
+        .credentials(creds())
+        .build()
+        .unwrap();
+    let dec = plain.decrypt(DecryptRequest::new(blob)).await.unwrap();
+    assert_eq!(dec.plaintext.unwrap().as_bytes(), b"persisted");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&env.state_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
