@@ -157,7 +157,7 @@ impl<T: ProvideCredentials + ?Sized> ProvideCredentials for Arc<T> {
 
 /// Reads the standard environment variables on every call ([`Credentials::from_env`]).
 #[derive(Clone, Copy, Debug, Default)]
-#[non_exhaustive]
+#[allow(clippy::exhaustive_structs)] // a unit struct: nothing to add later
 pub struct EnvironmentCredentials;
 
 impl ProvideCredentials for EnvironmentCredentials {
