@@ -457,10 +457,10 @@ impl NbdClient {
     }
 
     async fn connection(&self) -> Result<Arc<Conn>> {
-        if let Some(c) = lock(&self.inner.current).as_ref() {
-            if c.shared.is_alive() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = lock(&self.inner.current).as_ref()
+            && c.shared.is_alive()
+        {
+            return Ok(c.clone());
         }
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Disconnected("the client was closed".into()));

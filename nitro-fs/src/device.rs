@@ -111,7 +111,7 @@ pub(crate) fn check_range(size: u64, offset: u64, len: u64) -> Result<()> {
 pub(crate) fn check_request(size: u64, alignment: u32, offset: u64, len: u64) -> Result<()> {
     check_range(size, offset, len)?;
     let a = u64::from(alignment.max(1));
-    if offset % a != 0 || len % a != 0 {
+    if !offset.is_multiple_of(a) || !len.is_multiple_of(a) {
         return Err(Error::Unaligned {
             offset,
             length: len,

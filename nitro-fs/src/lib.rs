@@ -5,6 +5,8 @@ mod client;
 mod device;
 mod error;
 mod file;
+#[cfg(target_os = "linux")]
+pub mod kernel;
 pub mod proto;
 pub mod sealed;
 mod server;

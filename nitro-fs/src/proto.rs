@@ -31,7 +31,7 @@ pub const NBD_MAGIC: u64 = 0x4e42_444d_4147_4943;
 /// `IHAVEOPT`: newstyle greeting magic and option request magic.
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 /// Oldstyle greeting magic (not supported).
-pub const CLISERV_MAGIC: u64 = 0x0042_0281_8612_53;
+pub const CLISERV_MAGIC: u64 = 0x0000_4202_8186_1253;
 /// Option reply magic.
 pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 /// Transmission request magic.

@@ -546,7 +546,7 @@ fn validate(export: &Export, req: &Request, max_request: u32) -> Option<u32> {
         }
     }
     let min = u64::from(export.device.min_block_size().max(1));
-    if req.offset % min != 0 || u64::from(req.length) % min != 0 {
+    if !req.offset.is_multiple_of(min) || u64::from(req.length) % min != 0 {
         return Some(NbdErrno::EINVAL.0);
     }
     None
@@ -671,13 +671,12 @@ where
             let mut event = None;
             if let Some(Some(c)) = inflight.next().now_or_never() {
                 event = Some(Event::Completed(c));
-            } else if can_read(inflight.len(), inflight_bytes) {
-                if let Some(fut) = read_fut.as_mut() {
-                    if let Some((rd, incoming)) = fut.as_mut().now_or_never() {
-                        read_fut = None;
-                        event = Some(Event::Read(rd, incoming));
-                    }
-                }
+            } else if can_read(inflight.len(), inflight_bytes)
+                && let Some(fut) = read_fut.as_mut()
+                && let Some((rd, incoming)) = fut.as_mut().now_or_never()
+            {
+                read_fut = None;
+                event = Some(Event::Read(rd, incoming));
             }
             let Some(event) = event else { break };
             handle_event(

@@ -1,5 +1,6 @@
 //! The NBD client against real servers: qemu-nbd and nbdkit, plus reconnection and
 //! pipelining against this crate's server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are failures
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Malformed and hostile NBD traffic in both directions: the server facing a broken client,
 //! the client facing a broken (or malicious) server. Nothing may panic, hang or corrupt.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are failures
 
 use std::time::Duration;
 
@@ -280,7 +281,7 @@ async fn server_answers_bad_requests_with_errors_and_stays_usable() {
     // And real requests work, pipelined.
     let h1 = request(&mut c, CMD_WRITE, CMD_FLAG_FUA, 4096, 4, b"abcd").await;
     let h2 = request(&mut c, CMD_FLUSH, 0, 0, 0, &[]).await;
-    let mut got = vec![reply(&mut c, 0).await.0, reply(&mut c, 0).await.0];
+    let mut got = [reply(&mut c, 0).await.0, reply(&mut c, 0).await.0];
     got.sort_by_key(|r| r.handle);
     let mut want = [h1, h2];
     want.sort();
@@ -315,7 +316,7 @@ async fn server_answers_bad_requests_with_errors_and_stays_usable() {
 async fn client_with<F, Fut>(script: F) -> nitro_fs::Result<NbdClient>
 where
     F: Fn(DuplexStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let script = std::sync::Arc::new(script);
     let mut cfg = ClientConfig::new("x");

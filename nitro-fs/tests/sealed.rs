@@ -1,4 +1,5 @@
 //! Sealed device: behaviour, tamper detection, and crash consistency against a model.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are failures
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

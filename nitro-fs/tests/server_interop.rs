@@ -1,5 +1,6 @@
 //! The NBD server against the real tools: nbdinfo (libnbd), qemu-io and qemu-img (qemu's
 //! NBD client), over Unix sockets and TCP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are failures
 
 mod common;
 

@@ -329,7 +329,7 @@ impl<D: BlockDevice> SealedDevice<D> {
             return Err(parse_error
                 .unwrap_or_else(|| Error::NotSealed("no sealed-device header found".into())));
         }
-        candidates.sort_by(|a, b| b.0.generation.cmp(&a.0.generation));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0.generation));
         let mut unwrapped: Vec<(Vec<u8>, DeviceId, DataKey)> = Vec::new();
         let mut key_error = None;
         let mut chosen = None;
@@ -525,8 +525,8 @@ impl<D: BlockDevice> SealedDevice<D> {
             let first = offset / b;
             let last = (offset + len - 1) / b;
             let _locks = self.lock_exclusive(first, last).await;
-            let head = offset % b != 0;
-            let tail = (offset + len) % b != 0;
+            let head = !offset.is_multiple_of(b);
+            let tail = !(offset + len).is_multiple_of(b);
             match data {
                 Some(data) if !head && !tail => inner.write_blocks(first, data).await?,
                 None if !head && !tail => inner.zero_blocks(first, last).await?,
@@ -561,7 +561,7 @@ impl<D: BlockDevice> SealedDevice<D> {
 
 fn check_underlying<D: BlockDevice>(dev: &D) -> Result<()> {
     let min = dev.min_block_size().max(1) as usize;
-    if BLOCK % min != 0 {
+    if !BLOCK.is_multiple_of(min) {
         return Err(Error::invalid(format!(
             "the underlying device needs {min}-byte alignment; a sealed device needs a divisor of {BLOCK}"
         )));
@@ -1016,7 +1016,7 @@ impl<D: BlockDevice> BlockDevice for SealedDevice<D> {
         let first = offset / b;
         let last = (offset + buf.len() as u64 - 1) / b;
         let _locks = self.lock_shared(first, last).await;
-        if offset % b == 0 && buf.len() % BLOCK == 0 {
+        if offset.is_multiple_of(b) && buf.len().is_multiple_of(BLOCK) {
             return inner.read_blocks(first, buf).await;
         }
         let mut tmp = vec![0u8; ((last - first + 1) * b) as usize];

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are failures
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use tokio::task::JoinHandle;
 
 /// Finds an external tool on PATH. Missing tools skip the test (printing why), except under
 /// `CI=true`, where they fail it.
-pub fn tool(name: &str) -> Option<PathBuf> {
+pub(crate) fn tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
         let p = dir.join(name);
@@ -25,7 +26,7 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 }
 
 /// Serves `server` on a fresh Unix socket; returns the socket path and the accept task.
-pub async fn serve_unix(server: Server, dir: &Path) -> (PathBuf, JoinHandle<()>) {
+pub(crate) async fn serve_unix(server: Server, dir: &Path) -> (PathBuf, JoinHandle<()>) {
     let path = dir.join("nbd.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     let task = tokio::spawn(async move {
@@ -43,7 +44,7 @@ pub async fn serve_unix(server: Server, dir: &Path) -> (PathBuf, JoinHandle<()>)
 }
 
 /// Serves `server` on 127.0.0.1 with an ephemeral port.
-pub async fn serve_tcp(server: Server) -> (std::net::SocketAddr, JoinHandle<()>) {
+pub(crate) async fn serve_tcp(server: Server) -> (std::net::SocketAddr, JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -62,18 +63,17 @@ pub async fn serve_tcp(server: Server) -> (std::net::SocketAddr, JoinHandle<()>)
 }
 
 /// Runs a command to completion off the async runtime and returns its output.
-pub async fn run(program: &Path, args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(program)
+pub(crate) async fn run(program: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(program)
         .args(args)
         .kill_on_drop(true)
         .output()
         .await
-        .unwrap();
-    out
+        .unwrap()
 }
 
 /// Like `run`, but panics with the output unless the command succeeded.
-pub async fn run_ok(program: &Path, args: &[&str]) -> String {
+pub(crate) async fn run_ok(program: &Path, args: &[&str]) -> String {
     let out = run(program, args).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -88,6 +88,6 @@ pub async fn run_ok(program: &Path, args: &[&str]) -> String {
 }
 
 /// The NBD URI of export `name` on Unix socket `sock`.
-pub fn unix_uri(name: &str, sock: &Path) -> String {
+pub(crate) fn unix_uri(name: &str, sock: &Path) -> String {
     format!("nbd+unix:///{name}?socket={}", sock.display())
 }
