@@ -50,9 +50,9 @@ enum SourceInner {
         reader: Box<dyn Read + Send>,
         len: u64,
     },
-    Cpio(CpioArchive),
-    Bootstrap(BootstrapRamdisk),
-    Customer(CustomerRamdisk),
+    Cpio(Box<CpioArchive>),
+    Bootstrap(Box<BootstrapRamdisk>),
+    Customer(Box<CustomerRamdisk>),
 }
 
 impl fmt::Debug for Source {
@@ -90,19 +90,19 @@ impl Source {
 
 impl From<CpioArchive> for Source {
     fn from(a: CpioArchive) -> Self {
-        Source(SourceInner::Cpio(a))
+        Source(SourceInner::Cpio(Box::new(a)))
     }
 }
 
 impl From<BootstrapRamdisk> for Source {
     fn from(b: BootstrapRamdisk) -> Self {
-        Source(SourceInner::Bootstrap(b))
+        Source(SourceInner::Bootstrap(Box::new(b)))
     }
 }
 
 impl From<CustomerRamdisk> for Source {
     fn from(c: CustomerRamdisk) -> Self {
-        Source(SourceInner::Customer(c))
+        Source(SourceInner::Customer(Box::new(c)))
     }
 }
 
@@ -376,7 +376,7 @@ impl EifBuilder {
             SourceInner::Reader { reader, len } => (Input::Stream(reader), len, None),
             SourceInner::Cpio(a) => {
                 let w = a.arch.clone();
-                (Input::Cpio(a), 0, w)
+                (Input::Cpio(*a), 0, w)
             }
             SourceInner::Bootstrap(b) => (Input::Cpio(b.into_archive()?), 0, None),
             SourceInner::Customer(c) => {
@@ -389,14 +389,14 @@ impl EifBuilder {
             Input::Cpio(a) => a.len(),
             Input::Stream(_) => len,
         };
-        if let (Some((found, label)), Some(expected)) = (&wants, arch) {
-            if *found != expected {
-                return Err(Error::ArchMismatch {
-                    what: label.clone(),
-                    found: *found,
-                    expected,
-                });
-            }
+        if let (Some((found, label)), Some(expected)) = (&wants, arch)
+            && *found != expected
+        {
+            return Err(Error::ArchMismatch {
+                what: label.clone(),
+                found: *found,
+                expected,
+            });
         }
         Ok((Prepared { what, len, input }, wants))
     }
@@ -457,10 +457,10 @@ impl EifBuilder {
         let mut ramdisks = Vec::new();
         let mut image_config = None;
         for (i, r) in self.ramdisks.into_iter().enumerate() {
-            if let SourceInner::Customer(c) = &r.0 {
-                if let Some(cfg) = c.image_config() {
-                    image_config.get_or_insert_with(|| cfg.raw.clone());
-                }
+            if let SourceInner::Customer(c) = &r.0
+                && let Some(cfg) = c.image_config()
+            {
+                image_config.get_or_insert_with(|| cfg.raw.clone());
             }
             let (p, _) = Self::prepare(r, format!("ramdisk {i}"), Some(arch))?;
             ramdisks.push(p);

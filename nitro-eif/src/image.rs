@@ -800,12 +800,40 @@ fn apply_layer(
             changes.push(Change::Whiteout(p));
             continue;
         }
+        if entry.header().entry_type() == tar::EntryType::Link {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| Error::Image(format!("layer {what}: hard link without target")))?;
+            let target =
+                normalize(&target).map_err(|e| Error::Image(format!("layer {what}: {e}")))?;
+            let found = upper
+                .get(&target)
+                .or_else(|| tree.entries.get(&target))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Image(format!(
+                        "layer {what}: hard link {} to missing {}",
+                        String::from_utf8_lossy(&path),
+                        String::from_utf8_lossy(&target)
+                    ))
+                })?;
+            changes.push(Change::Put(path.clone(), found.clone()));
+            upper.insert(path, found);
+            continue;
+        }
         let h = entry.header();
         let perm = h.mode().map_err(bad)? & 0o7777;
-        let uid = u32::try_from(h.uid().map_err(bad)?)
-            .map_err(|_| Error::Image(format!("layer {what}: uid too large")))?;
-        let gid = u32::try_from(h.gid().map_err(bad)?)
-            .map_err(|_| Error::Image(format!("layer {what}: gid too large")))?;
+        let id = |v: io::Result<u64>, raw: &[u8], name: &str| -> Result<u32> {
+            match v {
+                Ok(n) => u32::try_from(n)
+                    .map_err(|_| Error::Image(format!("layer {what}: {name} too large"))),
+                // An empty field (all NUL or spaces) is written by some tools for root.
+                Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+                Err(e) => Err(bad(e)),
+            }
+        };
+        let uid = id(h.uid(), &h.as_old().uid, "uid")?;
+        let gid = id(h.gid(), &h.as_old().gid, "gid")?;
         let et = h.entry_type();
         let kind = match et {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -819,27 +847,6 @@ fn apply_layer(
                     .ok_or_else(|| Error::Image(format!("layer {what}: symlink without target")))?
                     .into_owned(),
             ),
-            tar::EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| {
-                    Error::Image(format!("layer {what}: hard link without target"))
-                })?;
-                let target =
-                    normalize(&target).map_err(|e| Error::Image(format!("layer {what}: {e}")))?;
-                let found = upper
-                    .get(&target)
-                    .or_else(|| tree.entries.get(&target))
-                    .cloned()
-                    .ok_or_else(|| {
-                        Error::Image(format!(
-                            "layer {what}: hard link {} to missing {}",
-                            String::from_utf8_lossy(&path),
-                            String::from_utf8_lossy(&target)
-                        ))
-                    })?;
-                changes.push(Change::Put(path.clone(), found.clone()));
-                upper.insert(path, found);
-                continue;
-            }
             tar::EntryType::Char | tar::EntryType::Block => {
                 let major = h.device_major().map_err(bad)?.unwrap_or(0);
                 let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
@@ -889,8 +896,10 @@ impl CpioArchive {
             }
             i += pos + 1;
         }
-        if let (Some(old), Kind::Dir) = (self.entries.get(path), &entry.kind) {
-            if old.is_dir() {
+        if let (Some(old), Kind::Dir) = (self.entries.get(path), &entry.kind)
+            && old.is_dir()
+        {
+            {
                 // Same directory in a higher layer: new metadata, contents kept.
                 self.entries.insert(path.to_vec(), entry);
                 return Ok(());
@@ -948,12 +957,13 @@ pub(crate) fn load(path: &Path, opts: &ImageOptions) -> Result<LoadedImage> {
         let what = format!("{} ({})", i + 1, layer.path);
         let (r, size) = store.open_member(&layer.path)?;
         let mut blob = Hashing::new(r, layer.blob.as_ref().map(|(v, _)| v.alg));
-        if let Some((_, want)) = &layer.blob {
-            if *want != u64::MAX && *want != size {
-                return Err(Error::Image(format!(
-                    "layer {what}: {size} bytes, descriptor says {want}"
-                )));
-            }
+        if let Some((_, want)) = &layer.blob
+            && *want != u64::MAX
+            && *want != size
+        {
+            return Err(Error::Image(format!(
+                "layer {what}: {size} bytes, descriptor says {want}"
+            )));
         }
         {
             let buffered = BufReader::with_capacity(1 << 20, &mut blob);
@@ -963,22 +973,22 @@ pub(crate) fn load(path: &Path, opts: &ImageOptions) -> Result<LoadedImage> {
             // Hash (and check) anything after the tar end-of-archive blocks too.
             io::copy(&mut plain, &mut io::sink())
                 .map_err(|e| Error::Image(format!("layer {what}: {e}")))?;
-            if let (Some(v), Some(got)) = (diff_ids.get(i), plain.finish()) {
-                if !v.matches(&got) {
-                    return Err(Error::Image(format!(
-                        "layer {what} does not match diff_id {}",
-                        v.text
-                    )));
-                }
-            }
-        }
-        if let (Some((v, _)), Some(got)) = (&layer.blob, blob.finish()) {
-            if !v.matches(&got) {
+            if let (Some(v), Some(got)) = (diff_ids.get(i), plain.finish())
+                && !v.matches(&got)
+            {
                 return Err(Error::Image(format!(
-                    "layer {what} does not match its digest {}",
+                    "layer {what} does not match diff_id {}",
                     v.text
                 )));
             }
+        }
+        if let (Some((v, _)), Some(got)) = (&layer.blob, blob.finish())
+            && !v.matches(&got)
+        {
+            return Err(Error::Image(format!(
+                "layer {what} does not match its digest {}",
+                v.text
+            )));
         }
     }
     let file = spool

@@ -25,6 +25,7 @@ use crate::error::{Error, Result, SignatureError};
 pub const PCR_LEN: usize = 48;
 
 /// The value of one PCR (a SHA-384 digest). Displays as lowercase hex.
+#[allow(clippy::exhaustive_structs)] // reason: a PCR is 48 bytes by definition; the field is the value
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pcr(pub [u8; PCR_LEN]);
 

@@ -265,7 +265,7 @@ impl CertificateKey {
 /// Parses a DER certificate, rejecting trailing bytes.
 pub(crate) fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => {
             Err(SignatureError::Certificate("trailing bytes after the certificate".into()).into())
         }
