@@ -1146,7 +1146,8 @@ mod tests {
     fn decisions() {
         let p = sample();
         let pub1 = v4("93.184.216.34");
-        let table: Vec<(&str, u16, Vec<IpAddr>, Result<Vec<IpAddr>, &str>)> = vec![
+        type Case = (&'static str, u16, Vec<IpAddr>, Result<Vec<IpAddr>, &'static str>);
+        let table: Vec<Case> = vec![
             (
                 "kms.us-east-1.amazonaws.com",
                 443,

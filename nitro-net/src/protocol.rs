@@ -111,6 +111,7 @@ fn be64(b: &[u8]) -> u64 {
 
 /// What [`decode_request_header`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RequestHeader {
     /// Protocol version.
     pub version: u8,

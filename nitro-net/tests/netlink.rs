@@ -1,6 +1,8 @@
 //! Bringing `lo` up through rtnetlink, inside a fresh network namespace (where `lo` starts
 //! down, as in an enclave). Needs root (CAP_SYS_ADMIN for the namespace).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers panic on failure by design.
+
 use std::net::{TcpListener, TcpStream};
 
 #[test]

@@ -1,6 +1,8 @@
 //! The time service over the Unix-socket transport: offset estimation, bounds, a lying parent
 //! caught by an authenticated time source, clock stepping.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers panic on failure by design.
+
 mod common;
 
 use std::sync::{Arc, Mutex};

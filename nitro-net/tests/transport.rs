@@ -1,6 +1,8 @@
 //! Transports: hybrid vsock against a backend speaking the `CONNECT`/`OK` protocol, the
 //! Unix-socket transports, AF_VSOCK connect timeouts, ingress with the PROXY protocol.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers panic on failure by design.
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! The egress chain over the plain Unix-socket transport: enclave-side client / local proxies
 //! → `uds:DIR:PORT` → parent egress server → real TCP destinations.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers panic on failure by design.
+
 mod common;
 
 use std::sync::Arc;

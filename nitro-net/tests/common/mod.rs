@@ -2,6 +2,7 @@
 //! Unix-socket transport, real TCP destination servers, data generators, tool lookup.
 #![allow(dead_code)] // Each test binary uses a different subset.
 #![allow(unreachable_pub)] // A module of the test crates, not an API.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers panic on failure by design.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
