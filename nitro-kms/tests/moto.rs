@@ -14,7 +14,12 @@ fn client(moto: &common::Moto) -> KmsClient {
     KmsClient::builder("us-east-1")
         .endpoint(&moto.url)
         .dangerous_allow_plain_http()
-        .credentials(Credentials::new("testing", "testing", Some("testing".into()), None))
+        .credentials(Credentials::new(
+            "testing",
+            "testing",
+            Some("testing".into()),
+            None,
+        ))
         .retry(RetryConfig::new(1))
         .build()
         .unwrap()
@@ -22,7 +27,9 @@ fn client(moto: &common::Moto) -> KmsClient {
 
 #[tokio::test]
 async fn plain_operations_against_moto() {
-    let Some(moto) = common::Moto::start() else { return };
+    let Some(moto) = common::Moto::start() else {
+        return;
+    };
     let kms = client(&moto);
 
     let key = kms
@@ -34,16 +41,19 @@ async fn plain_operations_against_moto() {
 
     let described = kms.describe_key(&key_id).await.unwrap();
     assert_eq!(described.key_metadata.key_id, key_id);
-    assert!(kms
-        .list_keys(ListKeysRequest::new())
-        .await
-        .unwrap()
-        .keys
-        .iter()
-        .any(|k| k.key_id == key_id));
+    assert!(
+        kms.list_keys(ListKeysRequest::new())
+            .await
+            .unwrap()
+            .keys
+            .iter()
+            .any(|k| k.key_id == key_id)
+    );
 
     let enc = kms
-        .encrypt(EncryptRequest::new(&key_id, b"moto says hi".to_vec()).context("purpose", "interop"))
+        .encrypt(
+            EncryptRequest::new(&key_id, b"moto says hi".to_vec()).context("purpose", "interop"),
+        )
         .await
         .unwrap();
     let dec = kms
@@ -57,7 +67,10 @@ async fn plain_operations_against_moto() {
         .await
         .unwrap();
     assert_eq!(dk.plaintext.as_ref().unwrap().len(), 32);
-    let back = kms.decrypt(DecryptRequest::new(dk.ciphertext_blob)).await.unwrap();
+    let back = kms
+        .decrypt(DecryptRequest::new(dk.ciphertext_blob))
+        .await
+        .unwrap();
     assert_eq!(back.plaintext, dk.plaintext);
 
     let dk = kms
@@ -66,17 +79,28 @@ async fn plain_operations_against_moto() {
         .unwrap();
     assert_eq!(dk.plaintext.unwrap().len(), 17);
 
-    let random = kms.generate_random(GenerateRandomRequest::new(48)).await.unwrap();
+    let random = kms
+        .generate_random(GenerateRandomRequest::new(48))
+        .await
+        .unwrap();
     assert_eq!(random.plaintext.unwrap().len(), 48);
 
     let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}"#;
-    kms.put_key_policy(PutKeyPolicyRequest::new(&key_id, policy)).await.unwrap();
-    let got = kms.get_key_policy(GetKeyPolicyRequest::new(&key_id)).await.unwrap();
+    kms.put_key_policy(PutKeyPolicyRequest::new(&key_id, policy))
+        .await
+        .unwrap();
+    let got = kms
+        .get_key_policy(GetKeyPolicyRequest::new(&key_id))
+        .await
+        .unwrap();
     assert_eq!(got.policy, policy);
 
     // Errors surface with their KMS code.
     let e = kms
-        .encrypt(EncryptRequest::new("00000000-0000-0000-0000-000000000000", b"x".to_vec()))
+        .encrypt(EncryptRequest::new(
+            "00000000-0000-0000-0000-000000000000",
+            b"x".to_vec(),
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.service_code(), Some("NotFoundException"), "{e}");
@@ -95,24 +119,50 @@ async fn plain_operations_against_moto() {
 
 #[tokio::test]
 async fn recipient_ignored_by_moto_fails_closed() {
-    let Some(moto) = common::Moto::start() else { return };
+    let Some(moto) = common::Moto::start() else {
+        return;
+    };
     let kms = client(&moto);
-    let key_id = kms.create_key(CreateKeyRequest::new()).await.unwrap().key_metadata.key_id;
+    let key_id = kms
+        .create_key(CreateKeyRequest::new())
+        .await
+        .unwrap()
+        .key_metadata
+        .key_id;
     let blob = kms
         .encrypt(EncryptRequest::new(&key_id, b"secret".to_vec()))
         .await
         .unwrap()
         .ciphertext_blob;
-    let nsm = Arc::new(nitro_attest::SimulatedNsm::builder().seed(11).build().unwrap());
+    let nsm = Arc::new(
+        nitro_attest::SimulatedNsm::builder()
+            .seed(11)
+            .build()
+            .unwrap(),
+    );
     let attested = kms.with_recipient(Some(Recipient::new(nsm)));
     // moto returns the plaintext in the clear: the client refuses to use it.
-    let e = attested.decrypt(DecryptRequest::new(blob)).await.unwrap_err();
-    assert!(matches!(e, Error::RecipientIgnored { operation: "Decrypt" }), "{e}");
+    let e = attested
+        .decrypt(DecryptRequest::new(blob))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::RecipientIgnored {
+                operation: "Decrypt"
+            }
+        ),
+        "{e}"
+    );
     let e = attested
         .generate_data_key(GenerateDataKeyRequest::new(&key_id))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::RecipientIgnored { .. }), "{e}");
-    let e = attested.generate_random(GenerateRandomRequest::new(8)).await.unwrap_err();
+    let e = attested
+        .generate_random(GenerateRandomRequest::new(8))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::RecipientIgnored { .. }), "{e}");
 }

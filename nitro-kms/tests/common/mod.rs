@@ -83,7 +83,10 @@ impl Moto {
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "moto_server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         Some(moto)

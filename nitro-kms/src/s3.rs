@@ -1,0 +1,406 @@
+//! A minimal S3 client (GetObject, PutObject, CreateBucket) with SigV4 and TLS inside the
+//! caller, over any [`Connect`]: enough to fetch sealed secrets from inside an enclave through
+//! the nitro-net tunnel.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::client::{Clock, SystemClock};
+use crate::credentials::{EnvironmentCredentials, ProvideCredentials};
+use crate::error::{Error, ServiceError};
+use crate::http::{Endpoint, HttpClient, Response, TlsRoots};
+use crate::sigv4::{self, Service};
+use crate::transport::{Connect, TcpConnector};
+
+/// Default largest object [`S3Client::get_object`] reads.
+pub const DEFAULT_MAX_OBJECT: usize = 64 * 1024 * 1024;
+
+/// An `s3://bucket/key` location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct S3Location {
+    /// Bucket name.
+    pub bucket: String,
+    /// Object key.
+    pub key: String,
+}
+
+impl S3Location {
+    /// A location.
+    pub fn new(bucket: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            key: key.into(),
+        }
+    }
+}
+
+impl std::str::FromStr for S3Location {
+    type Err = Error;
+
+    /// Parses `s3://bucket/key`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let rest = s
+            .strip_prefix("s3://")
+            .ok_or_else(|| Error::Config(format!("{s:?} is not an s3://bucket/key URL")))?;
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| Error::Config(format!("{s:?} is not an s3://bucket/key URL")))?;
+        Ok(Self::new(bucket, key))
+    }
+}
+
+impl fmt::Display for S3Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// Builds an [`S3Client`].
+pub struct S3ClientBuilder {
+    region: String,
+    endpoint: Option<String>,
+    path_style: Option<bool>,
+    credentials: Option<Arc<dyn ProvideCredentials>>,
+    connector: Option<Arc<dyn Connect>>,
+    roots: TlsRoots,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    allow_plain_http: bool,
+    max_object: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for S3ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3ClientBuilder")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3ClientBuilder {
+    /// Sends requests to `url` instead of `https://s3.<region>.amazonaws.com` (path-style
+    /// addressing unless [`path_style`](Self::path_style) says otherwise).
+    #[must_use]
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Path-style (`host/bucket/key`) or virtual-hosted (`bucket.host/key`) addressing.
+    #[must_use]
+    pub fn path_style(mut self, path_style: bool) -> Self {
+        self.path_style = Some(path_style);
+        self
+    }
+
+    /// Credential source (default: the `AWS_*` environment variables).
+    #[must_use]
+    pub fn credentials(mut self, provider: impl ProvideCredentials + 'static) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
+    }
+
+    /// How streams are opened (default TCP; the nitro-net tunnel in an enclave).
+    #[must_use]
+    pub fn connector(mut self, connector: impl Connect) -> Self {
+        self.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// Trusted certificate authorities (default: the embedded Mozilla roots).
+    #[must_use]
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.roots = roots;
+        self
+    }
+
+    /// Connection and TLS handshake limit (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Limit for one request, body included (default 60 s).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Largest object read (default [`DEFAULT_MAX_OBJECT`]).
+    #[must_use]
+    pub fn max_object_size(mut self, bytes: usize) -> Self {
+        self.max_object = bytes;
+        self
+    }
+
+    /// Time source for signing.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Accepts `http://` endpoints: only for test servers (the parent could read and change
+    /// everything).
+    #[must_use]
+    pub fn dangerous_allow_plain_http(mut self) -> Self {
+        self.allow_plain_http = true;
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<S3Client, Error> {
+        let (url, default_path_style) = match &self.endpoint {
+            Some(u) => (u.clone(), true),
+            None => {
+                let suffix = if self.region.starts_with("cn-") {
+                    "amazonaws.com.cn"
+                } else {
+                    "amazonaws.com"
+                };
+                (format!("https://s3.{}.{suffix}", self.region), false)
+            }
+        };
+        let endpoint = Endpoint::parse(&url)?;
+        if !endpoint.tls && !self.allow_plain_http {
+            return Err(Error::Config(format!(
+                "endpoint {url} is plain HTTP (use https://, or dangerous_allow_plain_http() for test servers)"
+            )));
+        }
+        let connector = self.connector.unwrap_or_else(|| Arc::new(TcpConnector));
+        Ok(S3Client {
+            region: self.region,
+            endpoint,
+            path_style: self.path_style.unwrap_or(default_path_style),
+            http: HttpClient::new(connector, self.roots.client_config()?, self.connect_timeout),
+            credentials: self
+                .credentials
+                .unwrap_or_else(|| Arc::new(EnvironmentCredentials)),
+            request_timeout: self.request_timeout,
+            max_object: self.max_object,
+            clock: self.clock,
+        })
+    }
+}
+
+/// The S3 client.
+pub struct S3Client {
+    region: String,
+    endpoint: Endpoint,
+    path_style: bool,
+    http: HttpClient,
+    credentials: Arc<dyn ProvideCredentials>,
+    request_timeout: Duration,
+    max_object: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for S3Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Client")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint.base_url())
+            .field("path_style", &self.path_style)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Percent-encodes an object key for the request path (`/` kept).
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn valid_bucket(bucket: &str) -> bool {
+    (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+impl S3Client {
+    /// A builder for `region`.
+    pub fn builder(region: impl Into<String>) -> S3ClientBuilder {
+        S3ClientBuilder {
+            region: region.into(),
+            endpoint: None,
+            path_style: None,
+            credentials: None,
+            connector: None,
+            roots: TlsRoots::default(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            allow_plain_http: false,
+            max_object: DEFAULT_MAX_OBJECT,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        bucket: &str,
+        key: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response, Error> {
+        if !valid_bucket(bucket) {
+            return Err(Error::Config(format!("invalid bucket name {bucket:?}")));
+        }
+        let key_path = key.map(encode_key).unwrap_or_default();
+        let (host, path) = if self.path_style {
+            (self.endpoint.authority(), format!("/{bucket}/{key_path}"))
+        } else {
+            (
+                format!("{bucket}.{}", self.endpoint.authority()),
+                format!("/{key_path}"),
+            )
+        };
+        let mut endpoint = self.endpoint.clone();
+        if !self.path_style {
+            endpoint.host = format!("{bucket}.{}", endpoint.host);
+        }
+        let creds = self.credentials.provide_credentials().await?;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, host)
+            .header(
+                http::header::USER_AGENT,
+                concat!("nitro-kms/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(body)
+            .map_err(|e| Error::Config(format!("cannot build request: {e}")))?;
+        sigv4::sign_request(
+            &mut req,
+            &creds,
+            &self.region,
+            Service::S3,
+            self.clock.now(),
+        )?;
+        let resp = self
+            .http
+            .send(&endpoint, req, self.request_timeout, self.max_object)
+            .await?;
+        if resp.status.is_success() {
+            Ok(resp)
+        } else {
+            Err(Error::Service(parse_s3_error(&resp)))
+        }
+    }
+
+    /// `GetObject`: the whole object (at most the configured maximum size).
+    pub async fn get_object(&self, location: &S3Location) -> Result<Vec<u8>, Error> {
+        let resp = self
+            .send(
+                http::Method::GET,
+                &location.bucket,
+                Some(&location.key),
+                Bytes::new(),
+            )
+            .await?;
+        Ok(resp.body.to_vec())
+    }
+
+    /// `PutObject`.
+    pub async fn put_object(&self, location: &S3Location, body: Vec<u8>) -> Result<(), Error> {
+        self.send(
+            http::Method::PUT,
+            &location.bucket,
+            Some(&location.key),
+            Bytes::from(body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `CreateBucket` (in the client's region; `us-east-1` needs no location constraint).
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), Error> {
+        let body = if self.region == "us-east-1" {
+            Bytes::new()
+        } else {
+            Bytes::from(format!(
+                "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
+                self.region
+            ))
+        };
+        self.send(http::Method::PUT, bucket, None, body)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Reads `<Code>` and `<Message>` from an S3 XML error (without an XML parser: the two
+/// elements are flat text).
+fn parse_s3_error(resp: &Response) -> ServiceError {
+    let text = String::from_utf8_lossy(resp.body.get(..4096).unwrap_or(&resp.body));
+    let element = |name: &str| -> Option<String> {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text.get(start..)?.find('<')? + start;
+        text.get(start..end).map(str::to_owned)
+    };
+    let code = element("Code").unwrap_or_else(|| format!("HTTP{}", resp.status.as_u16()));
+    let mut e = ServiceError::new(
+        resp.status.as_u16(),
+        code,
+        element("Message").unwrap_or_default(),
+    );
+    e.request_id = resp
+        .headers
+        .get("x-amz-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let l: S3Location = "s3://bucket/dir/key.json".parse().unwrap();
+        assert_eq!(
+            (l.bucket.as_str(), l.key.as_str()),
+            ("bucket", "dir/key.json")
+        );
+        assert_eq!(l.to_string(), "s3://bucket/dir/key.json");
+        for bad in ["bucket/key", "s3://bucket", "s3:///key", "s3://bucket/"] {
+            assert!(bad.parse::<S3Location>().is_err(), "{bad}");
+        }
+        assert_eq!(encode_key("a b/c+d"), "a%20b/c%2Bd");
+        assert!(valid_bucket("my-bucket.1"));
+        assert!(!valid_bucket("My_Bucket"));
+    }
+
+    #[test]
+    fn xml_errors() {
+        let resp = Response {
+            status: http::StatusCode::NOT_FOUND,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(
+                b"<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>",
+            ),
+        };
+        let e = parse_s3_error(&resp);
+        assert_eq!(e.code, "NoSuchKey");
+        assert_eq!(e.message, "The specified key does not exist.");
+    }
+}
