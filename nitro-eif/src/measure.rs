@@ -105,7 +105,7 @@ impl Serialize for Pcr {
 /// The measurements of an EIF: PCR0, PCR1, PCR2 and, when signed, PCR8.
 ///
 /// Serializes as nitro-cli's `Measurements` object:
-/// `{"HashAlgorithm": "Sha384 { ... }", "PCR0": "...", "PCR1": "...", "PCR2": "...", "PCR8": "..."}`.
+/// `{"HashAlgorithm": "Sha512_48 { .. }", "PCR0": "...", "PCR1": "...", "PCR2": "...", "PCR8": "..."}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Measurements {
@@ -120,8 +120,10 @@ pub struct Measurements {
 }
 
 impl Measurements {
-    /// The value nitro-cli prints for `HashAlgorithm` (the `Debug` output of its hasher).
-    pub const HASH_ALGORITHM: &'static str = "Sha384 { ... }";
+    /// The value nitro-cli prints for `HashAlgorithm`: the `Debug` output of its SHA-384 hasher.
+    /// Builds of nitro-cli with `sha2` 0.10 (aws-nitro-enclaves-image-format 0.8.1) print
+    /// `Sha512_48 { .. }`; older builds printed `Sha384 { ... }`. Both mean SHA-384.
+    pub const HASH_ALGORITHM: &'static str = "Sha512_48 { .. }";
 
     /// Builds a measurement set from explicit values.
     pub fn new(pcr0: Pcr, pcr1: Pcr, pcr2: Pcr, pcr8: Option<Pcr>) -> Self {

@@ -444,7 +444,7 @@ fn describe_json_has_nitro_cli_keys() {
         assert!(keys.contains(&k), "missing {k} in {keys:?}");
     }
     let m = &v["Measurements"];
-    assert_eq!(m["HashAlgorithm"], "Sha384 { ... }");
+    assert_eq!(m["HashAlgorithm"], "Sha512_48 { .. }");
     for k in ["PCR0", "PCR1", "PCR2", "PCR8"] {
         assert_eq!(m[k].as_str().map(str::len), Some(96), "{k}");
     }
