@@ -63,6 +63,10 @@ pub enum AttestationTrust {
     /// Signature and certificate chain verified against these anchors: the AWS root
     /// ([`AttestationTrust::aws`]) for documents from real enclaves, or a simulator's root.
     Anchors(TrustAnchors),
+    /// Roots (one or more PEM certificates) read from a file, and read again whenever the file
+    /// changes: lets development tools (such as the `kms` example's `--recipient sim`) add
+    /// simulator roots while the local KMS runs. A missing or empty file trusts nothing.
+    RootsPemFile(PathBuf),
     /// **No signature or chain check**: for QEMU's `nitro-enclave` machine, whose emulated NSM
     /// produces unsigned documents. The payload is still parsed and its PCRs still go through
     /// the key policy, but anyone can forge such a document: development only.
@@ -201,12 +205,49 @@ struct VerifiedRecipient {
     keys: BTreeMap<String, String>,
 }
 
+/// The attestation verifier in use (reloaded from a watched file when configured).
+#[derive(Debug)]
+struct Trust {
+    verifier: Option<Verifier>,
+    /// `(modification time, length)` of the watched file when it was read.
+    loaded: Option<(SystemTime, u64)>,
+}
+
 /// The local KMS.
 #[derive(Debug)]
 pub struct LocalKms {
     config: LocalKmsConfig,
-    verifier: Option<Verifier>,
+    trust: Mutex<Trust>,
     store: Mutex<Store>,
+}
+
+fn verifier_for(anchors: TrustAnchors) -> Verifier {
+    Verifier::new(anchors).with_cache(std::sync::Arc::new(nitro_attest::CertCache::new(64)))
+}
+
+/// Reads every certificate of a PEM file into trust anchors (`None`: no certificate).
+fn anchors_from_pem_file(path: &std::path::Path) -> Result<Option<TrustAnchors>, Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let pem = match std::fs::read(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut anchors: Option<TrustAnchors> = None;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        anchors = Some(match anchors {
+            None => TrustAnchors::non_aws_root_der(&cert)?,
+            Some(a) => a.with_non_aws_root_der(&cert)?,
+        });
+    }
+    Ok(anchors)
+}
+
+fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 fn err(status: u16, code: &str, message: impl Into<String>) -> ServiceError {
@@ -275,12 +316,19 @@ impl LocalKms {
                 "the local KMS needs at least one set of caller credentials".into(),
             ));
         }
-        let verifier = match &config.trust {
-            AttestationTrust::Anchors(a) => Some(
-                Verifier::new(a.clone())
-                    .with_cache(std::sync::Arc::new(nitro_attest::CertCache::new(64))),
-            ),
-            AttestationTrust::DangerousUnsignedEmulator => None,
+        let trust = match &config.trust {
+            AttestationTrust::Anchors(a) => Trust {
+                verifier: Some(verifier_for(a.clone())),
+                loaded: None,
+            },
+            AttestationTrust::RootsPemFile(path) => Trust {
+                verifier: anchors_from_pem_file(path)?.map(verifier_for),
+                loaded: file_stamp(path),
+            },
+            AttestationTrust::DangerousUnsignedEmulator => Trust {
+                verifier: None,
+                loaded: None,
+            },
         };
         let store = match &config.state_file {
             Some(path) => Store::load(path)?,
@@ -288,7 +336,7 @@ impl LocalKms {
         };
         Ok(Self {
             config,
-            verifier,
+            trust: Mutex::new(trust),
             store: Mutex::new(store),
         })
     }
@@ -453,6 +501,24 @@ impl LocalKms {
         Ok(())
     }
 
+    /// The verifier, reloading a watched roots file when it changed.
+    fn current_verifier(&self) -> Result<Option<Verifier>, ServiceError> {
+        let mut trust = self
+            .trust
+            .lock()
+            .map_err(|_| internal("trust lock poisoned"))?;
+        if let AttestationTrust::RootsPemFile(path) = &self.config.trust {
+            let stamp = file_stamp(path);
+            if stamp != trust.loaded {
+                trust.verifier = anchors_from_pem_file(path)
+                    .map_err(|e| internal(format!("cannot reload the trusted roots: {e}")))?
+                    .map(verifier_for);
+                trust.loaded = stamp;
+            }
+        }
+        Ok(trust.verifier.clone())
+    }
+
     /// Verifies `Recipient` and returns its public key and condition keys.
     fn verify_recipient(
         &self,
@@ -480,11 +546,18 @@ impl LocalKms {
             policy = policy.max_age(age);
         }
         let now_ts = Timestamp::from_system_time(now);
-        let payload = match &self.verifier {
-            Some(v) => v
-                .verify(doc, now_ts, &policy)
-                .map(nitro_attest::VerifiedDocument::into_document),
-            None => nitro_attest::dangerous::check_policy_without_signature(doc, now_ts, &policy),
+        let payload = match &self.config.trust {
+            AttestationTrust::DangerousUnsignedEmulator => {
+                nitro_attest::dangerous::check_policy_without_signature(doc, now_ts, &policy)
+            }
+            _ => {
+                let verifier = self.current_verifier()?.ok_or_else(|| {
+                    validation("Invalid attestation document: the local KMS trusts no root yet")
+                })?;
+                verifier
+                    .verify(doc, now_ts, &policy)
+                    .map(nitro_attest::VerifiedDocument::into_document)
+            }
         }
         .map_err(|e| validation(format!("Invalid attestation document: {e}")))?;
         let public_key = payload

@@ -1,0 +1,294 @@
+//! The `kms` example CLI end to end: `emulator` trusting simulator roots from a watched file,
+//! `create-key` with a PCR0 policy, `encrypt`, attested `decrypt` / `generate-data-key` /
+//! `generate-random` (admitted and refused), `seal` / `unseal`, and `cms-open` on the real KMS
+//! vector. Runs the binary `cargo test` builds for the example.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+fn example() -> Option<PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent()?.parent()?;
+    let bin = profile_dir.join("examples").join("kms");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and the kms example is not built at {}",
+        bin.display()
+    );
+    eprintln!("SKIPPED: the kms example is not built ({})", bin.display());
+    None
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn env(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIDCLITEST")
+        .env("AWS_SECRET_ACCESS_KEY", "cli-test-secret")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_REGION", "eu-west-3")
+        .env("RUST_BACKTRACE", "0")
+}
+
+/// Runs the CLI; `Ok(json)` on success, `Err(stderr)` on failure.
+fn kms(bin: &PathBuf, args: &[&str]) -> Result<Value, String> {
+    let out = env(&mut Command::new(bin)).args(args).output().unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout))))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn s(v: &Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} in {v}"))
+        .to_owned()
+}
+
+#[test]
+fn cli_end_to_end() {
+    let Some(bin) = example() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("roots.pem");
+    let roots_s = roots.to_str().unwrap();
+
+    let mut emulator = Killed(
+        env(&mut Command::new(&bin))
+            .args([
+                "emulator",
+                "--listen",
+                "tcp:127.0.0.1:0",
+                "--root-simulator",
+                roots_s,
+            ])
+            .arg("--state")
+            .arg(dir.path().join("state.json"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(emulator.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let started: Value = serde_json::from_str(&line).unwrap();
+    let endpoint = s(&started, "Endpoint");
+    let ep = endpoint.as_str();
+
+    let good = "ab".repeat(48);
+    let bad = "cd".repeat(48);
+    let policy = serde_json::json!({"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "111122223333"}, "Action": ["kms:CreateKey", "kms:Encrypt", "kms:GenerateDataKey"], "Resource": "*"},
+        {"Effect": "Allow", "Principal": "*", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*",
+         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": good}}}]});
+    let policy_file = dir.path().join("policy.json");
+    std::fs::write(&policy_file, policy.to_string()).unwrap();
+
+    let key = kms(
+        &bin,
+        &[
+            "create-key",
+            "--endpoint",
+            ep,
+            "--policy",
+            policy_file.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let key_id = s(&key["KeyMetadata"], "KeyId");
+    let enc = kms(
+        &bin,
+        &[
+            "encrypt",
+            "--endpoint",
+            ep,
+            "--key-id",
+            &key_id,
+            "--plaintext-b64",
+            "czNjcjN0",
+            "--context",
+            "app=cli",
+        ],
+    )
+    .unwrap();
+    let blob = s(&enc, "CiphertextBlob");
+
+    let sim = |pcr: &str| -> Vec<String> {
+        [
+            "--recipient",
+            "sim",
+            "--sim-pcr",
+            &format!("0={pcr}"),
+            "--sim-root",
+            roots_s,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let with = |base: &[&str], extra: &[String]| -> Vec<String> {
+        base.iter()
+            .map(|a| (*a).to_owned())
+            .chain(extra.iter().cloned())
+            .collect()
+    };
+    let run = |args: Vec<String>| kms(&bin, &args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let dec = run(with(
+        &[
+            "decrypt",
+            "--endpoint",
+            ep,
+            "--ciphertext-b64",
+            &blob,
+            "--context",
+            "app=cli",
+        ],
+        &sim(&good),
+    ))
+    .unwrap();
+    assert_eq!(s(&dec, "Plaintext"), "czNjcjN0");
+    assert!(dec["CiphertextForRecipient"].is_string(), "{dec}");
+    let refused = run(with(
+        &[
+            "decrypt",
+            "--endpoint",
+            ep,
+            "--ciphertext-b64",
+            &blob,
+            "--context",
+            "app=cli",
+        ],
+        &sim(&bad),
+    ))
+    .unwrap_err();
+    assert!(refused.contains("AccessDeniedException"), "{refused}");
+
+    let dk = run(with(
+        &["generate-data-key", "--endpoint", ep, "--key-id", &key_id],
+        &sim(&good),
+    ))
+    .unwrap();
+    assert_eq!(base64_len(&s(&dk, "Plaintext")), 32);
+    let random = run(with(
+        &["generate-random", "--endpoint", ep, "--bytes", "24"],
+        &sim(&bad),
+    ))
+    .unwrap();
+    assert_eq!(base64_len(&s(&random, "Plaintext")), 24);
+
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"correct horse battery staple").unwrap();
+    let sealed = dir.path().join("secret.sealed");
+    kms(
+        &bin,
+        &[
+            "seal",
+            "--endpoint",
+            ep,
+            "--key-id",
+            &key_id,
+            "--context",
+            "app=cli",
+            "--in",
+            secret.to_str().unwrap(),
+            "--out",
+            sealed.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let unsealed = run(with(
+        &[
+            "unseal",
+            "--endpoint",
+            ep,
+            "--in",
+            sealed.to_str().unwrap(),
+            "--context",
+            "app=cli",
+        ],
+        &sim(&good),
+    ))
+    .unwrap();
+    assert_eq!(
+        s(&unsealed, "Plaintext"),
+        "Y29ycmVjdCBob3JzZSBiYXR0ZXJ5IHN0YXBsZQ=="
+    );
+    let wrong_context = run(with(
+        &[
+            "unseal",
+            "--endpoint",
+            ep,
+            "--in",
+            sealed.to_str().unwrap(),
+            "--context",
+            "app=other",
+        ],
+        &sim(&good),
+    ))
+    .unwrap_err();
+    assert!(
+        wrong_context.contains("encryption context"),
+        "{wrong_context}"
+    );
+    let no_recipient = kms(
+        &bin,
+        &["unseal", "--endpoint", ep, "--in", sealed.to_str().unwrap()],
+    )
+    .unwrap_err();
+    assert!(no_recipient.contains("--recipient"), "{no_recipient}");
+
+    let fixtures = std::env::var_os("NITRO_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+        });
+    let cms = fixtures.join("cms");
+    if cms.is_dir() {
+        let opened = kms(
+            &bin,
+            &[
+                "cms-open",
+                "--key",
+                cms.join("enclaver__pkcs7_tests_PRIVATE_KEY.pk8.der")
+                    .to_str()
+                    .unwrap(),
+                cms.join("enclaver__pkcs7_tests_INPUT.ber")
+                    .to_str()
+                    .unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s(&opened, "Plaintext"), "SGVsbG8sIFdvcmxk"); // "Hello, World"
+    } else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "fixtures missing"
+        );
+        eprintln!(
+            "SKIPPED cms-open: fixtures not found at {}",
+            fixtures.display()
+        );
+    }
+}
+
+fn base64_len(b64: &str) -> usize {
+    let pad = b64.bytes().rev().take_while(|b| *b == b'=').count();
+    b64.len() / 4 * 3 - pad
+}
