@@ -1,0 +1,310 @@
+//! Build, describe, measure and unpack Enclave Image Files, without Docker.
+//!
+//! ```sh
+//! # From ready ramdisks (like eif_build):
+//! cargo run --release --example eif -- build --kernel bzImage --cmdline "$(cat cmdline)" \
+//!     --ramdisk bootstrap.cpio --ramdisk customer.cpio -o app.eif
+//! # From an init, kernel modules (loaded in the order given) and a root file system:
+//! cargo run --release --example eif -- build --kernel bzImage --cmdline "console=ttyS0" \
+//!     --init target/x86_64-unknown-linux-musl/release/init --module vsock.ko --module nsm.ko \
+//!     --rootfs ./rootfs --cmd /bin/app --env RUST_LOG=info -o app.eif
+//! # From a container image saved without a registry (`docker save app:1 -o app.tar`, or an OCI layout):
+//! cargo run --release --example eif -- build --kernel bzImage --cmdline "console=ttyS0" \
+//!     --init init --module nsm.ko --image app.tar --sign-key key.pem --sign-cert cert.pem -o app.eif
+//! cargo run --release --example eif -- describe app.eif
+//! cargo run --release --example eif -- pcr --signing-certificate cert.pem
+//! cargo run --release --example eif -- extract app.eif --dir unpacked/
+//! ```
+//!
+//! `build` prints the `nitro-cli describe-eif` JSON of the new image. Command arguments that
+//! start with `-` are given as `--cmd=-x`.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use nitro_eif::{
+    Arch, BootstrapRamdisk, CustomerRamdisk, EifBuilder, EifReader, ImageOptions, Pcr, PemSigner,
+    SectionKind,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "eif",
+    about = "Build, describe, measure and unpack AWS Nitro Enclave Image Files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an EIF and print its describe JSON.
+    Build(Build),
+    /// Print the `nitro-cli describe-eif` JSON of an EIF (PCRs recomputed, CRC and signature checked).
+    Describe {
+        /// The EIF.
+        file: PathBuf,
+        /// Also check that the signing certificate is valid now.
+        #[arg(long)]
+        check_certificate_time: bool,
+    },
+    /// Compute a PCR like `nitro-cli pcr`.
+    Pcr {
+        /// PCR8 of a PEM signing certificate.
+        #[arg(long, conflicts_with = "input", required_unless_present = "input")]
+        signing_certificate: Option<PathBuf>,
+        /// SHA384(0^48 || SHA384(file)).
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Write an EIF's sections to files: kernel, cmdline, metadata.json, ramdisk-N.cpio,
+    /// signature.cbor and signing-certificate.pem.
+    Extract {
+        /// The EIF.
+        file: PathBuf,
+        /// Output directory (created).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct Build {
+    /// Kernel image (bzImage on x86_64, Image on aarch64).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: String,
+    /// Ready-made ramdisks, in order (first = bootstrap, PCR1; others = customer, PCR2).
+    #[arg(long, conflicts_with_all = ["init", "module", "rootfs", "image"])]
+    ramdisk: Vec<PathBuf>,
+    /// The enclave init (bootstrap ramdisk).
+    #[arg(long, requires = "customer")]
+    init: Option<PathBuf>,
+    /// Kernel modules for the bootstrap ramdisk, loaded in the order given.
+    #[arg(long, requires = "init")]
+    module: Vec<PathBuf>,
+    /// Root file system directory of the application.
+    #[arg(long, group = "customer")]
+    rootfs: Option<PathBuf>,
+    /// Container image: OCI layout (directory or tar) or `docker save` archive.
+    #[arg(long, group = "customer")]
+    image: Option<PathBuf>,
+    /// Image to pick when the archive holds several (e.g. `app:1`).
+    #[arg(long, requires = "image")]
+    image_ref: Option<String>,
+    /// Command (argv) to run; replaces the image's Entrypoint + Cmd.
+    #[arg(long, num_args = 1.., requires = "init")]
+    cmd: Vec<String>,
+    /// Environment variables NAME=VALUE; added to (or replacing) the image's Env.
+    #[arg(long, num_args = 1.., requires = "init")]
+    env: Vec<String>,
+    /// PEM private key (P-256/P-384/P-521) to sign the image with.
+    #[arg(long, requires = "sign_cert")]
+    sign_key: Option<PathBuf>,
+    /// PEM certificate of the signing key (its fingerprint is PCR8).
+    #[arg(long, requires = "sign_key")]
+    sign_cert: Option<PathBuf>,
+    /// Image name in the metadata (default: the output file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Image version in the metadata.
+    #[arg(long, default_value = "1.0")]
+    version: String,
+    /// Build time in seconds since the Unix epoch (default: SOURCE_DATE_EPOCH, else 0).
+    #[arg(long)]
+    build_time: Option<u64>,
+    /// JSON file stored as CustomMetadata.
+    #[arg(long)]
+    metadata: Option<PathBuf>,
+    /// Architecture, when the kernel is not a bzImage or arm64 Image.
+    #[arg(long, value_parser = ["x86_64", "aarch64"])]
+    arch: Option<String>,
+    /// Output EIF.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn build(a: Build) -> anyhow::Result<()> {
+    let name = a.name.clone().unwrap_or_else(|| {
+        a.output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "enclave".into())
+    });
+    let mut b = EifBuilder::new(&a.kernel, a.cmdline)
+        .name(name)
+        .version(a.version);
+    if let Some(init) = &a.init {
+        let mut boot = BootstrapRamdisk::new(init);
+        for m in &a.module {
+            boot = boot.module(m);
+        }
+        let mut customer = match (&a.rootfs, &a.image) {
+            (Some(dir), None) => CustomerRamdisk::from_dir(dir)?,
+            (None, Some(image)) => {
+                let mut opts = ImageOptions::default();
+                if let Some(r) = &a.image_ref {
+                    opts = opts.reference(r.clone());
+                }
+                if let Some(arch) = kernel_arch(&a.kernel, a.arch.as_deref())? {
+                    opts = opts.arch(arch);
+                }
+                CustomerRamdisk::from_image_with(image, &opts)?
+            }
+            _ => bail!("give --rootfs DIR or --image PATH with --init"),
+        };
+        if !a.cmd.is_empty() {
+            customer = customer.cmd(a.cmd.iter().cloned());
+        }
+        for kv in &a.env {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--env {kv:?}: expected NAME=VALUE"))?;
+            customer = customer.env(k, v);
+        }
+        if customer.command().is_empty() {
+            eprintln!("warning: empty cmd; the AWS init then runs `sh`");
+        }
+        b = b.ramdisk(boot).ramdisk(customer);
+    } else if a.ramdisk.is_empty() {
+        bail!("give either --ramdisk FILE... or --init FILE with --rootfs DIR / --image PATH");
+    } else {
+        for r in &a.ramdisk {
+            b = b.ramdisk_file(r);
+        }
+    }
+    match (&a.sign_key, &a.sign_cert) {
+        (Some(k), Some(c)) => b = b.signer(PemSigner::from_files(k, c)?),
+        (None, None) => {}
+        _ => bail!("--sign-key and --sign-cert go together"),
+    }
+    if let Some(t) = a.build_time {
+        b = b.build_time(UNIX_EPOCH + Duration::from_secs(t));
+    }
+    if let Some(m) = &a.metadata {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(m)?).context("--metadata")?;
+        b = b.custom_metadata(v);
+    }
+    if let Some(arch) = a.arch.as_deref() {
+        b = b.arch(parse_arch(arch)?);
+    }
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_style(indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )?);
+        let shown = bar.clone();
+        b = b.on_progress(move |p| {
+            // Only worth showing for large images.
+            if p.total >= 64 << 20 && shown.is_hidden() {
+                shown.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                shown.set_length(p.total);
+            }
+            shown.set_position(p.done);
+        });
+        let out = b.build_file(&a.output);
+        bar.finish_and_clear();
+        println!("{}", out?.describe().to_json_pretty());
+    } else {
+        println!("{}", b.build_file(&a.output)?.describe().to_json_pretty());
+    }
+    Ok(())
+}
+
+fn parse_arch(s: &str) -> anyhow::Result<Arch> {
+    Ok(match s {
+        "x86_64" => Arch::X86_64,
+        "aarch64" => Arch::Aarch64,
+        other => bail!("unknown architecture {other}"),
+    })
+}
+
+/// The architecture to pick from a multi-platform image: given, or the kernel's.
+fn kernel_arch(kernel: &PathBuf, given: Option<&str>) -> anyhow::Result<Option<Arch>> {
+    if let Some(g) = given {
+        return parse_arch(g).map(Some);
+    }
+    let mut head = vec![0u8; 4096];
+    let n = std::io::Read::read(&mut std::fs::File::open(kernel)?, &mut head)?;
+    Ok(Arch::detect_kernel(&head[..n]))
+}
+
+fn describe(file: PathBuf, check_time: bool) -> anyhow::Result<()> {
+    let mut r = EifReader::open(&file)?;
+    let d = r.describe()?;
+    println!("{}", d.to_json_pretty());
+    if !d.check_crc {
+        eprintln!("warning: CRC mismatch");
+    }
+    if d.signature_check == Some(false) {
+        eprintln!("warning: the signature does not verify");
+    }
+    if check_time && r.is_signed() {
+        r.check_certificate_validity(std::time::SystemTime::now())?;
+    }
+    Ok(())
+}
+
+fn pcr(cert: Option<PathBuf>, input: Option<PathBuf>) -> anyhow::Result<()> {
+    let (key, value) = match (cert, input) {
+        (Some(c), _) => ("PCR8", Pcr::of_certificate_pem(&std::fs::read(&c)?)?),
+        (None, Some(i)) => ("PCR", Pcr::of_bytes(&std::fs::read(&i)?)),
+        (None, None) => bail!("give --signing-certificate PEM or --input FILE"),
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ key: value.to_hex() }))?
+    );
+    Ok(())
+}
+
+fn extract(file: PathBuf, dir: PathBuf) -> anyhow::Result<()> {
+    let mut r = EifReader::open(&file)?;
+    std::fs::create_dir_all(&dir)?;
+    let sections = r.sections().to_vec();
+    let mut ramdisk = 0;
+    for s in sections {
+        let name = match s.kind {
+            SectionKind::Kernel => "kernel".to_owned(),
+            SectionKind::Cmdline => "cmdline".to_owned(),
+            SectionKind::Metadata => "metadata.json".to_owned(),
+            SectionKind::Ramdisk => {
+                ramdisk += 1;
+                format!("ramdisk-{}.cpio", ramdisk - 1)
+            }
+            SectionKind::Signature => "signature.cbor".to_owned(),
+            _ => format!("section-{}", s.index),
+        };
+        let path = dir.join(&name);
+        let n = r.copy_section(s.index, &mut std::fs::File::create(&path)?)?;
+        println!("{:>12}  {}", n, path.display());
+    }
+    if let Some(pem) = r.signing_certificate_pem() {
+        let path = dir.join("signing-certificate.pem");
+        std::fs::write(&path, pem)?;
+        println!("{:>12}  {}", pem.len(), path.display());
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Build(b) => build(b),
+        Command::Describe {
+            file,
+            check_certificate_time,
+        } => describe(file, check_certificate_time),
+        Command::Pcr {
+            signing_certificate,
+            input,
+        } => pcr(signing_certificate, input),
+        Command::Extract { file, dir } => extract(file, dir),
+    }
+}
