@@ -1,7 +1,9 @@
 #![no_main]
-// Placeholder until the owning crate wires its parser in; see fuzz/README.md.
+// BER CMS EnvelopedData (`CiphertextForRecipient`): parse, then decrypt the content with a fixed
+// key; plus the sealed-secret and key-policy parsers on the same bytes.
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    nitro_kms::internal::fuzz_cms_envelope(data);
+    nitro_kms::internal::fuzz_documents(data);
 });

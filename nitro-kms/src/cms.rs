@@ -272,6 +272,11 @@ impl Envelope {
             return Err(CmsError::BadContentKey(cek_len));
         }
         let cek = cek.get(..32).ok_or(CmsError::BadContentKey(cek_len))?;
+        self.open_with_content_key(cek)
+    }
+
+    /// Decrypts the content with an already recovered content-encryption key.
+    pub(crate) fn open_with_content_key(&self, cek: &[u8]) -> Result<Plaintext, CmsError> {
         decrypt_cbc(cek, &self.iv, &self.encrypted_content)
     }
 }

@@ -28,3 +28,26 @@ pub use http::TlsRoots;
 pub use recipient::{AttestedKey, DEFAULT_LIFETIME, Recipient};
 pub use s3::{S3Client, S3Location};
 pub use secret::{Plaintext, SecretString};
+
+/// Entry points for the fuzz targets in `fuzz/`. Not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    /// Parses `data` as a CMS envelope and, when it parses, decrypts its content with a fixed
+    /// content key (RSA-OAEP of fuzzed bytes never succeeds, so this reaches the AES-CBC and
+    /// padding code directly).
+    pub fn fuzz_cms_envelope(data: &[u8]) {
+        if let Ok(env) = crate::cms::Envelope::parse(data) {
+            let _ = env.open_with_content_key(&[0x42; 32]);
+            let _ = format!("{env:?}");
+        }
+    }
+
+    /// Parses `data` as a sealed-secret document and, as UTF-8, as a key policy.
+    pub fn fuzz_documents(data: &[u8]) {
+        let _ = crate::sealed::SealedSecret::parse(data);
+        #[cfg(feature = "local-kms")]
+        if let Ok(text) = std::str::from_utf8(data) {
+            let _ = crate::local::policy::KeyPolicy::parse(text);
+        }
+    }
+}
