@@ -9,6 +9,7 @@
 #   firmware/usr/share/{seabios,qemu}   bios-microvm.bin (Debian `seabios`) and the option ROMs
 #                                 (Debian `qemu-system-data`, e.g. linuxboot_dma.bin).
 #   vhost-device-vsock/bin/vhost-device-vsock   `cargo install --locked vhost-device-vsock 0.3.0`.
+#   busybox/busybox               Debian's `busybox-static`: a shell and tools for test images.
 #   kernel/                       the newest Debian 6.12 cloud kernel from bookworm-backports
 #                                 (`boot/vmlinuz-*`, the full `lib/modules/<release>` tree, and
 #                                 `modules/*.ko`: the modules an enclave init loads, decompressed).
@@ -160,6 +161,25 @@ install_firmware() {
 
 stamp_ok "$FW_DIR" "$FW_STAMP" || step "firmware (seabios, qemu-system-data)" install_firmware
 
+# --- busybox: a static shell and tools for test and debugging images (guest userland) ---------
+BB_DIR="$EMU/busybox"
+BB_STAMP="recipe=$RECIPE busybox-static"
+
+install_busybox() {
+    local tmp="$EMU/busybox.dl"
+    rm -rf "$tmp" "$BB_DIR.new" && mkdir -p "$tmp" "$BB_DIR.new"
+    apt_update_once
+    (cd "$tmp" && apt_download busybox-static)
+    dpkg-deb -x "$tmp"/busybox-static_*.deb "$tmp/root"
+    cp "$tmp/root/bin/busybox" "$BB_DIR.new/busybox"
+    "$BB_DIR.new/busybox" true || die "busybox-static does not run"
+    basename -a "$tmp"/*.deb >"$BB_DIR.new/package"
+    echo "$BB_STAMP" >"$BB_DIR.new/.stamp"
+    rm -rf "$BB_DIR" "$tmp" && mv "$BB_DIR.new" "$BB_DIR"
+}
+
+stamp_ok "$BB_DIR" "$BB_STAMP" || step "busybox-static" install_busybox
+
 # --- vhost-device-vsock ----------------------------------------------------------------------
 VHOST_DIR="$EMU/vhost-device-vsock"
 VHOST_BIN="$VHOST_DIR/bin/vhost-device-vsock"
@@ -226,20 +246,21 @@ fi
 KREL=$(cat "$KDIR/release")
 ENV_FILE="$EMU/env"
 {
-    echo "# Written by scripts/setup-emulator.sh; KEY=VALUE per line, values are raw (not quoted)."
+    echo "# Written by scripts/setup-emulator.sh: KEY=VALUE per line, values raw (not quoted), no spaces."
     echo "NITRO_EMULATOR_ENV_FORMAT=$ENV_FORMAT"
     echo "NITRO_QEMU=$QEMU_BIN"
     echo "NITRO_QEMU_VERSION=$QEMU_VERSION"
     echo "NITRO_QEMU_BIOS=$FW_DIR/usr/share/seabios/bios-microvm.bin"
     echo "NITRO_QEMU_FIRMWARE_DIRS=$FW_DIR/usr/share/qemu:$FW_DIR/usr/share/seabios"
     echo "NITRO_VHOST_DEVICE_VSOCK=$VHOST_BIN"
+    echo "NITRO_BUSYBOX=$BB_DIR/busybox"
     echo "NITRO_KERNEL=$KDIR/boot/vmlinuz-$KREL"
     echo "NITRO_KERNEL_CONFIG=$KDIR/boot/config-$KREL"
     echo "NITRO_KERNEL_RELEASE=$KREL"
     echo "NITRO_KERNEL_PACKAGE=$(cat "$KDIR/package")"
     echo "NITRO_KERNEL_MODULES_TREE=$KDIR/lib/modules/$KREL"
     echo "NITRO_KERNEL_MODULES_DIR=$KDIR/modules"
-    echo "NITRO_KERNEL_MODULES=$KERNEL_MODULES"
+    echo "NITRO_KERNEL_MODULES=$(echo $KERNEL_MODULES | tr ' ' ,)"
 } >"$ENV_FILE.new"
 if ! cmp -s "$ENV_FILE.new" "$ENV_FILE"; then
     mv "$ENV_FILE.new" "$ENV_FILE"

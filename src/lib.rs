@@ -1,1 +1,3 @@
 //! Test-support code shared by the examples, benches and integration tests.
+
+pub mod emulator;

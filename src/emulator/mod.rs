@@ -1,0 +1,74 @@
+//! Emulated Nitro Enclaves: boot an EIF under QEMU's `nitro-enclave` machine on this machine.
+//!
+//! `scripts/setup-emulator.sh` (run by `scripts/install.sh`) builds and caches the tools under
+//! `$NITRO_CACHE/emulator` and writes their paths to an env file ([`Tools::env_file`]); this module
+//! reads it ([`Tools::locate`]), starts `vhost-device-vsock` (hybrid vsock over Unix sockets) and
+//! QEMU ([`Enclave::start`]), answers the enclave-ready heartbeat, streams the guest console,
+//! receives the application's exit status from `examples/enclave-init.rs`, enforces a timeout and
+//! kills everything it started when dropped.
+//!
+//! Guest → parent connections (CID 2 under vhost-device-vsock, see [`protocol::HOST_CID`]) arrive
+//! on the Unix socket [`hybrid_listen_path`]`(run_dir, port)`, which must be listening before the
+//! guest connects; parent → guest connections go through [`hybrid_uds`]`(run_dir)` with the
+//! `CONNECT <port>\n` handshake (nitro-net's `hybrid:UDS:PORT` address).
+//!
+//! Tests that need the emulator call [`tools_or_skip`]: it returns `None` (printing why) when the
+//! emulator is not installed, except under `CI=true`, where that is a failure.
+
+pub mod protocol;
+
+mod enclave;
+mod tools;
+
+pub use enclave::{Enclave, EnclaveConfig, Outcome, boot_tuning, hybrid_listen_path, hybrid_uds};
+pub use tools::{Tools, build_static_example, tools_or_skip};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors of the emulator helpers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The emulator (or one of its files) is not installed: run `scripts/setup-emulator.sh`.
+    #[error("emulator not installed: {0} (run scripts/setup-emulator.sh)")]
+    NotInstalled(String),
+    /// The env file written by `scripts/setup-emulator.sh` is malformed.
+    #[error("{path}: {reason}")]
+    EnvFile {
+        /// The env file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A message or file of the enclave protocol is malformed.
+    #[error("{0}")]
+    Protocol(String),
+    /// An IO operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The enclave did not power off in time.
+    #[error("the enclave did not finish within {after:?}; console tail:\n{console_tail}")]
+    Timeout {
+        /// The time limit.
+        after: Duration,
+        /// The last lines of the guest console.
+        console_tail: String,
+    },
+    /// A tool failed (exited early, bad arguments, build failure).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
