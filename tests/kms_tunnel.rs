@@ -1,12 +1,14 @@
 //! nitro-kms through nitro-net: an "enclave" client reaches the local KMS only through the
 //! parent's egress tunnel (over Unix sockets standing in for vsock), runs TLS end to end inside
 //! the enclave, and gets a secret with `Recipient` when its PCR0 matches the key policy; an
-//! enclave with another PCR0 is refused.
+//! enclave with another PCR0 is refused. The enclave's credentials come from the parent over the
+//! credentials protocol.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
 use std::sync::Arc;
 
 use nitro_attest::SimulatedNsm;
+use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials, serve_credentials};
 use nitro_kms::local::{AttestationTrust, LocalKms, LocalKmsConfig, server};
 use nitro_kms::model::*;
 use nitro_kms::{Credentials, KmsClient, Recipient, RetryConfig, TlsRoots};
@@ -111,12 +113,27 @@ async fn attested_decrypt_through_the_tunnel_admits_one_pcr0_and_refuses_another
         .unwrap()
         .ciphertext_blob;
 
+    // The parent hands its credentials to the enclave over the transport (vsock in production).
+    let creds_addr: Addr = format!("uds:{}:8001", dir.path().display())
+        .parse()
+        .unwrap();
+    let creds_listener = creds_addr.bind().await.unwrap();
+    let creds_server = tokio::spawn(async move {
+        while let Ok((stream, _)) = creds_listener.accept().await {
+            tokio::spawn(async move { serve_credentials(stream, &creds()).await });
+        }
+    });
+    let from_parent = RefreshingCredentials::new(ParentCredentials::new(move || {
+        let addr = creds_addr.clone();
+        async move { addr.connect().await.map_err(std::io::Error::other) }
+    }));
+
     // The enclave: every byte goes through the tunnel; TLS ends here.
     let enclave = KmsClient::builder(REGION)
         .endpoint(&url)
         .tls_roots(roots.clone())
         .connector(egress.clone())
-        .credentials(creds())
+        .credentials(from_parent)
         .recipient(Recipient::new(good))
         .build()
         .unwrap();
@@ -172,4 +189,5 @@ async fn attested_decrypt_through_the_tunnel_admits_one_pcr0_and_refuses_another
     // Close the pooled keep-alive connections before stopping the tunnel.
     drop((enclave, intruder, elsewhere));
     egress_server.shutdown().await.unwrap();
+    creds_server.abort();
 }
