@@ -40,7 +40,7 @@ pub enum Error {
     #[error("not a COSE_Sign1 document: {0}")]
     Cose(&'static str),
     /// The protected header names an algorithm other than ES384 (-35), or none.
-    #[error("unsupported COSE algorithm {0:?} (attestation documents use ES384 = -35)")]
+    #[error("unsupported COSE algorithm {} (attestation documents use ES384 = -35)", .0.map_or_else(|| "(none)".to_owned(), |a| a.to_string()))]
     UnsupportedAlgorithm(Option<i64>),
     /// The COSE signature is not the 96-byte raw `r || s` encoding ES384 requires.
     #[error("COSE signature is {0} bytes, ES384 requires 96 (raw r || s)")]
