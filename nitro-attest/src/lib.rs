@@ -13,6 +13,9 @@ mod nsm;
 mod time;
 mod verify;
 
+#[cfg(all(test, feature = "simulator"))]
+mod tests;
+
 pub use anchors::{AWS_ROOT_G1_PEM, AWS_ROOT_G1_SHA256, TrustAnchors};
 pub use chain::CertCache;
 pub use document::{
