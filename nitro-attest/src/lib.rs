@@ -13,7 +13,8 @@ mod nsm;
 mod time;
 mod verify;
 
-#[cfg(all(test, feature = "simulator"))]
+#[cfg(test)]
+#[cfg(feature = "simulator")]
 mod tests;
 
 pub use anchors::{AWS_ROOT_G1_PEM, AWS_ROOT_G1_SHA256, TrustAnchors};
