@@ -1,29 +1,5 @@
-//! X.509 certificate checks for the attestation chain, and the verified-certificate cache.
-//!
-//! # What is checked, and why
-//!
-//! The chain is `trust anchor (= cabundle[0]) → cabundle[1] → … → cabundle[n-1] → certificate`.
-//! This follows AWS's "Verifying the root of trust" (attestation_process.md §3.2.3–3.2.4) and
-//! RFC 5280 path validation, restricted to what the Nitro PKI uses:
-//!
-//! - every certificate is X.509 v3, signed with ecdsa-with-SHA384 (inner and outer algorithm
-//!   identifiers equal), and carries an EC P-384 key;
-//! - each certificate's issuer name equals (byte for byte) the subject name of the one above it,
-//!   and its signature verifies with that certificate's key;
-//! - every certificate, the anchor included, is valid at the check time (± leeway);
-//! - CA certificates (the anchor and `cabundle[1..]`) have a critical BasicConstraints with
-//!   `cA = TRUE`, KeyUsage `keyCertSign`, and a `pathLenConstraint` (when present) not smaller
-//!   than the number of CA certificates below them. The AWS root has **no** pathLenConstraint,
-//!   which RFC 5280 allows;
-//! - the leaf is not a CA and its KeyUsage has `digitalSignature`. The leaf's KeyUsage is
-//!   **non-critical** in genuine documents, so only the bits are checked, not the criticality;
-//! - no Extended Key Usage is required or interpreted (genuine certificates have none);
-//! - an unknown **critical** extension is rejected (RFC 5280 §4.2); the known ones are
-//!   BasicConstraints, KeyUsage, ExtendedKeyUsage, SubjectKeyIdentifier,
-//!   AuthorityKeyIdentifier, CRL Distribution Points, Subject Alternative Name, Certificate
-//!   Policies, Authority Information Access;
-//! - revocation is **not** checked: AWS's guidance disables CRL checking, the intermediates'
-//!   CRL distribution points are never fetched (the verifier does no I/O).
+//! X.509 certificate checks for the attestation chain, and the verified-certificate cache. The
+//! rules are listed on [`Verifier`](crate::Verifier).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -1,38 +1,6 @@
-//! The attestation document: COSE_Sign1 envelope and typed payload.
-//!
-//! # Wire format
-//!
-//! ```text
-//! COSE_Sign1 = [                      ; untagged (0x84) in every real document; tag 18 accepted
-//!     protected:   bstr .cbor {1: -35}, ; bytes a1 01 38 22 (alg ES384)
-//!     unprotected: {},
-//!     payload:     bstr .cbor AttestationDocument,
-//!     signature:   bstr .size 96,       ; raw r || s over P-384
-//! ]
-//! AttestationDocument = {
-//!     module_id: tstr, digest: "SHA384", timestamp: uint (ms),
-//!     pcrs: {* uint => bstr}, certificate: bstr, cabundle: [+ bstr],
-//!     public_key: bstr / null, user_data: bstr / null, nonce: bstr / null,
-//! }
-//! ```
-//!
-//! # Where real documents deviate from the written specification
-//!
-//! AWS's `attestation_process.md` is the de-facto specification. Genuine AWS-signed documents
-//! differ from it in these ways, and this parser accepts what the NSM actually produces:
-//!
-//! | specification | genuine documents | what this crate does |
-//! |---|---|---|
-//! | COSE signature `bstr .size (32/48/64)` | always 96 bytes (P-384 `r ‖ s`) | requires exactly 96 bytes for ES384 |
-//! | "no field content can be null" | `public_key`, `user_data`, `nonce` are present as CBOR `null` when unset | `null` and absent are the same for these three optional fields; mandatory fields must be non-null |
-//! | `public_key` is 1..1024 bytes and a DER key | a 0-byte `public_key` was observed in an AWS-signed document; many carry raw or ASCII bytes | accepts 0..=[`MAX_OPTIONAL_FIELD`] bytes and never parses it as a key |
-//! | `user_data`/`nonce` 0..512 bytes (§3.2.2) vs 0..1024 (CDDL) | at most 256 bytes observed | accepts up to [`MAX_OPTIONAL_FIELD`] (1024, the CDDL) bytes |
-//! | definite-length encoding implied | documents issued since late 2025 use an **indefinite-length payload map** (`0xbf … 0xff`) | definite and indefinite maps, arrays and strings are accepted; the signature is checked over the exact received bytes, never a re-encoding |
-//! | `pcrs` 1..32 entries | 16 (PCR0–15), 17 when a user PCR was locked | 1..=32 entries, indices 0..=31, 48-byte values |
-//! | `cabundle` order `[ROOT, INTERM_1, …]` | always `[root, regional, zonal, instance]` | any length 1..=[`MAX_CABUNDLE`]; `cabundle[0]` must be byte-identical to a trust anchor |
-//!
-//! Unknown payload keys are ignored (they are covered by the signature); a key that appears
-//! twice is an error, so two parsers can never disagree on a field's value.
+//! The attestation document: COSE_Sign1 envelope and typed payload. The wire format, and where
+//! genuine documents deviate from the written specification, are described in the crate
+//! documentation (README).
 
 use std::collections::BTreeMap;
 

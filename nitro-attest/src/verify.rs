@@ -252,11 +252,35 @@ impl Deref for VerifiedDocument {
 /// 1. size limit, then COSE_Sign1 and payload parsing ([`UnverifiedDocument::parse`]);
 /// 2. protected header `alg` = ES384 (-35), no `crit`, signature of 96 bytes;
 /// 3. `cabundle[0]` byte-identical to a trust anchor, else [`Error::UntrustedRoot`];
-/// 4. the chain anchor → `cabundle[1..]` → `certificate` (see the checks listed in
-///    [`CertificateError`](crate::CertificateError)), every certificate valid at the check time;
+/// 4. the chain anchor → `cabundle[1..]` → `certificate` (see below), every certificate valid
+///    at the check time (reported leaf first, so an old document says "leaf expired");
 /// 5. the ES384 signature over `["Signature1", protected, h'', payload]` built from the
 ///    received bytes, with the leaf key, else [`Error::BadSignature`];
 /// 6. the [`Policy`]: debug mode, PCRs, nonce, user data, public key, maximum age.
+///
+/// # Certificate checks
+///
+/// This follows AWS's "Verifying the root of trust" (attestation_process.md §3.2.3–3.2.4) and
+/// RFC 5280 path validation, restricted to what the Nitro PKI uses:
+///
+/// - every certificate is X.509 v3, signed with ecdsa-with-SHA384 (inner and outer algorithm
+///   identifiers equal, no parameters), and carries an EC P-384 key;
+/// - each certificate's issuer name equals (byte for byte) the subject name of the one above
+///   it, and its signature verifies with that certificate's key;
+/// - every certificate, the anchor included, is valid at the check time (± leeway);
+/// - CA certificates (the anchor and `cabundle[1..]`) have a critical BasicConstraints with
+///   `cA = TRUE`, KeyUsage `keyCertSign`, and a `pathLenConstraint` (when present) not smaller
+///   than the number of CA certificates below them. The AWS root has **no**
+///   pathLenConstraint, which RFC 5280 allows;
+/// - the leaf is not a CA and its KeyUsage has `digitalSignature`. The leaf's KeyUsage is
+///   **non-critical** in genuine documents, so the bits are checked, not the criticality;
+/// - no Extended Key Usage is required or interpreted (genuine certificates have none);
+/// - an unknown **critical** extension is rejected (RFC 5280 §4.2); the understood ones are
+///   BasicConstraints, KeyUsage, ExtendedKeyUsage, Subject/Authority Key Identifier, CRL
+///   Distribution Points, Subject Alternative Name, Certificate Policies, Authority
+///   Information Access;
+/// - revocation is **not** checked: AWS's guidance disables CRL checking, and the
+///   intermediates' CRL distribution points are never fetched (the verifier does no I/O).
 ///
 /// ```
 /// # fn main() -> Result<(), nitro_attest::Error> {
