@@ -427,3 +427,192 @@ async fn state_file_survives_restart() {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+/// Documents in the shape of QEMU's emulated NSM (`virtio-nsm-device`): protected header
+/// `{1: -1}`, 64 zero bytes as signature, certificate and the only cabundle entry, real payload.
+/// QEMU itself is exercised end to end by the emulator's tests; this produces the same bytes so
+/// that the local KMS's trust modes can be tested here.
+struct QemuShapedNsm {
+    pcr0: [u8; 48],
+}
+
+impl nitro_attest::Nsm for QemuShapedNsm {
+    fn attestation(
+        &self,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
+    ) -> nitro_attest::Result<Vec<u8>> {
+        use ciborium::Value as V;
+        let bytes = |b: Option<&[u8]>| b.map_or(V::Null, |b| V::Bytes(b.to_vec()));
+        let pcrs = (0..16u8)
+            .map(|i| {
+                let v = if i == 0 {
+                    self.pcr0.to_vec()
+                } else {
+                    vec![0u8; 48]
+                };
+                (V::Integer(i.into()), V::Bytes(v))
+            })
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            * 1000;
+        let payload = V::Map(vec![
+            (V::Text("module_id".into()), V::Text("i-234-enc5678".into())),
+            (V::Text("digest".into()), V::Text("SHA384".into())),
+            (V::Text("timestamp".into()), V::Integer(now.into())),
+            (V::Text("pcrs".into()), V::Map(pcrs)),
+            (V::Text("certificate".into()), V::Bytes(vec![0; 64])),
+            (
+                V::Text("cabundle".into()),
+                V::Array(vec![V::Bytes(vec![0; 64])]),
+            ),
+            (V::Text("public_key".into()), bytes(public_key)),
+            (V::Text("user_data".into()), bytes(user_data)),
+            (V::Text("nonce".into()), bytes(nonce)),
+        ]);
+        let mut payload_bytes = Vec::new();
+        ciborium::into_writer(&payload, &mut payload_bytes).unwrap();
+        let doc = V::Array(vec![
+            V::Bytes(vec![0xa1, 0x01, 0x20]),
+            V::Map(vec![]),
+            V::Bytes(payload_bytes),
+            V::Bytes(vec![0; 64]),
+        ]);
+        let mut out = Vec::new();
+        ciborium::into_writer(&doc, &mut out).unwrap();
+        Ok(out)
+    }
+    fn describe_pcr(&self, _: u16) -> nitro_attest::Result<nitro_attest::PcrDescription> {
+        Err(nitro_attest::Error::Nsm(
+            nitro_attest::NsmErrorCode::InvalidOperation,
+        ))
+    }
+    fn extend_pcr(&self, _: u16, _: &[u8]) -> nitro_attest::Result<Vec<u8>> {
+        Err(nitro_attest::Error::Nsm(
+            nitro_attest::NsmErrorCode::ReadOnlyIndex,
+        ))
+    }
+    fn lock_pcr(&self, _: u16) -> nitro_attest::Result<()> {
+        Ok(())
+    }
+    fn lock_pcrs(&self, _: u16) -> nitro_attest::Result<()> {
+        Ok(())
+    }
+    fn describe_nsm(&self) -> nitro_attest::Result<nitro_attest::NsmDescription> {
+        Err(nitro_attest::Error::Nsm(
+            nitro_attest::NsmErrorCode::InvalidOperation,
+        ))
+    }
+    fn get_random(&self) -> nitro_attest::Result<Vec<u8>> {
+        Ok(vec![4; 32])
+    }
+}
+
+#[tokio::test]
+async fn unsigned_emulator_documents_only_in_the_dangerous_mode() {
+    let qemu = |pcr0| Recipient::new(Arc::new(QemuShapedNsm { pcr0 }));
+    let start = |trust: AttestationTrust| async move {
+        let kms = LocalKms::new(
+            LocalKmsConfig::new(trust)
+                .region(REGION)
+                .credentials(creds()),
+        )
+        .unwrap();
+        server::spawn(Arc::new(kms), "127.0.0.1:0", None)
+            .await
+            .unwrap()
+    };
+    let plain = |server: &server::RunningServer, recipient: Option<Recipient>| {
+        let mut b = KmsClient::builder(REGION)
+            .endpoint(format!("http://{}", server.local_addr()))
+            .dangerous_allow_plain_http()
+            .credentials(creds())
+            .retry(RetryConfig::new(1));
+        if let Some(r) = recipient {
+            b = b.recipient(r);
+        }
+        b.build().unwrap()
+    };
+
+    let dangerous = start(AttestationTrust::dangerous_unsigned_emulator()).await;
+    let admin = plain(&dangerous, None);
+    let key_id = admin
+        .create_key(CreateKeyRequest::new().policy(pcr0_policy(&PCR0_GOOD)))
+        .await
+        .unwrap()
+        .key_metadata
+        .key_id;
+    let blob = admin
+        .encrypt(EncryptRequest::new(&key_id, b"for the QEMU guest".to_vec()))
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    let ok = plain(&dangerous, Some(qemu(PCR0_GOOD)))
+        .decrypt(DecryptRequest::new(blob.clone()))
+        .await
+        .unwrap();
+    assert_eq!(ok.plaintext.unwrap().as_bytes(), b"for the QEMU guest");
+    // PCRs still go through the key policy.
+    let e = plain(&dangerous, Some(qemu(PCR0_BAD)))
+        .decrypt(DecryptRequest::new(blob))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException");
+
+    // A local KMS that verifies signatures refuses the same documents.
+    let sim = nsm(6, &PCR0_GOOD);
+    let strict = start(AttestationTrust::root_der(sim.root_certificate_der()).unwrap()).await;
+    let e = plain(&strict, Some(qemu(PCR0_GOOD)))
+        .generate_random(GenerateRandomRequest::new(8))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "ValidationException", "{e}");
+    // And the dangerous mode does not make a signed document's PCRs optional either: a
+    // simulator document is parsed and its PCR0 checked like any other.
+    let e = plain(&dangerous, Some(Recipient::new(nsm(7, &PCR0_BAD))))
+        .generate_data_key(GenerateDataKeyRequest::new(&key_id))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException");
+}
+
+#[tokio::test]
+async fn watched_roots_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("roots.pem");
+    let kms = LocalKms::new(
+        LocalKmsConfig::new(AttestationTrust::RootsPemFile(roots.clone()))
+            .region(REGION)
+            .credentials(creds()),
+    )
+    .unwrap();
+    let server = server::spawn(Arc::new(kms), "127.0.0.1:0", None)
+        .await
+        .unwrap();
+    let sim = nsm(8, &PCR0_GOOD);
+    let client = KmsClient::builder(REGION)
+        .endpoint(format!("http://{}", server.local_addr()))
+        .dangerous_allow_plain_http()
+        .credentials(creds())
+        .recipient(Recipient::new(sim.clone()))
+        .retry(RetryConfig::new(1))
+        .build()
+        .unwrap();
+    // No file yet: nothing is trusted.
+    let e = client
+        .generate_random(GenerateRandomRequest::new(8))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "ValidationException", "{e}");
+    // The simulator's root appears in the file: trusted from the next request on.
+    std::fs::write(&roots, sim.root_certificate_pem()).unwrap();
+    let r = client
+        .generate_random(GenerateRandomRequest::new(8))
+        .await
+        .unwrap();
+    assert_eq!(r.plaintext.unwrap().len(), 8);
+}
