@@ -98,6 +98,42 @@ pub trait Nsm: Send + Sync {
     fn get_random(&self) -> Result<Vec<u8>>;
 }
 
+macro_rules! forward_nsm {
+    ($($ty:ty),*) => {$(
+        /// Forwards to the inner NSM.
+        impl<T: Nsm + ?Sized> Nsm for $ty {
+            fn attestation(
+                &self,
+                user_data: Option<&[u8]>,
+                nonce: Option<&[u8]>,
+                public_key: Option<&[u8]>,
+            ) -> Result<Vec<u8>> {
+                (**self).attestation(user_data, nonce, public_key)
+            }
+            fn describe_pcr(&self, index: u16) -> Result<PcrDescription> {
+                (**self).describe_pcr(index)
+            }
+            fn extend_pcr(&self, index: u16, data: &[u8]) -> Result<Vec<u8>> {
+                (**self).extend_pcr(index, data)
+            }
+            fn lock_pcr(&self, index: u16) -> Result<()> {
+                (**self).lock_pcr(index)
+            }
+            fn lock_pcrs(&self, range: u16) -> Result<()> {
+                (**self).lock_pcrs(range)
+            }
+            fn describe_nsm(&self) -> Result<NsmDescription> {
+                (**self).describe_nsm()
+            }
+            fn get_random(&self) -> Result<Vec<u8>> {
+                (**self).get_random()
+            }
+        }
+    )*};
+}
+
+forward_nsm!(&T, Box<T>, std::sync::Arc<T>);
+
 /// The state of one PCR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
