@@ -16,7 +16,7 @@ use crate::policy::NameVerdict;
 use crate::protocol::{
     KIND_CONNECT, MAX_REQUEST_BODY, REQUEST_HEADER_LEN, Request, Response, decode_request_header,
 };
-use crate::relay::relay_counted;
+use crate::relay::relay_streams;
 use crate::server::{ConnCtx, Limits, ServerHandle, Shutdown, spawn_server};
 use crate::{Listener, PeerAddr, Policy, ProtocolError, Refusal, RefusalCode, Stream};
 
@@ -303,10 +303,10 @@ impl EgressServer {
             .registry
             .register(peer.to_string(), format!("{host}:{port} ({dest_addr})"));
         tracing::info!(conn = guard.id, %peer, %host, port, dest = %dest_addr, setup = ?started.elapsed(), "egress: connected");
-        let r = relay_counted(
+        let r = relay_streams(
             stream,
-            dest,
-            ctx.limits.idle_timeout,
+            Stream::from(dest),
+            &ctx.limits,
             &guard.bytes,
             guard.totals(),
         )

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::relay::relay_counted;
+use crate::relay::relay_streams;
 use crate::server::{ConnCtx, Limits, ServerHandle, Shutdown, spawn_server};
 use crate::{Addr, Error, Listener, PeerAddr, ProtocolError, Stream};
 
@@ -257,14 +257,7 @@ impl IngressServer {
             .registry
             .register(peer.to_string(), self.target.to_string());
         tracing::info!(conn = guard.id, %peer, target = %self.target, "ingress: connected");
-        let r = relay_counted(
-            client,
-            enclave,
-            ctx.limits.idle_timeout,
-            &guard.bytes,
-            guard.totals(),
-        )
-        .await;
+        let r = relay_streams(client, enclave, &ctx.limits, &guard.bytes, guard.totals()).await;
         if let Err(e) = r {
             tracing::debug!(conn = guard.id, error = %e, "ingress: closed with an error");
         }
@@ -445,14 +438,7 @@ impl IngressForward {
         let guard = ctx
             .registry
             .register(peer.to_string(), self.target.to_string());
-        let r = relay_counted(
-            from_parent,
-            app,
-            ctx.limits.idle_timeout,
-            &guard.bytes,
-            guard.totals(),
-        )
-        .await;
+        let r = relay_streams(from_parent, app, &ctx.limits, &guard.bytes, guard.totals()).await;
         if let Err(e) = r {
             tracing::debug!(conn = guard.id, error = %e, "ingress-forward: closed with an error");
         }

@@ -1146,7 +1146,12 @@ mod tests {
     fn decisions() {
         let p = sample();
         let pub1 = v4("93.184.216.34");
-        type Case = (&'static str, u16, Vec<IpAddr>, Result<Vec<IpAddr>, &'static str>);
+        type Case = (
+            &'static str,
+            u16,
+            Vec<IpAddr>,
+            Result<Vec<IpAddr>, &'static str>,
+        );
         let table: Vec<Case> = vec![
             (
                 "kms.us-east-1.amazonaws.com",

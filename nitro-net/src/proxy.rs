@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::relay::relay_counted;
+use crate::relay::relay_streams;
 use crate::server::{ConnCtx, Limits, ServerHandle, Shutdown, spawn_server};
 use crate::{EgressClient, Error, Listener, PeerAddr, ProtocolError, RefusalCode, Stream};
 
@@ -234,14 +234,7 @@ impl LocalProxy {
                 .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::debug!(conn = guard.id, %peer, %host, port, "{}: tunnel open", self.kind);
-        let r = relay_counted(
-            client,
-            tunnel,
-            ctx.limits.idle_timeout,
-            &guard.bytes,
-            guard.totals(),
-        )
-        .await;
+        let r = relay_streams(client, tunnel, &ctx.limits, &guard.bytes, guard.totals()).await;
         if let Err(e) = r {
             tracing::debug!(conn = guard.id, error = %e, "{}: closed with an error", self.kind);
         }

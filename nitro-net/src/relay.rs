@@ -19,8 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::os::fd::OwnedFd;
 
+use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+use crate::Stream;
 use crate::stats::ByteCounters;
 
 /// Size of each relay buffer (64 KiB: the virtio-vsock maximum packet payload, and where
@@ -113,15 +117,192 @@ where
         b,
         ab: Pump::new(&conn.up, &totals.up),
         ba: Pump::new(&conn.down, &totals.down),
-        idle: idle_timeout.map(|t| Idle {
-            period: (t / 2).max(Duration::from_millis(1)),
-            sleep: Box::pin(tokio::time::sleep(t / 2)),
-            seen: 0,
-            quiet_periods: 0,
-            timeout: t,
-        }),
+        idle: idle_timeout.map(Idle::new),
     }
     .await
+}
+
+/// Relays between two transport streams: with `splice(2)` (no copy through user space) when
+/// `zero_copy` is on and both are TCP or Unix sockets, else with [`relay_counted`].
+pub(crate) async fn relay_streams(
+    a: Stream,
+    b: Stream,
+    limits: &crate::Limits,
+    conn: &ByteCounters,
+    totals: &ByteCounters,
+) -> io::Result<()> {
+    let idle_timeout = limits.idle_timeout;
+    if limits.zero_copy && a.splice_capable() && b.splice_capable() {
+        SpliceRelay {
+            a,
+            b,
+            ab: SplicePump::new(&conn.up, &totals.up),
+            ba: SplicePump::new(&conn.down, &totals.down),
+            idle: idle_timeout.map(Idle::new),
+        }
+        .await
+    } else {
+        relay_counted(a, b, idle_timeout, conn, totals).await
+    }
+}
+
+/// A pipe that carries spliced bytes between two sockets; it holds page references, not
+/// copies. Pooled like the copy buffers: a direction holds one only while bytes are in flight.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+fn take_pipe() -> io::Result<Pipe> {
+    if let Ok(mut p) = PIPES.lock()
+        && let Some(pipe) = p.pop()
+    {
+        return Ok(pipe);
+    }
+    let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    Ok(Pipe { r, w })
+}
+
+/// Only empty pipes come back here.
+fn give_pipe(p: Pipe) {
+    if let Ok(mut pool) = PIPES.lock()
+        && pool.len() < POOL_KEEP
+    {
+        pool.push(p);
+    }
+}
+
+struct SpliceRelay<'c> {
+    a: Stream,
+    b: Stream,
+    ab: SplicePump<'c>,
+    ba: SplicePump<'c>,
+    idle: Option<Idle>,
+}
+
+impl Future for SpliceRelay<'_> {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let ab = this.ab.poll(cx, &this.a, &mut this.b)?;
+        let ba = this.ba.poll(cx, &this.b, &mut this.a)?;
+        if ab.is_ready() && ba.is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(idle) = &mut this.idle {
+            return idle.poll(cx, this.ab.moved + this.ba.moved);
+        }
+        Poll::Pending
+    }
+}
+
+/// One direction of a [`SpliceRelay`]: socket → pipe → socket.
+struct SplicePump<'c> {
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe not yet written out.
+    pending: usize,
+    eof: bool,
+    done: bool,
+    moved: u64,
+    conn: &'c AtomicU64,
+    total: &'c AtomicU64,
+}
+
+impl<'c> SplicePump<'c> {
+    fn new(conn: &'c AtomicU64, total: &'c AtomicU64) -> Self {
+        SplicePump {
+            pipe: None,
+            pending: 0,
+            eof: false,
+            done: false,
+            moved: 0,
+            conn,
+            total,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            if self.pending == 0 {
+                give_pipe(p);
+            }
+            // A pipe still holding bytes (after an error) is closed, never reused.
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, r: &Stream, w: &mut Stream) -> Poll<io::Result<()>> {
+        const FLAGS: SpliceFFlags =
+            SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pending > 0 {
+                ready!(w.poll_write_ready(cx))?;
+                let Some(pipe) = self.pipe.as_ref() else {
+                    return Poll::Ready(Err(io::Error::other("relay pipe missing")));
+                };
+                let want = self.pending;
+                match w.try_io(Interest::WRITABLE, |fd| {
+                    splice(&pipe.r, None, fd, None, want, FLAGS).map_err(io::Error::from)
+                }) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.pending -= n;
+                        self.moved += n as u64;
+                        self.conn.fetch_add(n as u64, Ordering::Relaxed);
+                        self.total.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
+            if self.eof {
+                self.release();
+                match ready!(Pin::new(&mut *w).poll_shutdown(cx)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            match r.poll_read_ready(cx) {
+                Poll::Pending => {
+                    // Idle in this direction: hold no pipe while waiting.
+                    self.release();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            if self.pipe.is_none() {
+                self.pipe = Some(take_pipe()?);
+            }
+            let Some(pipe) = self.pipe.as_ref() else {
+                return Poll::Ready(Err(io::Error::other("relay pipe missing")));
+            };
+            match r.try_io(Interest::READABLE, |fd| {
+                splice(fd, None, &pipe.w, None, BUFFER_SIZE, FLAGS).map_err(io::Error::from)
+            }) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.pending = n,
+                // Readiness was stale; it is cleared, the next poll_read_ready waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl Drop for SplicePump<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 struct Idle {
@@ -156,23 +337,41 @@ where
             return Poll::Ready(Ok(()));
         }
         if let Some(idle) = &mut this.idle {
-            while idle.sleep.as_mut().poll(cx).is_ready() {
-                let progress = this.ab.moved + this.ba.moved;
-                if progress != idle.seen {
-                    idle.seen = progress;
-                    idle.quiet_periods = 0;
-                } else {
-                    idle.quiet_periods += 1;
-                    if idle.quiet_periods >= 2 {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no data in either direction for {:?}", idle.timeout),
-                        )));
-                    }
+            return idle.poll(cx, this.ab.moved + this.ba.moved);
+        }
+        Poll::Pending
+    }
+}
+
+impl Idle {
+    fn new(t: Duration) -> Idle {
+        Idle {
+            period: (t / 2).max(Duration::from_millis(1)),
+            sleep: Box::pin(tokio::time::sleep(t / 2)),
+            seen: 0,
+            quiet_periods: 0,
+            timeout: t,
+        }
+    }
+
+    /// `Ready(Err(TimedOut))` once nothing moved for two periods; `Pending` otherwise (with the
+    /// timer armed).
+    fn poll(&mut self, cx: &mut Context<'_>, progress: u64) -> Poll<io::Result<()>> {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if progress != self.seen {
+                self.seen = progress;
+                self.quiet_periods = 0;
+            } else {
+                self.quiet_periods += 1;
+                if self.quiet_periods >= 2 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data in either direction for {:?}", self.timeout),
+                    )));
                 }
-                let next = tokio::time::Instant::now() + idle.period;
-                idle.sleep.as_mut().reset(next);
             }
+            let next = tokio::time::Instant::now() + self.period;
+            self.sleep.as_mut().reset(next);
         }
         Poll::Pending
     }

@@ -33,6 +33,10 @@ pub struct Limits {
     /// On shutdown, how long in-flight connections may take to finish before they are cut.
     /// Default 30 s.
     pub shutdown_grace: Duration,
+    /// Relay between two TCP or Unix sockets with `splice(2)` through a pipe (page references,
+    /// no copy through user space) instead of read/write through a 64 KiB buffer. Default on;
+    /// vsock streams always use the buffer.
+    pub zero_copy: bool,
 }
 
 impl Default for Limits {
@@ -44,6 +48,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(3600)),
             shutdown_grace: Duration::from_secs(30),
+            zero_copy: true,
         }
     }
 }

@@ -65,6 +65,45 @@ impl Stream {
     }
 }
 
+/// Readiness-based access for the zero-copy relay (TCP and Unix sockets only).
+impl Stream {
+    /// Whether [`splice(2)`] can move this stream's bytes (TCP and Unix sockets; the tokio-vsock
+    /// stream does not expose its readiness, so vsock uses the copying relay).
+    pub(crate) fn splice_capable(&self) -> bool {
+        matches!(self.inner, Inner::Tcp(_) | Inner::Unix(_))
+    }
+
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.inner {
+            Inner::Tcp(s) => s.poll_read_ready(cx),
+            Inner::Unix(s) => s.poll_read_ready(cx),
+            Inner::Vsock(_) => Poll::Ready(Err(io::Error::from(io::ErrorKind::Unsupported))),
+        }
+    }
+
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.inner {
+            Inner::Tcp(s) => s.poll_write_ready(cx),
+            Inner::Unix(s) => s.poll_write_ready(cx),
+            Inner::Vsock(_) => Poll::Ready(Err(io::Error::from(io::ErrorKind::Unsupported))),
+        }
+    }
+
+    /// Runs `f` on the socket; a `WouldBlock` from `f` clears the readiness.
+    pub(crate) fn try_io<R>(
+        &self,
+        interest: Interest,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> io::Result<R>,
+    ) -> io::Result<R> {
+        use std::os::fd::AsFd;
+        match &self.inner {
+            Inner::Tcp(s) => s.try_io(interest, || f(s.as_fd())),
+            Inner::Unix(s) => s.try_io(interest, || f(s.as_fd())),
+            Inner::Vsock(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+        }
+    }
+}
+
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Self {
         // Latency over throughput for tunnelled request/response traffic; the relay writes

@@ -21,11 +21,20 @@ const MIB: usize = 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transfers_are_byte_exact_both_ways() {
-    let c = chain(loopback_policy(), test_limits()).await;
+    // Both relays: splice(2) between sockets, and the copying one (what vsock uses).
+    for zero_copy in [true, false] {
+        large_transfer(zero_copy).await;
+    }
+}
+
+async fn large_transfer(zero_copy: bool) {
+    let mut limits = test_limits();
+    limits.zero_copy = zero_copy;
+    let c = chain(loopback_policy(), limits).await;
     // Destination: checks what arrives while sending its own stream back.
     let dest = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = dest.local_addr().unwrap().port();
-    let size = 48 * MIB + 12_345;
+    let size = 32 * MIB + 12_345;
     let dest_task = tokio::spawn(async move {
         let (s, _) = dest.accept().await.unwrap();
         let (mut r, mut w) = s.into_split();
@@ -63,7 +72,15 @@ async fn large_transfers_are_byte_exact_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_from_the_enclave_then_answer() {
-    let c = chain(loopback_policy(), test_limits()).await;
+    for zero_copy in [true, false] {
+        half_close_from_the_enclave(zero_copy).await;
+    }
+}
+
+async fn half_close_from_the_enclave(zero_copy: bool) {
+    let mut limits = test_limits();
+    limits.zero_copy = zero_copy;
+    let c = chain(loopback_policy(), limits).await;
     let dest = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = dest.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -87,7 +104,15 @@ async fn half_close_from_the_enclave_then_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_from_the_destination_then_keep_sending() {
-    let c = chain(loopback_policy(), test_limits()).await;
+    for zero_copy in [true, false] {
+        half_close_from_the_destination(zero_copy).await;
+    }
+}
+
+async fn half_close_from_the_destination(zero_copy: bool) {
+    let mut limits = test_limits();
+    limits.zero_copy = zero_copy;
+    let c = chain(loopback_policy(), limits).await;
     let dest = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = dest.local_addr().unwrap().port();
     let dest_task = tokio::spawn(async move {
