@@ -225,11 +225,11 @@ impl<'c> SplicePump<'c> {
     }
 
     fn release(&mut self) {
-        if let Some(p) = self.pipe.take() {
-            if self.pending == 0 {
-                give_pipe(p);
-            }
-            // A pipe still holding bytes (after an error) is closed, never reused.
+        // A pipe still holding bytes (after an error) is closed, never reused.
+        if let Some(p) = self.pipe.take()
+            && self.pending == 0
+        {
+            give_pipe(p);
         }
     }
 
