@@ -194,13 +194,20 @@ pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
     });
     enclave.await.context("enclave task")??;
 
-    // --- another image through the same tunnel: refused by the key policy ---
+    // --- a second enclave task, another image, through the same tunnel: refused ---
     let egress = EgressClient::new(tunnel);
     let intruder = enclave_client(&url, &roots, &egress, &creds, other_nsm)?;
-    match intruder
-        .generate_data_key(GenerateDataKeyRequest::new(&key_id).context("app", "quickstart"))
-        .await
-    {
+    let attempt = tokio::spawn({
+        let (intruder, key_id) = (intruder.clone(), key_id.clone());
+        async move {
+            intruder
+                .generate_data_key(
+                    GenerateDataKeyRequest::new(&key_id).context("app", "quickstart"),
+                )
+                .await
+        }
+    });
+    match attempt.await.context("second enclave task")? {
         Err(e) if e.service_code() == Some("AccessDeniedException") => {
             println!(
                 "    other image (PCR0 {}..): refused: {e}",

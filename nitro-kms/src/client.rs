@@ -485,6 +485,19 @@ impl KmsClient {
         Ok(resp)
     }
 
+    /// `GenerateDataKeyWithoutPlaintext` (never attested: no plaintext is returned). The request's
+    /// `recipient` is ignored.
+    pub async fn generate_data_key_without_plaintext(
+        &self,
+        mut request: GenerateDataKeyRequest,
+    ) -> Result<GenerateDataKeyResponse, Error> {
+        if request.key_spec.is_none() && request.number_of_bytes.is_none() {
+            request.key_spec = Some(KeySpec::Aes256);
+        }
+        request.recipient = None;
+        self.call("GenerateDataKeyWithoutPlaintext", &request).await
+    }
+
     /// `GenerateDataKeyPair`.
     pub async fn generate_data_key_pair(
         &self,
