@@ -973,9 +973,9 @@ async fn read_replies<R: AsyncRead + Unpin>(shared: &Shared, rd: &mut R) -> Resu
         let result = if reply.error != 0 {
             Err(Failure::Errno(reply.error))
         } else if w.read_len > 0 {
-            let mut data = vec![0u8; w.read_len as usize];
-            rd.read_exact(&mut data).await?;
-            Ok(Some(data))
+            Ok(Some(
+                crate::server::read_vec(rd, w.read_len as usize).await?,
+            ))
         } else {
             match w.command {
                 CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES if !w.durable => {

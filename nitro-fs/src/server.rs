@@ -483,9 +483,75 @@ async fn read_incoming<R: AsyncRead + Unpin>(rd: &mut R, max_request: u32) -> Re
         discard(rd, u64::from(req.length)).await?;
         return Ok(Incoming::Oversized(req));
     }
-    let mut data = vec![0u8; req.length as usize];
-    rd.read_exact(&mut data).await?;
+    let data = read_vec(rd, req.length as usize).await?;
     Ok(Incoming::Request(req, data))
+}
+
+/// Read buffers kept for reuse, so that large reads neither zero-fill nor page-fault fresh
+/// memory every time.
+static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers above this size are not kept.
+const POOLED_MAX: usize = 4 << 20;
+/// Buffers kept at most.
+const POOLED_COUNT: usize = 64;
+
+/// A buffer of `len` bytes (content unspecified).
+fn take_buffer(len: usize) -> Vec<u8> {
+    match pooled(len) {
+        Some(mut b) => {
+            // Only the part beyond the old length is zero-filled.
+            b.resize(len, 0);
+            b
+        }
+        None => vec![0u8; len],
+    }
+}
+
+/// An empty buffer with room for `len` bytes.
+fn take_spare(len: usize) -> Vec<u8> {
+    match pooled(len) {
+        Some(mut b) => {
+            b.clear();
+            b
+        }
+        None => Vec::with_capacity(len),
+    }
+}
+
+fn pooled(len: usize) -> Option<Vec<u8>> {
+    if len <= 4096 || len > POOLED_MAX {
+        return None;
+    }
+    let mut pool = BUFFERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pool.iter()
+        .position(|b| b.capacity() >= len)
+        .map(|i| pool.swap_remove(i))
+}
+
+/// Returns a buffer to the pool.
+pub(crate) fn give_buffer(b: Vec<u8>) {
+    if b.capacity() > 4096 && b.capacity() <= POOLED_MAX {
+        let mut pool = BUFFERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < POOLED_COUNT {
+            pool.push(b);
+        }
+    }
+}
+
+/// Reads exactly `n` bytes into a new vector, without zero-filling it first.
+pub(crate) async fn read_vec<R: AsyncRead + Unpin>(rd: &mut R, n: usize) -> io::Result<Vec<u8>> {
+    let mut data = take_spare(n);
+    while data.len() < n {
+        let want = (n - data.len()) as u64;
+        if (&mut *rd).take(want).read_buf(&mut data).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(data)
 }
 
 /// A finished request, ready to be answered.
@@ -560,10 +626,14 @@ fn execute(export: &Export, req: Request, payload: Vec<u8>) -> Pending {
         let mut data = Vec::new();
         let result = match req.command {
             CMD_READ => {
-                data = vec![0u8; req.length as usize];
+                data = take_buffer(req.length as usize);
                 dev.read_at(req.offset, &mut data).await
             }
-            CMD_WRITE => dev.write_at(req.offset, &payload, fua).await,
+            CMD_WRITE => {
+                let r = dev.write_at(req.offset, &payload, fua).await;
+                give_buffer(payload);
+                r
+            }
             CMD_FLUSH => dev.flush().await,
             CMD_TRIM => {
                 let r = dev.trim(req.offset, u64::from(req.length)).await;
@@ -816,5 +886,6 @@ async fn encode_completion<W: AsyncWrite + Unpin>(
     } else {
         out.extend_from_slice(&c.data);
     }
+    give_buffer(c.data);
     Ok(())
 }
