@@ -1,0 +1,249 @@
+//! The `attest` example CLI end to end: `sim` → `verify` / `inspect` / `bench`, text encodings,
+//! exit statuses, and the genuine fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `target/<profile>/examples/attest`, built by `cargo test` alongside this test.
+fn attest() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let bin = profile_dir.join("examples").join("attest");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} was not built",
+        bin.display()
+    );
+    eprintln!(
+        "SKIPPED: {} not built (run `cargo test` for the whole package)",
+        bin.display()
+    );
+    None
+}
+
+fn run(bin: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running attest: {e}"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn sim_verify_inspect_bench() {
+    let Some(bin) = attest() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("doc.cbor");
+    let root = dir.path().join("root.pem");
+    let pk = dir.path().join("pk.bin");
+    std::fs::write(&pk, b"public key bytes").unwrap();
+    let pcr16 = "ab".repeat(48);
+    let o = run(
+        &bin,
+        &[
+            "sim",
+            "--out",
+            doc.to_str().unwrap(),
+            "--root-out",
+            root.to_str().unwrap(),
+            "--seed",
+            "3",
+            "--pcr",
+            &format!("16={pcr16}"),
+            "--user-data",
+            "68656c6c6f",
+            "--nonce",
+            "0011",
+            "--public-key",
+            pk.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let root_s = root.to_str().unwrap();
+    let doc_s = doc.to_str().unwrap();
+
+    // Valid with the simulator root and matching expectations.
+    let o = run(
+        &bin,
+        &[
+            "verify",
+            "--root",
+            root_s,
+            "--nonce",
+            "0011",
+            "--user-data",
+            "68656c6c6f",
+            "--pcr",
+            &format!("16={pcr16}"),
+            "--max-age",
+            "600",
+            doc_s,
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["file"], doc_s);
+    assert_eq!(lines[0]["valid"], true);
+    assert!(lines[0]["error"].is_null());
+
+    // Wrong nonce, or the AWS root: invalid, exit status 1, a precise error.
+    let o = run(
+        &bin,
+        &["verify", "--root", root_s, "--nonce", "0012", doc_s],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let l = &json_lines(&o)[0];
+    assert_eq!(l["valid"], false);
+    assert!(
+        l["error"].as_str().unwrap().contains("nonce mismatch"),
+        "{l}"
+    );
+    let o = run(&bin, &["verify", doc_s]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        json_lines(&o)[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("untrusted root")
+    );
+
+    // Hex and base64 encodings of the same document are detected; one bad file fails the run.
+    let raw = std::fs::read(&doc).unwrap();
+    let hex_file = dir.path().join("doc.hex");
+    std::fs::write(&hex_file, hex::encode(&raw) + "\n").unwrap();
+    let b64_file = dir.path().join("doc.b64");
+    use base64::Engine as _;
+    std::fs::write(
+        &b64_file,
+        base64::engine::general_purpose::STANDARD.encode(&raw),
+    )
+    .unwrap();
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"\x00\x01not a document").unwrap();
+    let o = run(
+        &bin,
+        &[
+            "verify",
+            "--root",
+            root_s,
+            hex_file.to_str().unwrap(),
+            b64_file.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(json_lines(&o).iter().all(|l| l["valid"] == true));
+    let o = run(
+        &bin,
+        &["verify", "--root", root_s, doc_s, junk.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let lines = json_lines(&o);
+    assert_eq!(
+        (lines[0]["valid"].clone(), lines[1]["valid"].clone()),
+        (true.into(), false.into())
+    );
+
+    // Inspect: fields as JSON, byte fields as hex, timestamp as RFC 3339 too.
+    let o = run(&bin, &["inspect", doc_s]);
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["pcrs"].as_object().unwrap().len(), 17);
+    assert_eq!(v["pcrs"]["16"], pcr16);
+    assert_eq!(v["nonce"], "0011");
+    assert_eq!(v["user_data"], "68656c6c6f");
+    assert_eq!(v["public_key"], hex::encode(b"public key bytes"));
+    assert!(v["timestamp_rfc3339"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(v["cose"]["algorithm"], -35);
+    assert_eq!(v["cabundle"].as_array().unwrap().len(), 4);
+
+    // Bench: the last line is `docs_per_s <float>`.
+    for extra in [&[][..], &["--cache"][..]] {
+        let mut args = vec!["bench", "--root", root_s, "--iterations", "20"];
+        args.extend_from_slice(extra);
+        args.push(doc_s);
+        let o = run(&bin, &args);
+        assert!(o.status.success(), "{o:?}");
+        let out = stdout(&o);
+        let last = out.lines().last().unwrap();
+        let rate: f64 = last.strip_prefix("docs_per_s ").unwrap().parse().unwrap();
+        assert!(rate > 0.0);
+        assert!(out.contains("ecdsa_p384_verify_per_s "));
+    }
+}
+
+#[test]
+fn genuine_fixtures() {
+    let dir = std::env::var_os("NITRO_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+        });
+    if !dir.join("manifest.json").is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but no fixtures"
+        );
+        eprintln!("SKIPPED: fixtures not found at {}", dir.display());
+        return;
+    }
+    let Some(bin) = attest() else {
+        return;
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let (mut valid, mut invalid) = (Vec::new(), Vec::new());
+    for e in manifest.as_array().unwrap() {
+        let path = dir
+            .join(e["file"].as_str().unwrap())
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if e["expected"].as_str().unwrap().starts_with("VALID") {
+            valid.push(path);
+        } else {
+            invalid.push(path);
+        }
+    }
+    let mut args = vec!["verify", "--at", "doc", "--allow-debug"];
+    args.extend(valid.iter().map(String::as_str));
+    let o = run(&bin, &args);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(json_lines(&o).len(), 16);
+
+    let mut args = vec!["verify", "--at", "doc", "--allow-debug"];
+    args.extend(invalid.iter().map(String::as_str));
+    let o = run(&bin, &args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(json_lines(&o).iter().all(|l| l["valid"] == false));
+
+    // At the current time every document fails (expired leaf).
+    let mut args = vec!["verify", "--allow-debug"];
+    args.extend(valid.iter().map(String::as_str));
+    let o = run(&bin, &args);
+    assert_eq!(o.status.code(), Some(1));
+    for l in json_lines(&o) {
+        assert!(
+            l["error"]
+                .as_str()
+                .unwrap()
+                .contains("certificate (leaf): expired"),
+            "{l}"
+        );
+    }
+}
