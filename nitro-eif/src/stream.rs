@@ -1,11 +1,13 @@
 //! The streaming engine shared by the writer and the reader.
 //!
-//! Every measured byte goes into two SHA-384 chains: the image chain (PCR0) and either the
-//! bootstrap chain (PCR1: kernel, cmdline, first ramdisk) or the application chain (PCR2: the
-//! other ramdisks). The two chains run on two threads, fed with reference-counted chunks by the
-//! thread that reads the sources, writes the output and computes the CRC; so a build costs about
-//! one SHA-384 pass of wall time on two cores. Channels are bounded and buffers are recycled, so
-//! memory stays at a few chunks whatever the image size.
+//! PCR0 hashes every measured byte; PCR1 hashes the kernel, the command line and the first
+//! ramdisk, which are a *prefix* of PCR0's input: SHA-384 being a Merkle-Damgard construction,
+//! the PCR1 digest is a copy of the PCR0 context taken at the end of that prefix, so those bytes
+//! are hashed once. PCR2 hashes the other ramdisks on a second chain. The PCR0 chain and the
+//! PCR2 chain run on two threads, fed with reference-counted chunks by the thread that reads the
+//! sources, writes the output and computes the CRC; so a build costs about one SHA-384 pass of
+//! wall time on two cores. Channels are bounded and buffers are recycled, so memory stays at a
+//! few chunks whatever the image size.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -24,7 +26,7 @@ const QUEUE: usize = 4;
 /// Below this many measured bytes, hashing runs inline (threads cost more than they save).
 const THREAD_THRESHOLD: u64 = 8 * CHUNK as u64;
 
-/// Which secondary chain a section feeds.
+/// Which PCRs a section is measured into. All `Boot` bytes come before all `App` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chain {
     /// Measured into PCR0 and PCR1.
@@ -42,15 +44,21 @@ pub(crate) struct ImagePcrs {
     pub(crate) pcr2: Pcr,
 }
 
+enum ImageMsg {
+    Data(Arc<Vec<u8>>),
+    /// The bootstrap prefix is complete: snapshot the context for PCR1.
+    EndOfBoot,
+}
+
 enum Mode {
     Inline {
         image: Context,
-        boot: Context,
+        boot: Option<Context>,
         app: Context,
     },
     Threaded {
-        image: SyncSender<Arc<Vec<u8>>>,
-        second: SyncSender<(Arc<Vec<u8>>, Chain)>,
+        image: SyncSender<ImageMsg>,
+        app: SyncSender<Arc<Vec<u8>>>,
         pool: Receiver<Vec<u8>>,
         recycle: Sender<Vec<u8>>,
     },
@@ -59,10 +67,15 @@ enum Mode {
 /// Feeds chunks to the hash chains.
 pub(crate) struct Feeder {
     mode: Mode,
+    boot_done: bool,
 }
 
 fn sha384() -> Context {
     Context::new(&digest::SHA384)
+}
+
+fn internal(what: &str) -> Error {
+    Error::io("hashing", io::Error::other(format!("internal: {what}")))
 }
 
 /// Runs `f` with a [`Feeder`]; returns its result and the image PCRs of everything fed.
@@ -75,66 +88,67 @@ pub(crate) fn with_feeder<T>(
         let mut feeder = Feeder {
             mode: Mode::Inline {
                 image: sha384(),
-                boot: sha384(),
+                boot: None,
                 app: sha384(),
             },
+            boot_done: false,
         };
         let out = f(&mut feeder)?;
         return match feeder.mode {
-            Mode::Inline { image, boot, app } => Ok((out, finish(image, boot, app))),
-            Mode::Threaded { .. } => Err(Error::io(
-                "hashing",
-                io::Error::other("internal: feeder mode changed"),
-            )),
+            Mode::Inline { image, boot, app } => {
+                let boot = boot.unwrap_or_else(|| image.clone());
+                Ok((out, finish(image, boot, app)))
+            }
+            Mode::Threaded { .. } => Err(internal("feeder mode changed")),
         };
     }
     thread::scope(|s| {
-        let (image_tx, image_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(QUEUE);
-        let (second_tx, second_rx) = mpsc::sync_channel::<(Arc<Vec<u8>>, Chain)>(QUEUE);
+        let (image_tx, image_rx) = mpsc::sync_channel::<ImageMsg>(QUEUE);
+        let (app_tx, app_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(QUEUE);
         let (recycle, pool) = mpsc::channel::<Vec<u8>>();
         let r1 = recycle.clone();
         let image_thread = s.spawn(move || {
             let mut ctx = sha384();
-            for chunk in image_rx {
-                ctx.update(&chunk);
-                give_back(chunk, &r1);
+            let mut boot = None;
+            for msg in image_rx {
+                match msg {
+                    ImageMsg::Data(chunk) => {
+                        ctx.update(&chunk);
+                        give_back(chunk, &r1);
+                    }
+                    ImageMsg::EndOfBoot => boot = Some(ctx.clone()),
+                }
             }
-            ctx
+            let boot = boot.unwrap_or_else(|| ctx.clone());
+            (ctx, boot)
         });
         let r2 = recycle.clone();
-        let second_thread = s.spawn(move || {
-            let mut boot = sha384();
+        let app_thread = s.spawn(move || {
             let mut app = sha384();
-            for (chunk, chain) in second_rx {
-                match chain {
-                    Chain::Boot => boot.update(&chunk),
-                    Chain::App => app.update(&chunk),
-                    Chain::None => {}
-                }
+            for chunk in app_rx {
+                app.update(&chunk);
                 give_back(chunk, &r2);
             }
-            (boot, app)
+            app
         });
         let mut feeder = Feeder {
             mode: Mode::Threaded {
                 image: image_tx,
-                second: second_tx,
+                app: app_tx,
                 pool,
                 recycle,
             },
+            boot_done: false,
         };
         let result = f(&mut feeder);
         // Closing the channels ends the hashing threads.
         drop(feeder);
         let image = image_thread.join();
-        let second = second_thread.join();
+        let app = app_thread.join();
         let out = result?;
-        match (image, second) {
-            (Ok(image), Ok((boot, app))) => Ok((out, finish(image, boot, app))),
-            _ => Err(Error::io(
-                "hashing",
-                io::Error::other("a hashing thread panicked"),
-            )),
+        match (image, app) {
+            (Ok((image, boot)), Ok(app)) => Ok((out, finish(image, boot, app))),
+            _ => Err(internal("a hashing thread panicked")),
         }
     })
 }
@@ -164,29 +178,41 @@ impl Feeder {
         v
     }
 
-    fn feed(&mut self, chunk: Vec<u8>, chain: Chain) -> Arc<Vec<u8>> {
+    fn feed(&mut self, chunk: Vec<u8>, chain: Chain) -> Result<Arc<Vec<u8>>> {
         let chunk = Arc::new(chunk);
-        match &mut self.mode {
-            Mode::Inline { image, boot, app } => match chain {
-                Chain::Boot => {
-                    image.update(&chunk);
-                    boot.update(&chunk);
+        match chain {
+            Chain::None => return Ok(chunk),
+            Chain::Boot if self.boot_done => {
+                return Err(internal("bootstrap data after application data"));
+            }
+            Chain::Boot => {}
+            Chain::App if !self.boot_done => {
+                self.boot_done = true;
+                match &mut self.mode {
+                    Mode::Inline { image, boot, .. } => *boot = Some(image.clone()),
+                    // A send fails only if a hashing thread died; the join reports it.
+                    Mode::Threaded { image, .. } => {
+                        let _ = image.send(ImageMsg::EndOfBoot);
+                    }
                 }
-                Chain::App => {
-                    image.update(&chunk);
+            }
+            Chain::App => {}
+        }
+        match &mut self.mode {
+            Mode::Inline { image, app, .. } => {
+                image.update(&chunk);
+                if chain == Chain::App {
                     app.update(&chunk);
                 }
-                Chain::None => {}
-            },
-            Mode::Threaded { image, second, .. } => {
-                if chain != Chain::None {
-                    // A send fails only if a hashing thread died; the join reports it.
-                    let _ = image.send(Arc::clone(&chunk));
-                    let _ = second.send((Arc::clone(&chunk), chain));
+            }
+            Mode::Threaded { image, app, .. } => {
+                let _ = image.send(ImageMsg::Data(Arc::clone(&chunk)));
+                if chain == Chain::App {
+                    let _ = app.send(Arc::clone(&chunk));
                 }
             }
         }
-        chunk
+        Ok(chunk)
     }
 
     fn recycle(&mut self, chunk: Arc<Vec<u8>>) {
@@ -230,7 +256,7 @@ impl Feeder {
                     Err(e) => return Err(Error::io(format!("reading {what}"), e)),
                 }
             }
-            let chunk = self.feed(buf, chain);
+            let chunk = self.feed(buf, chain)?;
             out.write_all(&chunk)
                 .map_err(|e| Error::io("writing the EIF", e))?;
             crc.update(&chunk);
@@ -368,6 +394,16 @@ mod tests {
         assert_eq!(threaded.0.pcr1, Pcr::of_bytes(&boot));
         assert_eq!(threaded.0.pcr2, Pcr::of_bytes(&app));
         assert_eq!(threaded.2, crc32fast::hash(&threaded.1));
+    }
+
+    #[test]
+    fn bootstrap_data_after_application_data_is_refused() {
+        let mut crc = crc32fast::Hasher::new();
+        let r = with_feeder(0, |f| {
+            f.copy_bytes(b"app", Chain::App, &mut io::sink(), &mut crc)?;
+            f.copy_bytes(b"boot", Chain::Boot, &mut io::sink(), &mut crc)
+        });
+        assert!(r.is_err());
     }
 
     #[test]
