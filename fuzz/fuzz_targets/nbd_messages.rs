@@ -1,7 +1,9 @@
 #![no_main]
-// Placeholder until the owning crate wires its parser in; see fuzz/README.md.
+// NBD messages in both directions (option and transmission parsers, whole server and client
+// sessions over an in-memory pipe) and sealed-device headers; see
+// nitro_fs::internal::fuzzing::nbd_messages for the selector byte.
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    nitro_fs::internal::fuzzing::nbd_messages(data);
 });

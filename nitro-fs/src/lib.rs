@@ -6,6 +6,8 @@ mod client;
 mod device;
 mod error;
 mod file;
+#[doc(hidden)]
+pub mod internal;
 #[cfg(target_os = "linux")]
 pub mod kernel;
 pub mod proto;

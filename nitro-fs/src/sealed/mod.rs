@@ -560,6 +560,11 @@ impl<D: BlockDevice> SealedDevice<D> {
     }
 }
 
+/// Parses a header page the way [`SealedDevice::open`] does before authenticating it.
+pub(crate) fn parse_header_for_fuzzing(page: &[u8]) -> bool {
+    matches!(Header::parse_unauthenticated(page), Ok(Some(_)))
+}
+
 fn check_underlying<D: BlockDevice>(dev: &D) -> Result<()> {
     let min = dev.min_block_size().max(1) as usize;
     if !BLOCK.is_multiple_of(min) {
