@@ -52,6 +52,8 @@
 //! the parent's reach (a remote service, a KMS-protected counter) lasts across restarts.
 
 mod keys;
+#[cfg(feature = "kms")]
+mod kms;
 mod layout;
 
 use std::collections::{HashMap, HashSet};
@@ -66,6 +68,9 @@ use futures_util::future::try_join_all;
 pub use keys::{
     AnchorState, DataKey, DeviceId, FreshnessAnchor, KeyWrap, MemoryAnchor, StaticKeyWrap,
 };
+#[cfg(feature = "kms")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kms")))]
+pub use kms::KmsKeyWrap;
 use layout::{BLOCK, ENTRIES_PER_PAGE, Entry, FANOUT, Geometry, Header, state};
 
 use crate::device::{BlockDevice, check_range};
