@@ -13,8 +13,9 @@ use crate::format::{Arch, SectionKind};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O operation failed; `context` says what was being done (and on which file).
-    #[error("{context}: {source}")]
+    /// An I/O operation failed; `context` says what was being done (and on which file), the
+    /// source is the I/O error.
+    #[error("{context}")]
     Io {
         /// What was being done, e.g. `reading kernel /boot/vmlinuz`.
         context: String,
@@ -25,7 +26,7 @@ pub enum Error {
 
     /// The EIF is malformed, truncated or inconsistent.
     #[error("invalid EIF: {0}")]
-    Format(#[from] FormatError),
+    Format(FormatError),
 
     /// The CRC32 stored in the EIF header does not match its contents.
     #[error("EIF CRC mismatch: header has {expected:#010x}, contents give {computed:#010x}")]
@@ -38,14 +39,14 @@ pub enum Error {
 
     /// The EIF signature section is malformed or does not verify.
     #[error("EIF signature: {0}")]
-    Signature(#[from] SignatureError),
+    Signature(SignatureError),
 
     /// A signing key or certificate given to the builder is unusable.
     #[error("signing key: {0}")]
     SigningKey(String),
 
     /// A [`Signer`](crate::Signer) implementation failed.
-    #[error("signer failed: {0}")]
+    #[error("the signer failed")]
     Signer(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// A container image (OCI layout or `docker save` archive) could not be used.
@@ -93,6 +94,18 @@ pub enum Error {
     /// The API was called with arguments that cannot produce a valid EIF.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+}
+
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Self {
+        Error::Format(e)
+    }
+}
+
+impl From<SignatureError> for Error {
+    fn from(e: SignatureError) -> Self {
+        Error::Signature(e)
+    }
 }
 
 impl Error {
