@@ -42,10 +42,10 @@ pub mod fuzzing {
                 }
             }
             4 => {
-                if let Ok(i) = Info::parse(rest) {
-                    if !matches!(i, Info::Unknown(_)) {
-                        assert_eq!(Info::parse(&i.encode()), Ok(i));
-                    }
+                if let Ok(i) = Info::parse(rest)
+                    && !matches!(i, Info::Unknown(_))
+                {
+                    assert_eq!(Info::parse(&i.encode()), Ok(i));
                 }
             }
             5 => {
@@ -86,8 +86,10 @@ pub mod fuzzing {
     fn server_session(input: &[u8]) {
         let Some(rt) = runtime() else { return };
         rt.block_on(async {
-            let mut cfg = ServerConfig::default();
-            cfg.handshake_timeout = Duration::from_secs(1);
+            let cfg = ServerConfig {
+                handshake_timeout: Duration::from_secs(1),
+                ..ServerConfig::default()
+            };
             let Ok(server) = Server::with_config(
                 vec![
                     Export::new("a", MemDevice::new(1 << 16)),
