@@ -263,7 +263,7 @@ enum Command {
         #[arg(long)]
         s3_endpoint: Option<String>,
     },
-    /// Unseal a secret (enclave side, always with Recipient).
+    /// Unseal a secret (enclave side, always with Recipient: --recipient nsm unless told otherwise).
     Unseal {
         #[command(flatten)]
         client: ClientOpts,
@@ -629,9 +629,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             context: ctx,
         } => {
-            if client.recipient.is_none() {
-                bail!("unseal needs --recipient sim|nsm (it always uses an attested Decrypt)");
-            }
+            // Unsealing always uses an attested Decrypt: inside an enclave, /dev/nsm by default.
+            let mut client = client;
+            client.recipient.get_or_insert(RecipientKind::Nsm);
             let doc = match (input, s3, parent) {
                 (Some(path), None, None) => std::fs::read(path)?,
                 (None, Some(url), None) => {
