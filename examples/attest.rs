@@ -395,14 +395,21 @@ fn sim(
     std::fs::write(root_out, nsm.root_certificate_pem())
         .with_context(|| format!("writing {}", root_out.display()))?;
     let parsed = UnverifiedDocument::parse(&doc)?;
-    emit(json!({
-        "out": out.display().to_string(),
-        "root_out": root_out.display().to_string(),
-        "bytes": doc.len(),
-        "module_id": nsm.module_id(),
-        "timestamp": parsed.payload().timestamp.to_rfc3339(),
-        "root_sha256": hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, nsm.root_certificate_der())),
-    }))?;
+    let root_sha256 =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, nsm.root_certificate_der());
+    let fields = [
+        ("out", json!(out.display().to_string())),
+        ("root_out", json!(root_out.display().to_string())),
+        ("bytes", json!(doc.len())),
+        ("module_id", json!(nsm.module_id())),
+        ("timestamp", json!(parsed.payload().timestamp.to_rfc3339())),
+        ("root_sha256", json!(hex::encode(root_sha256))),
+    ];
+    let fields: Vec<(&str, String)> = fields
+        .into_iter()
+        .map(|(k, v)| (k, render(v, false)))
+        .collect();
+    emit(object(&fields, false))?;
     Ok(())
 }
 
