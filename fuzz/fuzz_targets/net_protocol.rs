@@ -1,7 +1,10 @@
 #![no_main]
-// Placeholder until the owning crate wires its parser in; see fuzz/README.md.
+// Every nitro-net parser of untrusted input, selected by the first byte: tunnel requests and
+// responses (with re-encoding round trips), hybrid vsock control lines, HTTP CONNECT, SOCKS5,
+// PROXY protocol v2, netlink replies, policy files, host names, transport addresses.
+// Must never panic.
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    nitro_net::internal::fuzz_protocol(data);
 });

@@ -7,6 +7,8 @@ mod client;
 mod egress;
 mod error;
 pub mod ingress;
+#[doc(hidden)]
+pub mod internal;
 pub mod netlink;
 pub mod policy;
 pub mod protocol;
