@@ -437,9 +437,9 @@ impl<D: BlockDevice> SealedDevice<D> {
         &self.inner.dev
     }
 
-    /// Byte offsets on the underlying device of the two slots of data block `block` and of
-    /// the two slots of its metadata page (for tamper tests and forensics).
-    #[doc(hidden)]
+    /// Where block `block` lives on the underlying (untrusted) device: the byte offsets of its
+    /// two data slots and of the two slots of its metadata page. For forensics, and for
+    /// demonstrating tamper detection.
     pub fn physical_offsets(&self, block: u64) -> ([u64; 2], [u64; 2]) {
         let g = &self.inner.geo;
         let page = block / ENTRIES_PER_PAGE;
