@@ -197,10 +197,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn parse_export(s: &str) -> Result<(String, PathBuf, Option<u64>), String> {
     let (name, rest) = s.split_once('=').ok_or("expected NAME=FILE[:SIZE]")?;
     // A trailing `:SIZE` only counts if it parses as a size (paths may contain colons).
-    if let Some((file, size)) = rest.rsplit_once(':') {
-        if let Ok(size) = parse_size(size) {
-            return Ok((name.to_owned(), PathBuf::from(file), Some(size)));
-        }
+    if let Some((file, size)) = rest.rsplit_once(':')
+        && let Ok(size) = parse_size(size)
+    {
+        return Ok((name.to_owned(), PathBuf::from(file), Some(size)));
     }
     Ok((name.to_owned(), PathBuf::from(rest), None))
 }
