@@ -729,3 +729,26 @@ fn cache_is_bounded_and_shared() {
         .unwrap();
     assert!(none.is_empty());
 }
+
+#[test]
+fn public_types_are_thread_safe() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Verifier>();
+    assert_send_sync::<TrustAnchors>();
+    assert_send_sync::<CertCache>();
+    assert_send_sync::<crate::VerifiedDocument>();
+    assert_send_sync::<crate::UnverifiedDocument>();
+    assert_send_sync::<Error>();
+    assert_send_sync::<crate::SimulatedNsm>();
+    #[cfg(feature = "device")]
+    assert_send_sync::<crate::NsmDevice>();
+    let nsm: Arc<dyn crate::Nsm> =
+        Arc::new(crate::SimulatedNsm::builder().seed(1).build().unwrap());
+    // The forwarding impls let `Arc<dyn Nsm>` (and `&T`, `Box<T>`) be used where `impl Nsm` is
+    // expected.
+    fn describe(n: impl crate::Nsm) -> u16 {
+        n.describe_nsm().unwrap().max_pcrs
+    }
+    assert_eq!(describe(nsm.clone()), 32);
+    assert_eq!(describe(&*nsm), 32);
+}
