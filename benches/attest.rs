@@ -32,7 +32,9 @@ use nitro_attest::{
 fn load() -> (Vec<u8>, TrustAnchors, &'static str) {
     let dir = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+        });
     let path = dir.join("attestation/marlin__sdks_rs_testcases_aws.bin");
     if let Ok(bytes) = std::fs::read(&path) {
         return (bytes, TrustAnchors::aws(), "genuine AWS document");
@@ -41,7 +43,10 @@ fn load() -> (Vec<u8>, TrustAnchors, &'static str) {
         "note: {} not found, benchmarking a simulated document instead",
         path.display()
     );
-    let nsm = SimulatedNsm::builder().seed(1).build().unwrap_or_else(|e| panic!("{e}"));
+    let nsm = SimulatedNsm::builder()
+        .seed(1)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     let doc = nsm
         .attestation(None, Some(&[7u8; 32]), Some(&[9u8; 64]))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -82,22 +87,28 @@ fn bench(c: &mut Criterion) {
 
     // The floor: one P-384 verification of the COSE signature with the leaf key, parsed once.
     let leaf = x509_leaf_point(&parsed.payload().certificate);
-    let key = ParsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, &leaf).unwrap_or_else(|e| panic!("{e}"));
+    let key =
+        ParsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, &leaf).unwrap_or_else(|e| panic!("{e}"));
     let msg = sig_structure(parsed.protected_header(), parsed.payload_bytes());
     key.verify_sig(&msg, parsed.signature())
         .unwrap_or_else(|e| panic!("{e}"));
 
     let full = Verifier::new(anchors.clone());
     let cached = Verifier::new(anchors).with_cache(Arc::new(CertCache::default()));
-    full.verify(&doc, now, &policy).unwrap_or_else(|e| panic!("{e}"));
-    cached.verify(&doc, now, &policy).unwrap_or_else(|e| panic!("{e}"));
+    full.verify(&doc, now, &policy)
+        .unwrap_or_else(|e| panic!("{e}"));
+    cached
+        .verify(&doc, now, &policy)
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let mut g = c.benchmark_group("attest");
     g.throughput(Throughput::Elements(1));
     g.bench_function("ecdsa_p384_verify", |b| {
         b.iter(|| key.verify_sig(black_box(&msg), black_box(parsed.signature())))
     });
-    g.bench_function("parse", |b| b.iter(|| UnverifiedDocument::parse(black_box(&doc))));
+    g.bench_function("parse", |b| {
+        b.iter(|| UnverifiedDocument::parse(black_box(&doc)))
+    });
     g.bench_function("verify_full_chain", |b| {
         b.iter(|| full.verify(black_box(&doc), now, &policy))
     });
