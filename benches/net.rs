@@ -345,10 +345,12 @@ fn idle_cost(setup: &mut Setup, n: usize, zero_copy: bool) -> (f64, u64) {
             })
             .collect()
     };
-    // The first batch grows tokio's and the allocator's tables; closed, they stay for reuse.
-    let warm = open(n);
+    // A few connections first so that one-time costs (pools, runtime threads) are in the
+    // baseline; the growth of tokio's and the allocator's tables with the number of
+    // connections is counted.
+    let warm = open(20);
     drop(warm);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     let before = rss_kib();
     let conns = open(n);
     std::thread::sleep(Duration::from_millis(300));
@@ -359,6 +361,9 @@ fn idle_cost(setup: &mut Setup, n: usize, zero_copy: bool) -> (f64, u64) {
 }
 
 fn main() {
+    if let Ok(mode) = std::env::var("NITRO_NET_IDLE_CHILD") {
+        return idle_child(&mode);
+    }
     let mut setup = Setup::new();
     let echo = echo_server();
     let sink = sink_server();
@@ -462,34 +467,38 @@ fn main() {
             let ichain = setup.forward(idest, true);
             let icopy = setup.forward(idest, false);
             let isocat = setup.socat(idest, "iperf");
-            println!("\niperf3, one stream, {secs} s:\n");
+            let rounds = if quick() { 1 } else { 3 };
+            println!(
+                "\niperf3, one stream, {secs} s, best of {rounds} alternating runs (the machine is shared):\n"
+            );
             println!("| path | Gbit/s | vs direct | vs socat chain |");
             println!("|---|---|---|---|");
-            let d = iperf3(iport, secs).unwrap_or(0.0);
-            let so = isocat.and_then(|a| iperf3(a.port(), secs));
-            let so_v = so.unwrap_or(f64::NAN);
-            println!(
-                "| direct loopback TCP | {:.1} | 1.00× | {:.1}× |",
-                d / 1e9,
-                d / so_v
-            );
-            for (name, a) in [
-                ("nitro-net chain", ichain),
-                ("nitro-net chain, copy relay", icopy),
-            ] {
-                let ch = iperf3(a.port(), secs).unwrap_or(0.0);
+            let mut paths: Vec<(&str, Option<u16>)> = vec![
+                ("direct loopback TCP", Some(iport)),
+                ("nitro-net chain", Some(ichain.port())),
+                ("nitro-net chain, copy relay", Some(icopy.port())),
+                ("socat chain", isocat.map(|a| a.port())),
+            ];
+            paths.retain(|(_, p)| p.is_some());
+            let mut best = vec![0f64; paths.len()];
+            for _ in 0..rounds {
+                for (i, (_, p)) in paths.iter().enumerate() {
+                    if let Some(bps) = p.and_then(|p| iperf3(p, secs)) {
+                        best[i] = best[i].max(bps);
+                    }
+                }
+            }
+            let d = best[0];
+            let so = paths
+                .iter()
+                .position(|(n, _)| *n == "socat chain")
+                .map_or(f64::NAN, |i| best[i]);
+            for ((name, _), bps) in paths.iter().zip(&best) {
                 println!(
                     "| {name} | {:.1} | {:.2}× | {:.1}× |",
-                    ch / 1e9,
-                    ch / d,
-                    ch / so_v
-                );
-            }
-            if so.is_some() {
-                println!(
-                    "| socat chain | {:.1} | {:.2}× | 1.0× |",
-                    so_v / 1e9,
-                    so_v / d
+                    bps / 1e9,
+                    bps / d,
+                    bps / so
                 );
             }
             let _ = srv.kill();
@@ -498,11 +507,33 @@ fn main() {
     }
 
     let idle_n = (if quick() { 500 } else { 2_000 }).min(fd_limit().saturating_sub(1200) / 4);
-    for (name, zc) in [("zero-copy relay", true), ("copy relay", false)] {
-        let (per, total) = idle_cost(&mut setup, idle_n, zc);
-        println!(
-            "\nIdle tunnelled connection ({name}): {:.1} KiB of RSS each, both sides of the tunnel together ({idle_n} connections: +{total} KiB)",
-            per / 1024.0
-        );
+    // Each idle measurement in a fresh process, so that one does not reuse the other's memory.
+    for (name, mode) in [("zero-copy relay", "zc"), ("copy relay", "copy")] {
+        let out = std::env::current_exe()
+            .ok()
+            .and_then(|exe| {
+                Command::new(exe)
+                    .env("NITRO_NET_IDLE_CHILD", mode)
+                    .env("NITRO_NET_IDLE_N", idle_n.to_string())
+                    .output()
+                    .ok()
+            })
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        println!("\nIdle tunnelled connection ({name}): {out}");
     }
+}
+
+/// The idle-memory measurement alone (run in a child process by `main`).
+fn idle_child(mode: &str) {
+    let n: usize = std::env::var("NITRO_NET_IDLE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut setup = Setup::new();
+    let (per, total) = idle_cost(&mut setup, n, mode == "zc");
+    println!(
+        "{:.1} KiB of RSS each, both sides of the tunnel together ({n} connections: +{total} KiB)",
+        per / 1024.0
+    );
 }
