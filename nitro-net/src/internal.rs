@@ -68,7 +68,11 @@ pub fn fuzz_protocol(data: &[u8]) {
         }
         9 => {
             if let Ok(a) = text.parse::<Addr>() {
-                assert_eq!(a.to_string().parse::<Addr>().ok(), Some(a), "address display round trip");
+                assert_eq!(
+                    a.to_string().parse::<Addr>().ok(),
+                    Some(a),
+                    "address display round trip"
+                );
             }
         }
         10 => {
@@ -80,12 +84,16 @@ pub fn fuzz_protocol(data: &[u8]) {
                 .build();
             if let Ok(p) = p {
                 let (host, addrs) = text.split_once('\n').unwrap_or((&text, ""));
-                let resolved: Vec<std::net::IpAddr> =
-                    addrs.split(',').filter_map(|a| a.trim().parse().ok()).collect();
+                let resolved: Vec<std::net::IpAddr> = addrs
+                    .split(',')
+                    .filter_map(|a| a.trim().parse().ok())
+                    .collect();
                 if let Ok(ok) = p.check(host, 443, &resolved) {
                     for ip in ok {
                         // Nothing admitted may be in the denied block.
-                        assert!(!matches!(policy::canonical_ip(ip), std::net::IpAddr::V4(v4) if v4.octets()[..2] == [169, 254]));
+                        assert!(
+                            !matches!(policy::canonical_ip(ip), std::net::IpAddr::V4(v4) if v4.octets()[..2] == [169, 254])
+                        );
                     }
                 }
             }
