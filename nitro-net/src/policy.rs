@@ -1388,6 +1388,42 @@ mod tests {
         assert_eq!(again, p);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Every spelling of an IPv4 address gets the same decision as its dotted form.
+        #[test]
+        fn every_ipv4_spelling_gets_the_same_decision(v in proptest::prelude::any::<u32>(), port in 1u16..) {
+            let p = sample();
+            let ip = Ipv4Addr::from(v);
+            let o = ip.octets();
+            let want = p.check(&ip.to_string(), port, &[]);
+            let spellings = [
+                v.to_string(),
+                format!("{v:#x}"),
+                format!("0{v:o}"),
+                format!("{}.{}", o[0], u32::from_be_bytes([0, o[1], o[2], o[3]])),
+                format!("{}.{}.{}", o[0], o[1], u16::from_be_bytes([o[2], o[3]])),
+                format!("0x{:x}.0{:o}.{}.0x{:X}", o[0], o[1], o[2], o[3]),
+                format!("::ffff:{ip}"),
+                format!("[::ffff:{:x}:{:x}]", u16::from_be_bytes([o[0], o[1]]), u16::from_be_bytes([o[2], o[3]])),
+                format!("{ip}."),
+            ];
+            for s in spellings {
+                let got = p.check(&s, port, &[]);
+                proptest::prop_assert_eq!(got.is_ok(), want.is_ok(), "{} vs {}", s, ip);
+            }
+        }
+
+        /// Normalisation never panics and is idempotent.
+        #[test]
+        fn normalisation_is_idempotent(s in "[a-zA-Z0-9.\\-_*\u{e0}-\u{ff}]{0,40}") {
+            if let Ok(Host::Name(n)) = normalize_host(&s) {
+                proptest::prop_assert_eq!(normalize_host(&n), Ok(Host::Name(n.clone())));
+            }
+        }
+    }
+
     #[test]
     fn mapped_cidr_is_ipv4() {
         let p = Policy::builder()

@@ -599,6 +599,35 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any encodable request decodes to itself, whatever follows it and however the bytes
+        /// are cut.
+        #[test]
+        fn requests_round_trip(host in "\\PC{1,60}", port in proptest::prelude::any::<u16>(), tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32)) {
+            let r = Request::Connect { host, port };
+            if let Ok(b) = r.encode() {
+                let mut with_tail = b.clone();
+                with_tail.extend_from_slice(&tail);
+                proptest::prop_assert_eq!(Request::decode(&with_tail), Ok(Some((r, b.len()))));
+                proptest::prop_assert_eq!(Request::decode(&b[..b.len() - 1]), Ok(None));
+            }
+        }
+
+        /// Arbitrary bytes never panic the decoders, and what decodes re-encodes identically.
+        #[test]
+        fn decoders_are_total(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&b);
+            if let Ok(Some((r, used))) = Request::decode(&framed) {
+                proptest::prop_assert_eq!(r.encode().ok(), Some(framed[..used].to_vec()));
+            }
+            let _ = Response::decode(&framed);
+            let _ = parse_hybrid_ok(&b);
+        }
+    }
+
     #[test]
     fn hybrid_lines() {
         assert_eq!(hybrid_connect_line(5005), "CONNECT 5005\n");
