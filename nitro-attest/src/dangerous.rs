@@ -20,6 +20,7 @@ use crate::verify::Policy;
 /// [`Policy::check_time`] is ignored as no certificate is checked.
 ///
 /// ```
+/// # #[cfg(feature = "simulator")]
 /// # fn main() -> Result<(), nitro_attest::Error> {
 /// use nitro_attest::{Nsm, Policy, SimulatedNsm, Timestamp, dangerous};
 /// let nsm = SimulatedNsm::builder().seed(3).build()?;
@@ -32,6 +33,8 @@ use crate::verify::Policy;
 /// assert_eq!(payload.nonce.as_deref(), Some(&b"n"[..]));
 /// # Ok(())
 /// # }
+/// # #[cfg(not(feature = "simulator"))]
+/// # fn main() {}
 /// ```
 ///
 /// # Errors

@@ -356,6 +356,7 @@ fn parse_cabundle(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>> {
 /// be inspected too.
 ///
 /// ```
+/// # #[cfg(feature = "simulator")]
 /// # fn main() -> Result<(), nitro_attest::Error> {
 /// let nsm = nitro_attest::SimulatedNsm::builder().seed(1).build()?;
 /// # use nitro_attest::Nsm;
@@ -365,6 +366,8 @@ fn parse_cabundle(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>> {
 /// assert_eq!(doc.algorithm(), Some(-35));
 /// # Ok(())
 /// # }
+/// # #[cfg(not(feature = "simulator"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug, Clone)]
 pub struct UnverifiedDocument {

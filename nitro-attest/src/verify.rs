@@ -283,6 +283,7 @@ impl Deref for VerifiedDocument {
 ///   intermediates' CRL distribution points are never fetched (the verifier does no I/O).
 ///
 /// ```
+/// # #[cfg(feature = "simulator")]
 /// # fn main() -> Result<(), nitro_attest::Error> {
 /// use nitro_attest::{Nsm, Policy, SimulatedNsm, Timestamp, Verifier};
 /// let nsm = SimulatedNsm::builder().seed(7).build()?;
@@ -301,6 +302,8 @@ impl Deref for VerifiedDocument {
 /// assert!(matches!(err, nitro_attest::Error::UntrustedRoot { .. }));
 /// # Ok(())
 /// # }
+/// # #[cfg(not(feature = "simulator"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug, Clone)]
 pub struct Verifier {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use nitro_attest::{
     AWS_ROOT_G1_SHA256, CertCache, CertRef, CertificateError, CheckTime, Error, Field, Policy,
-    SimulatedNsm, Timestamp, TrustAnchors, UnverifiedDocument, Verifier,
+    Timestamp, TrustAnchors, UnverifiedDocument, Verifier,
 };
 
 fn at_doc() -> Policy {
@@ -306,18 +306,24 @@ fn tagged_form_and_synthetic_mutations() {
     );
 
     // A wrong pinned root: the simulator's.
-    let sim = SimulatedNsm::builder().seed(5).build().unwrap();
-    let e = Verifier::new(sim.trust_anchors().unwrap())
-        .verify(&f.bytes, now, &at_doc())
-        .unwrap_err();
-    assert!(matches!(e, Error::UntrustedRoot { .. }), "{e}");
-    // AWS plus the simulator root: accepted.
-    let both = TrustAnchors::aws()
-        .with_non_aws_root_der(sim.root_certificate_der())
-        .unwrap();
-    Verifier::new(both)
-        .verify(&f.bytes, now, &at_doc())
-        .unwrap();
+    #[cfg(feature = "simulator")]
+    {
+        let sim = nitro_attest::SimulatedNsm::builder()
+            .seed(5)
+            .build()
+            .unwrap();
+        let e = Verifier::new(sim.trust_anchors().unwrap())
+            .verify(&f.bytes, now, &at_doc())
+            .unwrap_err();
+        assert!(matches!(e, Error::UntrustedRoot { .. }), "{e}");
+        // AWS plus the simulator root: accepted.
+        let both = TrustAnchors::aws()
+            .with_non_aws_root_der(sim.root_certificate_der())
+            .unwrap();
+        Verifier::new(both)
+            .verify(&f.bytes, now, &at_doc())
+            .unwrap();
+    }
 
     // Policy checks name what differs.
     let e = verifier

@@ -5,6 +5,7 @@
 //! The genuine documents are the AWS-signed fixtures (when `NITRO_FIXTURES` is available) and
 //! simulated documents (always), each verified at its own timestamp.
 
+#![cfg(feature = "simulator")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;

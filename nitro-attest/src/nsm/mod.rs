@@ -27,6 +27,7 @@ pub const NSM_RESPONSE_MAX_SIZE: usize = 0x3000;
 /// [`SimulatedNsm`](crate::SimulatedNsm) (feature `simulator`).
 ///
 /// ```
+/// # #[cfg(feature = "simulator")]
 /// # fn main() -> Result<(), nitro_attest::Error> {
 /// use std::sync::Arc;
 /// use nitro_attest::{Nsm, SimulatedNsm};
@@ -37,6 +38,8 @@ pub const NSM_RESPONSE_MAX_SIZE: usize = 0x3000;
 /// assert!(nsm.extend_pcr(16, b"again").is_err());
 /// # Ok(())
 /// # }
+/// # #[cfg(not(feature = "simulator"))]
+/// # fn main() {}
 /// ```
 pub trait Nsm: Send + Sync {
     /// Requests an attestation document embedding the given optional fields. Returns the raw
