@@ -344,7 +344,11 @@ impl EgressServer {
                 format!("{} connections already relayed", ctx.limits.max_connections),
             )
         })?;
-        let deadline = tokio::time::Instant::now() + ctx.limits.connect_timeout;
+        let now = tokio::time::Instant::now();
+        // A configured timeout too large to add means "no timeout" (a year).
+        let deadline = now
+            .checked_add(ctx.limits.connect_timeout)
+            .unwrap_or(now + Duration::from_secs(365 * 86400));
         let addrs = match &verdict {
             NameVerdict::Ip(ip) => vec![*ip],
             NameVerdict::Name { name, .. } => {
@@ -419,13 +423,15 @@ pub(crate) fn unix_parts(t: SystemTime) -> (i64, u32) {
     }
 }
 
-/// Inverse of [`unix_parts`].
-pub(crate) fn from_unix_parts(secs: i64, nanos: u32) -> SystemTime {
+/// Inverse of [`unix_parts`]; `None` when the time is not representable (a hostile parent
+/// can send any 64-bit value).
+pub(crate) fn from_unix_parts(secs: i64, nanos: u32) -> Option<SystemTime> {
     if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nanos)
+        UNIX_EPOCH.checked_add(Duration::new(secs.unsigned_abs(), nanos))
     } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-            + Duration::from_nanos(u64::from(nanos))
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))?
+            .checked_add(Duration::from_nanos(u64::from(nanos)))
     }
 }
 
@@ -535,7 +541,9 @@ mod tests {
         ] {
             let (s, n) = unix_parts(t);
             assert!(n < 1_000_000_000);
-            assert_eq!(from_unix_parts(s, n), t);
+            let _ = from_unix_parts(i64::MAX, 999_999_999);
+            let _ = from_unix_parts(i64::MIN, 999_999_999);
+            assert_eq!(from_unix_parts(s, n), Some(t));
         }
     }
 }

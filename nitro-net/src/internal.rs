@@ -24,6 +24,24 @@ pub fn fuzz_protocol(data: &[u8]) {
                     assert_eq!(resp.encode(), rest[..used], "response re-encoding differs");
                 }
                 let _ = Response::decode(&resp.encode());
+                if let Response::Time {
+                    unix_seconds,
+                    nanos,
+                    ..
+                } = resp
+                    && let Some(t) = crate::egress::from_unix_parts(unix_seconds, nanos)
+                {
+                    // What the time client does with an answer: no overflow anywhere.
+                    let now = std::time::Instant::now();
+                    let s = crate::time::sample_from(std::time::SystemTime::now(), now, now, t);
+                    let _ = s.offset.apply(std::time::SystemTime::now());
+                    let obs = crate::time::TrustedObservation::new(
+                        std::time::SystemTime::now(),
+                        now,
+                        std::time::Duration::from_secs(1),
+                    );
+                    let _ = crate::time::trusted_disagreement(&s, &obs, 200);
+                }
             }
         }
         2 => {

@@ -370,7 +370,11 @@ impl Idle {
                     )));
                 }
             }
-            let next = tokio::time::Instant::now() + self.period;
+            let now = tokio::time::Instant::now();
+            // An absurdly long period means "never" (a year, re-armed).
+            let next = now
+                .checked_add(self.period)
+                .unwrap_or(now + Duration::from_secs(365 * 86400));
             self.sleep.as_mut().reset(next);
         }
         Poll::Pending

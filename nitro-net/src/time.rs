@@ -104,13 +104,14 @@ impl ClockOffset {
         self.nanos < 0
     }
 
-    /// `t` moved by this offset.
+    /// `t` moved by this offset (`t` unchanged if the result is not representable).
     pub fn apply(self, t: SystemTime) -> SystemTime {
-        if self.nanos >= 0 {
-            t + self.abs()
+        let moved = if self.nanos >= 0 {
+            t.checked_add(self.abs())
         } else {
-            t - self.abs()
-        }
+            t.checked_sub(self.abs())
+        };
+        moved.unwrap_or(t)
     }
 }
 
@@ -149,7 +150,7 @@ pub fn sample_from(
     parent_time: SystemTime,
 ) -> TimeSample {
     let rtt = received.saturating_duration_since(sent);
-    let local_time = local_at_send + rtt / 2;
+    let local_time = local_at_send.checked_add(rtt / 2).unwrap_or(local_at_send);
     TimeSample {
         offset: ClockOffset::between(parent_time, local_time),
         rtt,
@@ -305,7 +306,11 @@ impl TimeAnchor {
         let t = httpdate::parse_http_date(date.trim())
             .map_err(|_| ProtocolError::malformed("HTTP Date header", format!("{date:?}")))?;
         let width = Duration::from_secs(1) + received.saturating_duration_since(sent);
-        self.record(TrustedObservation::new(t + width / 2, received, width / 2));
+        self.record(TrustedObservation::new(
+            t.checked_add(width / 2).unwrap_or(t),
+            received,
+            width / 2,
+        ));
         Ok(())
     }
 }
@@ -330,10 +335,14 @@ pub fn trusted_disagreement(
     // Carry the trusted time to the sample's instant with the monotonic clock.
     let (expected, elapsed) = if sample.at >= trusted.observed_at {
         let e = sample.at - trusted.observed_at;
-        (trusted.time + e, e)
+        (trusted.time.checked_add(e), e)
     } else {
         let e = trusted.observed_at - sample.at;
-        (trusted.time - e, e)
+        (trusted.time.checked_sub(e), e)
+    };
+    let Some(expected) = expected else {
+        // Not representable: as far from the sample as it gets.
+        return Duration::MAX;
     };
     let drift = Duration::from_nanos(
         u64::try_from(elapsed.as_nanos().saturating_mul(u128::from(drift_ppm)) / 1_000_000)
@@ -511,7 +520,12 @@ impl TimeClient {
                     if n != nonce {
                         return Err(TimeError::NonceMismatch.into());
                     }
-                    from_unix_parts(unix_seconds, nanos)
+                    from_unix_parts(unix_seconds, nanos).ok_or_else(|| {
+                        ProtocolError::malformed(
+                            "time response",
+                            format!("{unix_seconds} s since 1970 is not a representable time"),
+                        )
+                    })?
                 }
                 Response::Refused { refusal, .. } => return Err(Error::Refused(refusal)),
                 other => {

@@ -73,7 +73,11 @@ async fn answers_outside_the_offset_bound_are_refused() {
 
 /// A parent that takes `delay` to answer each time request (hand-written with the protocol
 /// functions, as a misbehaving parent would be).
-async fn slow_parent(delay: Duration, lie_nonce: bool) -> (tempfile::TempDir, Addr) {
+async fn slow_parent(
+    delay: Duration,
+    lie_nonce: bool,
+    seconds: Option<i64>,
+) -> (tempfile::TempDir, Addr) {
     let dir = tempfile::tempdir().unwrap();
     let addr: Addr = format!("uds:{}:8000", dir.path().display())
         .parse()
@@ -94,7 +98,7 @@ async fn slow_parent(delay: Duration, lie_nonce: bool) -> (tempfile::TempDir, Ad
                         .unwrap();
                     let resp = Response::Time {
                         nonce: if lie_nonce { nonce ^ 1 } else { nonce },
-                        unix_seconds: d.as_secs() as i64,
+                        unix_seconds: seconds.unwrap_or(d.as_secs() as i64),
                         nanos: d.subsec_nanos(),
                     };
                     if s.write_all(&resp.encode()).await.is_err() {
@@ -109,7 +113,7 @@ async fn slow_parent(delay: Duration, lie_nonce: bool) -> (tempfile::TempDir, Ad
 
 #[tokio::test]
 async fn slow_answers_are_refused() {
-    let (_d, addr) = slow_parent(Duration::from_millis(60), false).await;
+    let (_d, addr) = slow_parent(Duration::from_millis(60), false, None).await;
     let mut cfg = TimeConfig::default();
     cfg.max_rtt = Duration::from_millis(20);
     cfg.samples = 2;
@@ -129,9 +133,20 @@ async fn slow_answers_are_refused() {
 
 #[tokio::test]
 async fn answers_to_another_request_are_refused() {
-    let (_d, addr) = slow_parent(Duration::ZERO, true).await;
+    let (_d, addr) = slow_parent(Duration::ZERO, true, None).await;
     let e = TimeClient::new(addr).measure().await.unwrap_err();
     assert!(matches!(e, Error::Time(TimeError::NonceMismatch)), "{e}");
+}
+
+#[tokio::test]
+async fn absurd_times_are_refused_not_panicked_on() {
+    for secs in [i64::MAX, i64::MIN, -1] {
+        let (_d, addr) = slow_parent(Duration::ZERO, false, Some(secs)).await;
+        let mut cfg = TimeConfig::default();
+        cfg.max_offset = Some(Duration::from_secs(60));
+        let r = TimeClient::new(addr).config(cfg).sync().await;
+        assert!(r.is_err(), "{secs}: {r:?}");
+    }
 }
 
 #[tokio::test]
