@@ -34,8 +34,12 @@ KERNEL_SERIES=6.12
 # The modules an enclave init loads, in load order (virtio_mmio first: the nitro-enclave machine
 # puts its devices on virtio-mmio; vsock before its transports; nbd and nsm have no dependencies).
 KERNEL_MODULES="virtio_mmio vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport nbd nsm"
-# Bump when the recipe changes in a way that must invalidate cached components.
-RECIPE=1
+# Recipe versions: bump one when its component's recipe changes (invalidates only that one).
+QEMU_RECIPE=2
+FW_RECIPE=2
+BB_RECIPE=2
+VHOST_RECIPE=2
+KERNEL_RECIPE=2
 ENV_FORMAT=1
 
 EMU="$NITRO_CACHE/emulator"
@@ -68,7 +72,7 @@ apt_download() {
 
 # --- QEMU ------------------------------------------------------------------------------------
 QEMU_DIR="$EMU/qemu"
-QEMU_STAMP="recipe=$RECIPE qemu=$QEMU_VERSION sha256=$QEMU_ORIG_SHA256 meson=$MESON_VERSION"
+QEMU_STAMP="recipe=$QEMU_RECIPE qemu=$QEMU_VERSION sha256=$QEMU_ORIG_SHA256 meson=$MESON_VERSION"
 QEMU_BIN="$QEMU_DIR/bin/qemu-system-x86_64"
 
 fetch_qemu_orig() {
@@ -114,12 +118,16 @@ build_qemu() {
     for f in edk2-{aarch64-code,arm-code,arm-vars,riscv-code,riscv-vars,i386-code,i386-secure-code,i386-vars,x86_64-code,x86_64-secure-code,loongarch64-code,loongarch64-vars}.fd; do
         [ -e "$src/pc-bios/$f.bz2" ] || printf '' | bzip2 >"$src/pc-bios/$f.bz2"
     done
+    # Only the nitro-enclave machine and what it selects (microvm, virtio-mmio, vhost-user-vsock,
+    # virtio-nsm, ISA serial, ...): ~20% fewer compile steps than all x86 devices.
+    printf 'CONFIG_NITRO_ENCLAVE=y\n' >"$src/configs/devices/x86_64-softmmu/nitro.mak"
     mkdir -p "$src/build"
-    log "configuring QEMU $QEMU_VERSION (x86_64-softmmu, libcbor, gnutls, vhost-user)"
+    log "configuring QEMU $QEMU_VERSION (x86_64-softmmu, nitro-enclave machine only, libcbor, gnutls, vhost-user)"
     (cd "$src/build" && ../configure --python="$venv/bin/python3" --target-list=x86_64-softmmu \
         --without-default-features --enable-kvm --enable-libcbor --enable-gnutls --enable-vhost-user \
         --enable-fdt=system --enable-pixman --disable-docs --disable-werror --disable-download \
-        --disable-install-blobs --disable-debug-info >"$work/configure.log" 2>&1) \
+        --disable-install-blobs --disable-debug-info \
+        --without-default-devices --with-devices-x86_64=nitro >"$work/configure.log" 2>&1) \
         || { tail -n 40 "$work/configure.log" >&2; die "QEMU configure failed (log: $work/configure.log)"; }
     grep -q 'CONFIG_NITRO_ENCLAVE 1' "$src/build/x86_64-softmmu-config-devices.h" \
         || die "QEMU configured without CONFIG_NITRO_ENCLAVE (libcbor or gnutls missing?)"
@@ -143,7 +151,7 @@ fi
 
 # --- firmware: bios-microvm.bin (seabios) and option ROMs (qemu-system-data) -----------------
 FW_DIR="$EMU/firmware"
-FW_STAMP="recipe=$RECIPE qemu-system-data seabios from bookworm-backports"
+FW_STAMP="recipe=$FW_RECIPE qemu-system-data seabios from bookworm-backports"
 
 install_firmware() {
     local tmp="$EMU/firmware.dl"
@@ -163,7 +171,7 @@ stamp_ok "$FW_DIR" "$FW_STAMP" || step "firmware (seabios, qemu-system-data)" in
 
 # --- busybox: a static shell and tools for test and debugging images (guest userland) ---------
 BB_DIR="$EMU/busybox"
-BB_STAMP="recipe=$RECIPE busybox-static"
+BB_STAMP="recipe=$BB_RECIPE busybox-static"
 
 install_busybox() {
     local tmp="$EMU/busybox.dl"
@@ -183,7 +191,7 @@ stamp_ok "$BB_DIR" "$BB_STAMP" || step "busybox-static" install_busybox
 # --- vhost-device-vsock ----------------------------------------------------------------------
 VHOST_DIR="$EMU/vhost-device-vsock"
 VHOST_BIN="$VHOST_DIR/bin/vhost-device-vsock"
-VHOST_STAMP="recipe=$RECIPE vhost-device-vsock=$VHOST_DEVICE_VSOCK_VERSION"
+VHOST_STAMP="recipe=$VHOST_RECIPE vhost-device-vsock=$VHOST_DEVICE_VSOCK_VERSION"
 
 install_vhost() {
     rm -rf "$VHOST_DIR"
@@ -197,7 +205,7 @@ stamp_ok "$VHOST_DIR" "$VHOST_STAMP" && [ -x "$VHOST_BIN" ] \
 
 # --- Debian 6.12 cloud kernel + modules ------------------------------------------------------
 KDIR="$EMU/kernel"
-KERNEL_STAMP_PREFIX="recipe=$RECIPE modules=$KERNEL_MODULES"
+KERNEL_STAMP_PREFIX="recipe=$KERNEL_RECIPE modules=$KERNEL_MODULES"
 
 install_kernel() {
     apt_update_once

@@ -226,9 +226,12 @@ pub fn tools_or_skip(test: &str) -> Option<Tools> {
     }
 }
 
-/// Builds an example of the root package as a static `x86_64-unknown-linux-musl` release binary
-/// (`cargo build --release --target x86_64-unknown-linux-musl --example NAME`) and returns its
-/// path. Uses `$CARGO` (set by cargo for tests) or `cargo`.
+/// Builds an example of the root package as a static, stripped `x86_64-unknown-linux-musl`
+/// release binary and returns its path:
+/// `cargo build --release --target x86_64-unknown-linux-musl --example NAME` with
+/// `profile.release.debug=false` and `strip=true` (the init shrinks from 8.8 MB to 0.7 MB, which
+/// the guest unpacks and the PCRs hash at every boot). Uses `$CARGO` (set by cargo for tests)
+/// or `cargo`; the first build compiles the root package's dependencies for musl (minutes).
 pub fn build_static_example(name: &str) -> Result<PathBuf, Error> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
@@ -239,6 +242,10 @@ pub fn build_static_example(name: &str) -> Result<PathBuf, Error> {
             "--target",
             "x86_64-unknown-linux-musl",
             "--message-format=json",
+            "--config",
+            "profile.release.debug=false",
+            "--config",
+            "profile.release.strip=true",
         ])
         .arg("--manifest-path")
         .arg(&manifest)
