@@ -16,6 +16,7 @@
 //! # }).unwrap();
 //! ```
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -108,25 +109,28 @@ impl Measurement {
     }
 }
 
-/// Runs `workload` against `dev`.
-pub async fn run<D: BlockDevice>(dev: &D, workload: &Workload) -> Result<Measurement> {
+/// Runs `workload` against `dev`. Each of the `depth` workers is its own task, so the work
+/// spreads over the runtime's threads like independent application tasks would.
+pub async fn run<D: BlockDevice + Clone + 'static>(dev: &D, workload: &Workload) -> Result<Measurement> {
     let io = workload.io_size as u64;
     let region = workload.region.unwrap_or(dev.size()).min(dev.size());
     let slots = region / io.max(1);
     if io == 0 || slots == 0 {
         return Err(Error::invalid("the region is smaller than one request"));
     }
-    let next_seq = AtomicU64::new(0);
+    let next_seq = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + workload.duration;
     let workers = (0..workload.depth as u64).map(|w| {
-        let next_seq = &next_seq;
-        async move {
-            let mut buf = vec![0xa5u8 ^ w as u8; workload.io_size];
+        let next_seq = next_seq.clone();
+        let dev = dev.clone();
+        let (pattern, write, io_size) = (workload.pattern, workload.write, workload.io_size);
+        tokio::spawn(async move {
+            let mut buf = vec![0xa5u8 ^ w as u8; io_size];
             let mut rng = 0x2545_f491_4f6c_dd1du64 ^ (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             let mut ops = 0u64;
             while Instant::now() < deadline {
-                let slot = match workload.pattern {
+                let slot = match pattern {
                     Pattern::Random => {
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
@@ -135,7 +139,7 @@ pub async fn run<D: BlockDevice>(dev: &D, workload: &Workload) -> Result<Measure
                     }
                     Pattern::Sequential => next_seq.fetch_add(1, Ordering::Relaxed) % slots,
                 };
-                if workload.write {
+                if write {
                     dev.write_at(slot * io, &buf).await?;
                 } else {
                     dev.read_at(slot * io, &mut buf).await?;
@@ -143,9 +147,15 @@ pub async fn run<D: BlockDevice>(dev: &D, workload: &Workload) -> Result<Measure
                 ops += 1;
             }
             Ok::<_, Error>(ops)
-        }
+        })
     });
-    let ops: u64 = try_join_all(workers).await?.into_iter().sum();
+    let mut ops = 0u64;
+    for r in try_join_all(workers)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+    {
+        ops += r?;
+    }
     let elapsed = start.elapsed();
     Ok(Measurement {
         ops,

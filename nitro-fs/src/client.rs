@@ -680,6 +680,29 @@ impl BlockDevice for NbdClient {
         Ok(())
     }
 
+    async fn read_to_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if len == 0 || len > self.inner.chunk as usize {
+            let mut v = vec![0u8; len];
+            self.read_at(offset, &mut v).await?;
+            return Ok(v);
+        }
+        self.check(offset, len as u64, false)?;
+        // One request: hand over the reply buffer itself.
+        match self
+            .call(Op {
+                command: CMD_READ,
+                flags: 0,
+                offset,
+                length: len as u32,
+                data: &[],
+            })
+            .await?
+        {
+            Some(d) if d.len() == len => Ok(d),
+            _ => Err(Error::Protocol(ProtocolError::Invalid("read reply length"))),
+        }
+    }
+
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.write_impl(offset, data, false).await
     }

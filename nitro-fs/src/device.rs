@@ -52,6 +52,17 @@ pub trait BlockDevice: Send + Sync {
     /// Reads `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<()>> + Send;
 
+    /// Reads `len` bytes at `offset` into a new buffer. Implementations that receive data
+    /// in buffers of their own (like [`NbdClient`](crate::NbdClient)) return them without a
+    /// copy; the default allocates and calls [`read_at`](Self::read_at).
+    fn read_to_vec(&self, offset: u64, len: usize) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        async move {
+            let mut v = vec![0u8; len];
+            self.read_at(offset, &mut v).await?;
+            Ok(v)
+        }
+    }
+
     /// Writes `data` at `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> impl Future<Output = Result<()>> + Send;
 
@@ -139,6 +150,9 @@ impl<D: BlockDevice> BlockDevice for Arc<D> {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<()>> + Send {
         (**self).read_at(offset, buf)
+    }
+    fn read_to_vec(&self, offset: u64, len: usize) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        (**self).read_to_vec(offset, len)
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> impl Future<Output = Result<()>> + Send {
         (**self).write_at(offset, data)

@@ -496,7 +496,7 @@ const POOLED_MAX: usize = 4 << 20;
 const POOLED_COUNT: usize = 64;
 
 /// A buffer of `len` bytes (content unspecified).
-fn take_buffer(len: usize) -> Vec<u8> {
+pub(crate) fn take_buffer(len: usize) -> Vec<u8> {
     match pooled(len) {
         Some(mut b) => {
             // Only the part beyond the old length is zero-filled.

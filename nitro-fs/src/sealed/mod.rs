@@ -763,9 +763,9 @@ impl<D: BlockDevice> Inner<D> {
         for b in first..first + n {
             entries.push(self.entry(b).await?);
         }
-        // Runs of consecutive blocks in the same slot become one read.
-        let mut futs = Vec::new();
-        let mut rest: &mut [u8] = buf;
+        // Runs of consecutive blocks in the same slot become one read; each run is decrypted
+        // straight from the buffer it arrived in into `buf`.
+        let mut runs = Vec::new();
         let mut k = 0usize;
         while k < entries.len() {
             let slot = entries[k].slot();
@@ -773,22 +773,35 @@ impl<D: BlockDevice> Inner<D> {
             while j < entries.len() && entries[j].slot() == slot {
                 j += 1;
             }
-            let (run, tail) = rest.split_at_mut((j - k) * BLOCK);
-            rest = tail;
             match slot {
-                Some(s) => futs.push(
-                    self.dev
-                        .read_at(self.geo.data_offset(first + k as u64, s), run),
-                ),
-                None => run.fill(0),
+                Some(s) => runs.push((k, j, s)),
+                None => buf[k * BLOCK..j * BLOCK].fill(0),
             }
             k = j;
         }
-        try_join_all(futs).await?;
-        for (k, e) in entries.iter().enumerate() {
-            if e.slot().is_some() {
-                self.open_block(first + k as u64, e, &mut buf[k * BLOCK..(k + 1) * BLOCK])?;
+        let reads = runs.iter().map(|&(k, j, s)| {
+            self.dev
+                .read_to_vec(self.geo.data_offset(first + k as u64, s), (j - k) * BLOCK)
+        });
+        let data = try_join_all(reads).await?;
+        for (&(k, j, _), cipher) in runs.iter().zip(data) {
+            if cipher.len() != (j - k) * BLOCK {
+                return Err(Error::Crypto("internal: short read from the underlying device"));
             }
+            for i in k..j {
+                let block = first + i as u64;
+                let e = &entries[i];
+                self.cipher
+                    .open_separate_gather(
+                        Nonce::assume_unique_for_key(e.nonce),
+                        Aad::from(layout::block_aad(&self.device, block, e.version)),
+                        &cipher[(i - k) * BLOCK..(i - k + 1) * BLOCK],
+                        &e.tag,
+                        &mut buf[i * BLOCK..(i + 1) * BLOCK],
+                    )
+                    .map_err(|_| Error::Integrity(IntegrityError::Block { index: block }))?;
+            }
+            crate::server::give_buffer(cipher);
         }
         Ok(())
     }
@@ -812,21 +825,26 @@ impl<D: BlockDevice> Inner<D> {
                 None => 0,
             });
         }
-        let mut cipher = data.to_vec();
+        let mut cipher = crate::server::take_buffer(data.len());
         let mut entries = Vec::with_capacity(n as usize);
-        for (k, chunk) in cipher.chunks_mut(BLOCK).enumerate() {
+        for (k, (chunk, plain)) in cipher
+            .chunks_mut(BLOCK)
+            .zip(data.chunks(BLOCK))
+            .enumerate()
+        {
             let b = first + k as u64;
             let nonce = self.next_nonce()?;
-            let tag = self
-                .cipher
-                .seal_in_place_separate_tag(
+            let mut t = [0u8; 16];
+            self.cipher
+                .seal_out_of_place_scatter(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::from(layout::block_aad(&self.device, b, version)),
+                    plain,
                     chunk,
+                    &[],
+                    &mut t,
                 )
                 .map_err(|_| Error::Crypto("AES-GCM sealing failed"))?;
-            let mut t = [0u8; 16];
-            t.copy_from_slice(tag.as_ref());
             entries.push(Entry {
                 nonce,
                 tag: t,
@@ -852,6 +870,7 @@ impl<D: BlockDevice> Inner<D> {
             k = j;
         }
         try_join_all(futs).await?;
+        crate::server::give_buffer(cipher);
         let mut st = self.state();
         for (k, e) in entries.iter().enumerate() {
             let b = first + k as u64;
