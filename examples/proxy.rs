@@ -22,8 +22,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use nitro_net::time::{StepPolicy, TimeConfig};
 use nitro_net::{
-    Addr, EgressClient, EgressServer, IngressForward, IngressServer, Limits, LocalProxy, Policy,
-    ServerHandle, Shutdown, TimeClient,
+    Addr, ClientConfig, EgressClient, EgressServer, IngressForward, IngressServer, Limits,
+    LocalProxy, Policy, ServerHandle, Shutdown, TimeClient,
 };
 
 #[derive(Parser)]
@@ -99,6 +99,10 @@ struct EnclaveArgs {
     /// nitro_parent_cid, default 3), uds:DIR:PORT.
     #[arg(long)]
     parent: Addr,
+    /// A policy enforced inside the enclave too (attested with the image), checked before each
+    /// request and against the address the parent connected to.
+    #[arg(long)]
+    policy: Option<std::path::PathBuf>,
     /// Local HTTP CONNECT proxy address (for HTTPS_PROXY), e.g. 127.0.0.1:3128.
     #[arg(long)]
     http_proxy: Option<String>,
@@ -193,7 +197,14 @@ async fn enclave(a: EnclaveArgs) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::new();
     let limits = a.limits.limits();
-    let egress = EgressClient::new(a.parent.clone());
+    let mut client_cfg = ClientConfig::default();
+    if let Some(path) = &a.policy {
+        let p =
+            Policy::from_toml_file(path).with_context(|| format!("policy {}", path.display()))?;
+        tracing::info!(policy = %path.display(), "enclave-side policy loaded");
+        client_cfg.policy = Some(std::sync::Arc::new(p));
+    }
+    let egress = EgressClient::with_config(a.parent.clone(), client_cfg);
     let mut servers: Vec<ServerHandle> = Vec::new();
     if let Some(addr) = &a.http_proxy {
         let l = local_addr(addr)?.bind().await?;

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::policy::NameVerdict;
 use crate::protocol::{MAX_RESPONSE_BODY, RESPONSE_HEADER_LEN, Request, Response};
 use crate::stats::{ByteCounters, Counters, CountersSnapshot};
-use crate::{Addr, Error, ProtocolError, Stream};
+use crate::{Addr, Error, Policy, ProtocolError, Refusal, RefusalCode, Stream};
 
 /// Settings of an [`EgressClient`].
 #[derive(Debug, Clone)]
@@ -26,6 +27,12 @@ pub struct ClientConfig {
     /// How many times a failed transport connection to the parent is retried, with exponential
     /// back-off from 50 ms (default 2). Refusals by the parent are never retried.
     pub connect_retries: u32,
+    /// A policy enforced *inside the enclave* (default none): destinations it denies are
+    /// refused before anything is sent to the parent, and a tunnel whose destination address,
+    /// as reported by the parent, it denies is closed before any byte goes through. Built into
+    /// the enclave image, this policy is covered by its measurements (attested), unlike the
+    /// parent's. The parent still controls the network: authenticate peers with TLS.
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl Default for ClientConfig {
@@ -34,6 +41,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(20),
             connect_retries: 2,
+            policy: None,
         }
     }
 }
@@ -116,6 +124,18 @@ impl EgressClient {
 
     /// Opens the tunnel and returns the raw transport stream (the callers count bytes).
     pub(crate) async fn open(&self, host: &str, port: u16) -> Result<(Stream, SocketAddr), Error> {
+        let enclave_policy = self.inner.config.policy.as_deref();
+        let verdict = match enclave_policy.map(|p| p.check_name(host, port)) {
+            Some(Err(r)) => {
+                self.inner.counters.refused();
+                return Err(Error::Refused(Refusal::new(
+                    r.code,
+                    format!("enclave policy: {}", r.message),
+                )));
+            }
+            Some(Ok(v)) => Some(v),
+            None => None,
+        };
         let req = Request::Connect {
             host: host.to_owned(),
             port,
@@ -123,7 +143,33 @@ impl EgressClient {
         .encode()?;
         let (stream, resp) = self.exchange(&req).await?;
         match resp {
-            Response::Connected { peer } => Ok((stream, peer)),
+            Response::Connected { peer } => {
+                let checked = match (enclave_policy, &verdict) {
+                    (Some(_), Some(NameVerdict::Ip(ip)))
+                        if crate::policy::canonical_ip(peer.ip()) != *ip =>
+                    {
+                        Err(Refusal::new(
+                            RefusalCode::DeniedByPolicy,
+                            format!("asked for {ip}"),
+                        ))
+                    }
+                    (Some(p), Some(v)) => p.check_addresses(v, port, &[peer.ip()]).map(drop),
+                    _ => Ok(()),
+                };
+                if let Err(r) = checked {
+                    // Dropping the stream closes the tunnel before any byte was sent.
+                    self.inner.counters.refused();
+                    tracing::warn!(%host, port, %peer, reason = %r.message, "enclave policy: tunnel closed");
+                    return Err(Error::Refused(Refusal::new(
+                        RefusalCode::DeniedByPolicy,
+                        format!(
+                            "enclave policy: the parent connected to {peer}: {}",
+                            r.message
+                        ),
+                    )));
+                }
+                Ok((stream, peer))
+            }
             Response::Refused { refusal, .. } => {
                 self.inner.counters.refused();
                 Err(Error::Refused(refusal))

@@ -806,3 +806,62 @@ async fn per_connection_counters_are_visible() {
     assert_eq!((t.bytes_written(), t.bytes_read()), (1000, 1000));
     let _ = Limits::default();
 }
+
+/// A policy inside the enclave (attested with the image) is enforced even when the parent's
+/// policy is more permissive, before the request and after the parent's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enclave_policy_is_enforced_in_the_enclave() {
+    // www.allowed.test is (per the parent's DNS) a loopback address the parent allows.
+    let other = TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let resolver = StaticResolver::new().with("www.allowed.test", ["127.0.0.3".parse().unwrap()]);
+    let c = chain_with(
+        EgressServer::new(loopback_policy())
+            .limits(test_limits())
+            .resolver(resolver),
+    )
+    .await;
+    let echo = echo_server().await;
+    let enclave_policy = Policy::from_toml(&format!(
+        "[[allow]]\nhost = \"*.allowed.test\"\n[[allow]]\ncidr = \"127.0.0.1/32\"\nports = [{}]\n",
+        echo.port()
+    ))
+    .unwrap();
+    let mut cfg = nitro_net::ClientConfig::default();
+    cfg.policy = Some(Arc::new(enclave_policy));
+    let client = EgressClient::with_config(c.addr.clone(), cfg);
+
+    // Allowed by both.
+    let mut t = client.connect("127.0.0.1", echo.port()).await.unwrap();
+    t.write_all(b"ok").await.unwrap();
+    t.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    t.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"ok");
+
+    // Allowed by the parent, denied in the enclave: never sent to the parent.
+    let before = c.server.stats();
+    let e = client.connect("127.0.0.2", echo.port()).await.unwrap_err();
+    let r = e.refusal().unwrap();
+    assert_eq!(r.code, RefusalCode::DeniedByPolicy);
+    assert!(r.message.starts_with("enclave policy:"), "{}", r.message);
+    let after = c.server.stats();
+    assert_eq!(
+        before.connections_total + before.refused,
+        after.connections_total + after.refused
+    );
+
+    // The name is allowed in the enclave, but the parent's answer says it connected to a
+    // loopback address the enclave's policy does not admit for names: closed at once.
+    let e = client
+        .connect("www.allowed.test", other_port)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("the parent connected to 127.0.0.3"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("loopback"), "{e}");
+    drop(other);
+    assert!(eventually(5, || c.server.stats().connections_active == 0).await);
+}
