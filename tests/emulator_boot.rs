@@ -8,7 +8,8 @@
 //! loaded modules, `lo` up, the pseudo file systems) and exits with status 7, or with the number
 //! of the first failed check. The parent side (nitro_workspace::emulator) must see the heartbeat
 //! and receive status 7 over vsock. A second boot whose parent does not answer the heartbeat
-//! must end without an application status.
+//! must end without an application status; a third, whose application is killed, must report
+//! 137; a fourth, whose application never ends, must be stopped by the time limit.
 //!
 //! Skipped (with a message) when the emulator is not installed, except under `CI=true`.
 
@@ -21,8 +22,14 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 const CMDLINE: &str = "reboot=k panic=30 pci=off console=ttyS0 random.trust_cpu=on";
 
 /// The application (`/probe.sh`): each check exits with its own status; all passed → 7.
+/// `probe=kill` or `probe=hang` on the kernel command line (QEMU `-append`, not measured, so
+/// the same image serves every case) makes it die of SIGKILL or never end.
 const SCRIPT: &str = r#"
 bb=/bin/busybox
+case " $($bb cat /proc/cmdline) " in
+    *" probe=kill "*) kill -9 $$ ;;
+    *" probe=hang "*) while :; do $bb sleep 60; done ;;
+esac
 [ "$($bb pwd)" = /work ] || exit 11
 [ "${GREETING:-}" = "hello world" ] || exit 12
 [ "$0" = /probe.sh ] && [ "$1" = "first arg" ] && [ "$#" = 1 ] || exit 13
@@ -120,7 +127,7 @@ async fn boots_an_eif_and_reports_the_application_exit_status() -> anyhow::Resul
     // Second boot: nobody answers the heartbeat, so the init gives up and the enclave ends
     // without running the application.
     config.answer_heartbeat = false;
-    let outcome = Enclave::start(&tools, config).await?.wait().await?;
+    let outcome = Enclave::start(&tools, config.clone()).await?.wait().await?;
     eprintln!(
         "boot 2 (no heartbeat listener): QEMU exited after {:.1?}",
         outcome.elapsed
@@ -133,5 +140,49 @@ async fn boots_an_eif_and_reports_the_application_exit_status() -> anyhow::Resul
         outcome.console
     );
     assert!(!outcome.console.contains("probe: all checks passed"));
+
+    // Third boot: the application dies of SIGKILL → status 128 + 9.
+    config.answer_heartbeat = true;
+    config.append.push("probe=kill".to_owned());
+    let outcome = Enclave::start(&tools, config.clone()).await?.wait().await?;
+    eprintln!(
+        "boot 3 (killed app): QEMU exited after {:.1?}",
+        outcome.elapsed
+    );
+    assert_eq!(outcome.app_status()?, 137, "console:\n{}", outcome.console);
+
+    // Fourth boot: the application never ends → the time limit kills QEMU and the backend.
+    config.append.pop();
+    config.append.push("probe=hang".to_owned());
+    config.timeout = Duration::from_secs(10);
+    let t = Instant::now();
+    let result = Enclave::start(&tools, config).await?.wait().await;
+    eprintln!("boot 4 (hanging app): gave up after {:.1?}", t.elapsed());
+    assert!(
+        matches!(result, Err(emulator::Error::Timeout { .. })),
+        "{result:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "the time limit was not enforced"
+    );
+    assert!(
+        !running_with_arg(&eif),
+        "QEMU still runs after the time limit"
+    );
     Ok(())
+}
+
+/// Whether a process has `arg` on its command line (scans /proc).
+fn running_with_arg(arg: &Path) -> bool {
+    let arg = arg.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .map(|cmdline| cmdline.split(|b| *b == 0).any(|a| a == arg))
+                .unwrap_or(false)
+        })
 }
