@@ -45,7 +45,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an EIF and print its describe JSON.
-    Build(Build),
+    Build(Box<Build>),
     /// Print the `nitro-cli describe-eif` JSON of an EIF (PCRs recomputed, CRC and signature checked).
     Describe {
         /// The EIF.
@@ -397,7 +397,7 @@ fn bench(customer_mib: usize, rounds: usize) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Build(b) => build(b),
+        Command::Build(b) => build(*b),
         Command::Describe {
             file,
             check_certificate_time,
