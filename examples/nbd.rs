@@ -493,7 +493,7 @@ async fn attach(_: NbdClient, _: &Path, _: Option<String>) -> anyhow::Result<()>
 }
 
 /// The four client measurements: 4 KiB random write and read, 1 MiB sequential write and read.
-async fn measure_all<D: BlockDevice>(
+async fn measure_all<D: BlockDevice + Clone + 'static>(
     dev: &D,
     d: Duration,
     depth: usize,
@@ -541,14 +541,14 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// One `qemu-img bench` run; returns (ops, seconds).
+/// One `qemu-img bench` run (depth 64, sequential); returns IOPS and MB/s.
 fn qemu_img_bench(
     qemu_img: &Path,
     uri: &str,
     write: bool,
-    size: &str,
+    size: usize,
     count: u64,
-) -> anyhow::Result<(u64, f64)> {
+) -> anyhow::Result<(f64, f64)> {
     let mut cmd = std::process::Command::new(qemu_img);
     cmd.args([
         "bench",
@@ -559,8 +559,8 @@ fn qemu_img_bench(
         "-d",
         "64",
         "-s",
-        size,
     ]);
+    cmd.arg(size.to_string());
     if write {
         cmd.arg("-w");
     }
@@ -580,190 +580,195 @@ fn qemu_img_bench(
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse::<f64>().ok())
         .ok_or_else(|| anyhow!("unexpected qemu-img bench output: {text}"))?;
-    Ok((count, secs))
+    let iops = count as f64 / secs;
+    Ok((iops, iops * size as f64 / 1e6))
 }
 
-/// qemu-img bench's four figures against one server: 4 KiB write/read IOPS, 1 MiB write/read MB/s.
-fn qemu_img_suite(qemu_img: &Path, uri: &str, image: u64) -> anyhow::Result<[f64; 4]> {
-    let small = 100_000;
-    let large = (image >> 20).clamp(256, 2048);
-    let (n, s) = qemu_img_bench(qemu_img, uri, true, "4k", small)?;
-    let w4 = n as f64 / s;
-    let (n, s) = qemu_img_bench(qemu_img, uri, false, "4k", small)?;
-    let r4 = n as f64 / s;
-    let (n, s) = qemu_img_bench(qemu_img, uri, true, "1M", large)?;
-    let w1 = n as f64 * 1048576.0 / s / 1e6;
-    let (n, s) = qemu_img_bench(qemu_img, uri, false, "1M", large)?;
-    let r1 = n as f64 * 1048576.0 / s / 1e6;
-    Ok([w4, r4, w1, r1])
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
-async fn compare(size: u64, d: Duration, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new().prefix("nbd-bench-").tempdir()?;
-    let dir = dir.unwrap_or_else(|| tmp.path().to_owned());
-    std::fs::create_dir_all(&dir)?;
-    let image = dir.join("bench.img");
-    let _ = std::fs::remove_file(&image);
-    println!("preparing a {} MiB image in {}", size >> 20, dir.display());
-    {
-        let dev = FileDevice::create(&image, size)?;
-        let chunk = vec![0x6bu8; 1 << 20];
-        let mut off = 0;
-        while off < size {
-            let n = (size - off).min(chunk.len() as u64) as usize;
-            dev.write_at(off, &chunk[..n]).await?;
-            off += n as u64;
-        }
-        dev.flush().await?;
-    }
-    let t0 = Instant::now();
-
-    let qemu_img = which("qemu-img");
-    let qemu_nbd = which("qemu-nbd");
-    let mut baseline = None;
-    let mut ours = None;
-    if let (Some(qemu_img), Some(qemu_nbd)) = (&qemu_img, &qemu_nbd) {
-        // Baseline: qemu-nbd serving the same file.
-        let sock = dir.join("qemu-nbd.sock");
-        let mut child = std::process::Command::new(qemu_nbd)
-            .args(["-f", "raw", "-t", "-x", "bench", "-k"])
-            .arg(&sock)
-            .arg(&image)
-            .stdin(std::process::Stdio::null())
-            .spawn()?;
-        for _ in 0..500 {
-            if sock.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let uri = format!("nbd+unix:///bench?socket={}", sock.display());
-        let qi = qemu_img.clone();
-        let r = tokio::task::spawn_blocking(move || qemu_img_suite(&qi, &uri, size)).await?;
-        let _ = child.kill();
-        let _ = child.wait();
-        baseline = Some(r?);
-
-        // This server, same file, same client.
-        let sock = dir.join("nitro-nbd.sock");
-        let _ = std::fs::remove_file(&sock);
-        let server = Server::new(vec![Export::new("bench", FileDevice::open(&image)?)])?;
-        let listener = tokio::net::UnixListener::bind(&sock)?;
-        let accept = tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let _ = server.serve(s).await;
-                });
-            }
-        });
-        let uri = format!("nbd+unix:///bench?socket={}", sock.display());
-        let qi = qemu_img.clone();
-        let r = tokio::task::spawn_blocking(move || qemu_img_suite(&qi, &uri, size)).await?;
-        accept.abort();
-        ours = Some(r?);
-    } else {
-        println!("qemu-img or qemu-nbd not found: skipping the qemu-nbd comparison");
-    }
-
-    // This client, unsealed then sealed, against this server.
-    let sock = dir.join("nitro-nbd2.sock");
-    let _ = std::fs::remove_file(&sock);
-    let server = Server::new(vec![Export::new("bench", FileDevice::open(&image)?)])?;
-    let listener = tokio::net::UnixListener::bind(&sock)?;
-    let accept = tokio::spawn(async move {
+/// Serves `exports` on a Unix socket in this process; returns the accept task.
+async fn serve_local(
+    sock: &Path,
+    exports: Vec<Export>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let _ = std::fs::remove_file(sock);
+    let server = Server::new(exports)?;
+    let listener = tokio::net::UnixListener::bind(sock)?;
+    Ok(tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let server = server.clone();
             tokio::spawn(async move {
                 let _ = server.serve(s).await;
             });
         }
-    });
-    let addr = Addr::Unix { path: sock.clone() };
-    let c = connect(&addr, "bench").await?;
-    let plain = measure_all(&c, d, 64).await?;
-    let key = StaticKeyWrap::new(&[0x5e; 32])?;
-    let sealed_dev = SealedDevice::create(c.clone(), &key, SealedConfig::default()).await?;
-    // Give the sealed device data to read (unwritten blocks would read as zeroes for free).
-    let region = sealed_dev.size().min(256 << 20);
+    }))
+}
+
+async fn fill<D: BlockDevice>(dev: &D, len: u64) -> anyhow::Result<()> {
     let chunk = vec![0x6bu8; 1 << 20];
     let mut off = 0;
-    while off < region {
-        let n = (region - off).min(chunk.len() as u64) as usize;
-        sealed_dev.write_at(off, &chunk[..n]).await?;
+    while off < len {
+        let n = (len - off).min(chunk.len() as u64) as usize;
+        dev.write_at(off, &chunk[..n]).await?;
         off += n as u64;
     }
-    sealed_dev.flush().await?;
-    let w = |p, write, size, depth| {
-        Workload::new(p, write, size)
-            .duration(d)
-            .depth(depth)
-            .region(region)
-    };
-    let sealed = [
-        nitro_fs::bench::run(&sealed_dev, &w(Pattern::Random, true, 4096, 64)).await?,
-        nitro_fs::bench::run(&sealed_dev, &w(Pattern::Random, false, 4096, 64)).await?,
-        nitro_fs::bench::run(&sealed_dev, &w(Pattern::Sequential, true, 1 << 20, 8)).await?,
-        nitro_fs::bench::run(&sealed_dev, &w(Pattern::Sequential, false, 1 << 20, 8)).await?,
-    ];
-    sealed_dev.flush().await?;
-    c.close().await?;
+    dev.flush().await?;
+    Ok(())
+}
+
+const WORKLOADS: [(&str, bool, usize); 4] = [
+    ("4 KiB write", true, 4096),
+    ("4 KiB read", false, 4096),
+    ("1 MiB write", true, 1 << 20),
+    ("1 MiB read", false, 1 << 20),
+];
+
+async fn compare(size: u64, d: Duration, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    const ROUNDS: usize = 5;
+    let tmp = tempfile::Builder::new().prefix("nbd-bench-").tempdir()?;
+    let dir = dir.unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let plain_img = dir.join("plain.img");
+    let sealed_img = dir.join("sealed.img");
+    let _ = std::fs::remove_file(&plain_img);
+    let _ = std::fs::remove_file(&sealed_img);
+    println!("preparing {} MiB images in {}", size >> 20, dir.display());
+    fill(&FileDevice::create(&plain_img, size)?, size).await?;
+    let raw = SealedDevice::<NbdClient>::raw_size_for(size);
+    FileDevice::create(&sealed_img, raw)?;
+    let t0 = Instant::now();
+
+    // This server, exporting both files.
+    let sock = dir.join("nitro-nbd.sock");
+    let accept = serve_local(
+        &sock,
+        vec![
+            Export::new("plain", FileDevice::open(&plain_img)?),
+            Export::new("sealed", FileDevice::open(&sealed_img)?),
+        ],
+    )
+    .await?;
+
+    // Part 1: qemu-nbd and this server, same file, qemu-img bench as the client, rounds
+    // interleaved so that background noise hits both alike; medians reported.
+    let mut server_rows = Vec::new();
+    match (which("qemu-img"), which("qemu-nbd")) {
+        (Some(qemu_img), Some(qemu_nbd)) => {
+            let qsock = dir.join("qemu-nbd.sock");
+            let _ = std::fs::remove_file(&qsock);
+            let mut child = std::process::Command::new(qemu_nbd)
+                .args(["-f", "raw", "-t", "-x", "plain", "-k"])
+                .arg(&qsock)
+                .arg(&plain_img)
+                .stdin(std::process::Stdio::null())
+                .spawn()?;
+            for _ in 0..500 {
+                if qsock.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let quri = format!("nbd+unix:///plain?socket={}", qsock.display());
+            let ouri = format!("nbd+unix:///plain?socket={}", sock.display());
+            for (name, write, io) in WORKLOADS {
+                let count = if io == 4096 {
+                    60_000
+                } else {
+                    (size >> 20).clamp(256, 1024)
+                };
+                let (mut q, mut o) = (Vec::new(), Vec::new());
+                for _ in 0..ROUNDS {
+                    for (uri, out) in [(&quri, &mut q), (&ouri, &mut o)] {
+                        let (qi, uri) = (qemu_img.clone(), uri.clone());
+                        let (iops, mbs) = tokio::task::spawn_blocking(move || {
+                            qemu_img_bench(&qi, &uri, write, io, count)
+                        })
+                        .await??;
+                        out.push(if io == 4096 { iops } else { mbs });
+                    }
+                }
+                server_rows.push((name, median(q), median(o)));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        _ => println!("qemu-img or qemu-nbd not found: skipping the qemu-nbd comparison"),
+    }
+
+    // Part 2: this client against this server, plain export vs sealed device, interleaved.
+    let addr = Addr::Unix { path: sock.clone() };
+    let plain = connect(&addr, "plain").await?;
+    let key = StaticKeyWrap::new(&[0x5e; 32])?;
+    let sealed = SealedDevice::create(
+        connect(&addr, "sealed").await?,
+        &key,
+        SealedConfig::default(),
+    )
+    .await?;
+    // Fill twice so that both slots of every block hold flushed data: random writes then
+    // overwrite flushed pages, like the plain export's (overwriting a flushed page of a file is
+    // several times slower than writing a hole on ext4).
+    fill(&sealed, sealed.size()).await?;
+    fill(&sealed, sealed.size()).await?;
+    let mut client_rows = Vec::new();
+    for (name, write, io) in WORKLOADS {
+        let (pattern, depth) = if io == 4096 {
+            (Pattern::Random, 64)
+        } else {
+            (Pattern::Sequential, 8)
+        };
+        let w = Workload::new(pattern, write, io).duration(d).depth(depth);
+        let (mut p, mut s) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let m = nitro_fs::bench::run(&plain, &w).await?;
+            p.push(if io == 4096 { m.iops() } else { m.mb_per_sec() });
+            let m = nitro_fs::bench::run(&sealed, &w).await?;
+            s.push(if io == 4096 { m.iops() } else { m.mb_per_sec() });
+        }
+        client_rows.push((name, median(p), median(s)));
+    }
+    sealed.flush().await?;
+    plain.close().await?;
     accept.abort();
 
+    let unit = |name: &str| {
+        if name.starts_with("4 KiB") {
+            "IOPS"
+        } else {
+            "MB/s"
+        }
+    };
     println!();
     println!(
-        "## qemu-img bench (sequential, depth 64) over a Unix socket, {} MiB raw image",
+        "## qemu-img bench (sequential, depth 64) over a Unix socket, {} MiB raw image, median of {ROUNDS}",
         size >> 20
     );
     println!();
     println!("| workload | qemu-nbd | nitro-fs server | ratio |");
     println!("|---|---|---|---|");
-    if let (Some(b), Some(o)) = (baseline, ours) {
-        let names = [
-            "4 KiB write (IOPS)",
-            "4 KiB read (IOPS)",
-            "1 MiB write (MB/s)",
-            "1 MiB read (MB/s)",
-        ];
-        for i in 0..4 {
-            println!(
-                "| {} | {:.0} | {:.0} | {:.2}x |",
-                names[i],
-                b[i],
-                o[i],
-                o[i] / b[i]
-            );
-        }
+    for (name, q, o) in &server_rows {
+        println!(
+            "| {name} ({}) | {q:.0} | {o:.0} | {:.2}x |",
+            unit(name),
+            o / q
+        );
     }
     println!();
-    println!("## nitro-fs client against nitro-fs server, unsealed vs sealed (depth 64 / 8)");
+    println!(
+        "## nitro-fs client and server, unsealed vs sealed (4 KiB random at depth 64, 1 MiB sequential at depth 8), median of {ROUNDS}"
+    );
     println!();
     println!("| workload | unsealed | sealed | ratio |");
     println!("|---|---|---|---|");
-    let rows = [
-        (
-            "4 KiB random write (IOPS)",
-            plain[0].iops(),
-            sealed[0].iops(),
-        ),
-        (
-            "4 KiB random read (IOPS)",
-            plain[1].iops(),
-            sealed[1].iops(),
-        ),
-        (
-            "1 MiB sequential write (MB/s)",
-            plain[2].mb_per_sec(),
-            sealed[2].mb_per_sec(),
-        ),
-        (
-            "1 MiB sequential read (MB/s)",
-            plain[3].mb_per_sec(),
-            sealed[3].mb_per_sec(),
-        ),
-    ];
-    for (name, p, s) in rows {
-        println!("| {name} | {p:.0} | {s:.0} | {:.2}x |", s / p);
+    for (name, p, s) in &client_rows {
+        println!(
+            "| {name} ({}) | {p:.0} | {s:.0} | {:.2}x |",
+            unit(name),
+            s / p
+        );
     }
     println!();
     println!("(measured in {:.1} s)", t0.elapsed().as_secs_f64());

@@ -111,7 +111,10 @@ impl Measurement {
 
 /// Runs `workload` against `dev`. Each of the `depth` workers is its own task, so the work
 /// spreads over the runtime's threads like independent application tasks would.
-pub async fn run<D: BlockDevice + Clone + 'static>(dev: &D, workload: &Workload) -> Result<Measurement> {
+pub async fn run<D: BlockDevice + Clone + 'static>(
+    dev: &D,
+    workload: &Workload,
+) -> Result<Measurement> {
     let io = workload.io_size as u64;
     let region = workload.region.unwrap_or(dev.size()).min(dev.size());
     let slots = region / io.max(1);

@@ -555,7 +555,7 @@ async fn run_ops(ops: Vec<Op>, dirty_limit: usize) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn sealed_device_matches_the_model_across_crashes(
