@@ -33,7 +33,9 @@ impl Pcr {
     /// All zeros: the value of an unused register (e.g. PCR8 of an unsigned image).
     pub const ZERO: Pcr = Pcr([0; PCR_LEN]);
 
-    /// `SHA384(0^48 || digest)`: extends a zeroed register with an already computed digest.
+    /// `SHA384(0^48 || data)`: extends a zeroed register with `data`. With a digest this gives
+    /// the image PCRs; with raw bytes it gives PCR3 (the parent's IAM role ARN) and PCR4 (the
+    /// parent's instance id), which the platform extends with the bytes themselves.
     pub fn extend_zero(digest: &[u8]) -> Pcr {
         let mut ctx = digest::Context::new(&digest::SHA384);
         ctx.update(&[0u8; PCR_LEN]);
