@@ -565,3 +565,33 @@ proptest! {
         rt().block_on(run_ops(ops, if small_commits { 1 } else { 1024 }));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_writes_of_the_same_block_see_old_or_new_never_an_error() {
+    let (_raw, _anchor, dev) = fresh(4).await;
+    let a = vec![0xaa; 2 * B];
+    let b = vec![0xbb; 2 * B];
+    dev.write_at(0, &a).await.unwrap();
+    let writer = {
+        let (dev, a, b) = (dev.clone(), a.clone(), b.clone());
+        tokio::spawn(async move {
+            for i in 0..3000 {
+                dev.write_at(0, if i % 2 == 0 { &b } else { &a })
+                    .await
+                    .unwrap();
+                if i % 500 == 0 {
+                    dev.flush().await.unwrap();
+                }
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() {
+        let mut got = vec![0u8; B];
+        dev.read_at(B as u64, &mut got).await.unwrap();
+        assert!(got.iter().all(|&x| x == 0xaa) || got.iter().all(|&x| x == 0xbb));
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(reads > 0);
+}

@@ -1051,19 +1051,35 @@ impl<D: BlockDevice> BlockDevice for SealedDevice<D> {
         if buf.is_empty() {
             return Ok(());
         }
-        let _c = inner.commit_lock.read().await;
         inner.check_poisoned()?;
         let b = BLOCK as u64;
         let first = offset / b;
         let last = (offset + buf.len() as u64 - 1) / b;
-        let _locks = self.lock_shared(first, last).await;
-        if offset.is_multiple_of(b) && buf.len().is_multiple_of(BLOCK) {
-            return inner.read_blocks(first, buf).await;
+        let aligned = offset.is_multiple_of(b) && buf.len().is_multiple_of(BLOCK);
+        let mut tmp = Vec::new();
+        let target: &mut [u8] = if aligned {
+            buf
+        } else {
+            tmp = vec![0u8; ((last - first + 1) * b) as usize];
+            &mut tmp
+        };
+        // Optimistically without locks: a block entry names the exact ciphertext (nonce and
+        // tag), so a concurrent write to the same block can only make authentication fail,
+        // never return wrong data. On failure, read again with the locks held, and only a
+        // failure then is an integrity error.
+        if let Err(e) = inner.read_blocks(first, target).await {
+            if !matches!(e, Error::Integrity(IntegrityError::Block { .. })) {
+                return Err(e);
+            }
+            let _c = inner.commit_lock.read().await;
+            inner.check_poisoned()?;
+            let _locks = self.lock_shared(first, last).await;
+            inner.read_blocks(first, target).await?;
         }
-        let mut tmp = vec![0u8; ((last - first + 1) * b) as usize];
-        inner.read_blocks(first, &mut tmp).await?;
-        let start = (offset - first * b) as usize;
-        buf.copy_from_slice(&tmp[start..start + buf.len()]);
+        if !aligned {
+            let start = (offset - first * b) as usize;
+            buf.copy_from_slice(&tmp[start..start + buf.len()]);
+        }
         Ok(())
     }
 
