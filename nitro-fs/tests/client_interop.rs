@@ -223,6 +223,17 @@ async fn client_against_own_server_and_reconnection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_against_own_server_over_tcp() {
+    let mem = MemDevice::new(16 * MIB as usize);
+    let server = Server::new(vec![Export::new("m", mem.clone())]).unwrap();
+    let (addr, _task) = serve_tcp(server).await;
+    let c = NbdClient::connect_tcp(addr, "m").await.unwrap();
+    assert!(c.can_multi_conn());
+    exercise(&c).await;
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_survives_a_server_restart() {
     let Some(qemu_nbd) = tool("qemu-nbd") else {
         return;
