@@ -20,7 +20,7 @@ use crate::error::{Error, NbdErrno, ProtocolError, Result};
 use crate::proto::*;
 
 /// A byte stream usable as an NBD transport.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
 type BoxStream = Box<dyn Transport>;

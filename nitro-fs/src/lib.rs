@@ -14,9 +14,7 @@ pub mod proto;
 pub mod sealed;
 mod server;
 
-pub use client::{
-    ClientConfig, ExportInfo, NbdClient, ReconnectPolicy, Transport, list_exports, negotiate,
-};
+pub use client::{ClientConfig, ExportInfo, NbdClient, ReconnectPolicy, list_exports, negotiate};
 pub use device::{BlockDevice, MemDevice};
 pub use error::{Error, IntegrityError, NbdErrno, ProtocolError, Result};
 pub use file::FileDevice;
