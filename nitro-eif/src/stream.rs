@@ -24,7 +24,7 @@ pub(crate) const CHUNK: usize = 1 << 20;
 /// Chunks queued per hashing thread.
 const QUEUE: usize = 4;
 /// Below this many measured bytes, hashing runs inline (threads cost more than they save).
-const THREAD_THRESHOLD: u64 = 8 * CHUNK as u64;
+const THREAD_THRESHOLD: u64 = 8 << 20;
 
 /// Which PCRs a section is measured into. All `Boot` bytes come before all `App` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
