@@ -86,11 +86,18 @@ fn sha384_pass(paths: &[&Path]) -> anyhow::Result<Vec<u8>> {
     Ok(ctx.finish().as_ref().to_vec())
 }
 
+/// A new output file. Not a truncated old one: ext4 flushes a file truncated and rewritten when
+/// it is closed (`auto_da_alloc`), which would measure the disk instead of the builder.
+fn fresh(path: &Path) -> std::io::Result<File> {
+    let _ = std::fs::remove_file(path);
+    File::create(path)
+}
+
 fn build_from_files(i: &Inputs) -> anyhow::Result<()> {
     EifBuilder::new(&i.kernel, "console=ttyS0")
         .ramdisk_file(&i.bootstrap)
         .ramdisk_file(&i.customer)
-        .build(&mut File::create(&i.out)?)?;
+        .build(&mut fresh(&i.out)?)?;
     Ok(())
 }
 
@@ -98,7 +105,7 @@ fn build_from_rootfs(i: &Inputs) -> anyhow::Result<()> {
     EifBuilder::new(&i.kernel, "console=ttyS0")
         .ramdisk(BootstrapRamdisk::new(&i.bootstrap))
         .ramdisk(CustomerRamdisk::from_dir(&i.rootfs)?.cmd(["/data/app"]))
-        .build(&mut File::create(&i.out)?)?;
+        .build(&mut fresh(&i.out)?)?;
     Ok(())
 }
 

@@ -351,7 +351,11 @@ fn bench(customer_mib: usize, rounds: usize) -> anyhow::Result<()> {
         EifBuilder::new(&inputs[0], "console=ttyS0")
             .ramdisk_file(&inputs[1])
             .ramdisk_file(&inputs[2])
-            .build(&mut std::fs::File::create(p("out.eif"))?)?;
+            // A new file each time: ext4 flushes a truncated-and-rewritten file on close.
+            .build(&mut {
+                let _ = std::fs::remove_file(p("out.eif"));
+                std::fs::File::create(p("out.eif"))?
+            })?;
         Ok(())
     };
     let verify = || -> anyhow::Result<()> {
