@@ -74,6 +74,9 @@ pub struct EnclaveConfig {
     pub timeout: Duration,
     /// Print console lines (`[enclave] …`) and tool diagnostics to stderr as they arrive.
     pub echo_console: bool,
+    /// With [`EnclaveConfig::echo_console`], write console lines unprefixed to stdout (what
+    /// `examples/emulate.rs` does) instead of `[enclave] …` to stderr; diagnostics stay on stderr.
+    pub console_to_stdout: bool,
     /// Answer the enclave-ready heartbeat on port 9000 (turn off to run your own listener).
     pub answer_heartbeat: bool,
 }
@@ -104,6 +107,7 @@ impl EnclaveConfig {
             cpu,
             timeout: Duration::from_secs(180),
             echo_console: true,
+            console_to_stdout: false,
             answer_heartbeat: true,
         }
     }
@@ -314,7 +318,11 @@ impl Enclave {
                 tools.vhost_device_vsock.display()
             )))?;
         let mut readers = JoinSet::new();
-        let echo = config.echo_console;
+        let echo = match (config.echo_console, config.console_to_stdout) {
+            (false, _) => Echo::Off,
+            (true, false) => Echo::Stderr,
+            (true, true) => Echo::Stdout,
+        };
         if let Some(out) = vhost.stdout.take() {
             readers.spawn(read_lines(
                 out,
@@ -526,6 +534,16 @@ async fn wait_for_socket(path: &Path, backend: &mut Child, state: &Shared) -> Re
     Ok(())
 }
 
+/// Where [`read_lines`] echoes lines as they arrive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Echo {
+    Off,
+    /// Console lines as `[enclave] …` and diagnostics on stderr.
+    Stderr,
+    /// Console lines unprefixed on stdout, diagnostics on stderr.
+    Stdout,
+}
+
 #[derive(Clone, Copy)]
 enum Sink {
     Console,
@@ -533,7 +551,7 @@ enum Sink {
 }
 
 /// Splits a byte stream into lines (cut at [`MAX_LINE`], `\r` dropped) into the shared log.
-async fn read_lines(mut reader: impl AsyncRead + Unpin, state: Shared, sink: Sink, echo: bool) {
+async fn read_lines(mut reader: impl AsyncRead + Unpin, state: Shared, sink: Sink, echo: Echo) {
     let mut buf = vec![0u8; 8192];
     let mut line = Vec::new();
     let emit = |line: &mut Vec<u8>| {
@@ -545,13 +563,20 @@ async fn read_lines(mut reader: impl AsyncRead + Unpin, state: Shared, sink: Sin
         let mut state = lock(&state);
         match sink {
             Sink::Console => {
-                if echo {
-                    eprintln!("[enclave] {text}");
+                match echo {
+                    Echo::Off => {}
+                    Echo::Stderr => eprintln!("[enclave] {text}"),
+                    Echo::Stdout => {
+                        use std::io::Write as _;
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{text}");
+                        let _ = out.flush();
+                    }
                 }
                 state.console.push(text);
             }
             Sink::Diagnostics(prefix) => {
-                if echo {
+                if echo != Echo::Off {
                     eprintln!("{prefix}{text}");
                 }
                 state.diagnostics.push(format!("{prefix}{text}"));
@@ -742,7 +767,7 @@ mod tests {
         let mut input = b"one\r\ntwo\n".to_vec();
         input.extend_from_slice(&long);
         input.extend_from_slice(b"\nlast");
-        read_lines(&input[..], state.clone(), Sink::Console, false).await;
+        read_lines(&input[..], state.clone(), Sink::Console, Echo::Off).await;
         let console = lock(&state).console.joined();
         let lines: Vec<&str> = console.lines().collect();
         assert_eq!(lines[..2], ["one", "two"]);

@@ -17,11 +17,22 @@
 
 pub mod protocol;
 
+#[cfg(feature = "full")]
+pub mod guest;
+#[cfg(feature = "full")]
+pub mod image;
+#[cfg(feature = "full")]
+pub mod parent;
+
+#[cfg(feature = "full")]
 mod enclave;
+#[cfg(feature = "full")]
 mod tools;
 
+#[cfg(feature = "full")]
 pub use enclave::{Enclave, EnclaveConfig, Outcome, boot_tuning, hybrid_listen_path, hybrid_uds};
-pub use tools::{Tools, build_static_example, tools_or_skip};
+#[cfg(feature = "full")]
+pub use tools::{Tools, build_example, build_static_example, tools_or_skip};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +78,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg(feature = "full")]
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
