@@ -4,9 +4,12 @@
 //! Build it static and put it at `/init` of the bootstrap ramdisk:
 //!
 //! ```text
-//! cargo build --release --target x86_64-unknown-linux-musl --example enclave-init
+//! cargo build --release --target x86_64-unknown-linux-musl --no-default-features --example enclave-init
 //! # → target/x86_64-unknown-linux-musl/release/examples/enclave-init
 //! ```
+//!
+//! (`--no-default-features` leaves out the package's `full` feature: the init needs only nix,
+//! libc, anyhow and thiserror, so the musl build does not compile the whole crate family.)
 //!
 //! At boot it:
 //! 1. blocks all signals (PID 1 reaps children with `wait`);
