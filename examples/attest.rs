@@ -13,6 +13,12 @@
 //!     --pcr 16=$(printf hello | sha384sum | cut -c1-96) --nonce 0011
 //! cargo run --release --example attest -- verify --root root.pem --nonce 0011 doc.cbor
 //!
+//! # Several runs (processes) sharing one simulator root: the PKI file is created by the first
+//! # run and reused by the next ones; it doubles as the root PEM for `verify`.
+//! cargo run --release --example attest -- sim --pki sim-pki.pem --out a.cbor --root-out root.pem
+//! cargo run --release --example attest -- sim --pki sim-pki.pem --out b.cbor --root-out root.pem
+//! cargo run --release --example attest -- verify --root sim-pki.pem a.cbor b.cbor
+//!
 //! # Verification throughput (single thread), beside the raw ECDSA P-384 floor.
 //! cargo run --release --example attest -- bench --cache --at doc --iterations 2000 doc.cbor
 //! ```
@@ -34,8 +40,8 @@ use anyhow::{Context as _, anyhow};
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
 use clap::{Args, Parser, Subcommand};
 use nitro_attest::{
-    CertCache, CheckTime, Nsm, Policy, SimulatedNsm, Timestamp, TrustAnchors, UnverifiedDocument,
-    Verifier,
+    CertCache, CheckTime, Nsm, Policy, SimulatedNsm, SimulatorPki, Timestamp, TrustAnchors,
+    UnverifiedDocument, Verifier,
 };
 use serde_json::{Value, json};
 
@@ -65,30 +71,7 @@ enum Command {
         file: PathBuf,
     },
     /// Produce a document with the simulated NSM.
-    Sim {
-        /// Where to write the document (raw CBOR).
-        #[arg(long)]
-        out: PathBuf,
-        /// Where to write the simulator's root certificate (PEM).
-        #[arg(long)]
-        root_out: PathBuf,
-        /// Seed for deterministic keys, certificates and PCR defaults.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// PCR value IDX=HEX (48 bytes, repeatable). PCRs 16-31 given here are set and locked so
-        /// that they appear in the document.
-        #[arg(long = "pcr", value_parser = parse_pcr)]
-        pcrs: Vec<(u16, Vec<u8>)>,
-        /// `user_data` (hex).
-        #[arg(long, value_parser = parse_hex)]
-        user_data: Option<Hex>,
-        /// `nonce` (hex).
-        #[arg(long, value_parser = parse_hex)]
-        nonce: Option<Hex>,
-        /// File whose bytes become `public_key`.
-        #[arg(long)]
-        public_key: Option<PathBuf>,
-    },
+    Sim(SimArgs),
     /// Measure verification throughput on one thread; the last line is `docs_per_s <float>`.
     Bench {
         #[command(flatten)]
@@ -102,6 +85,38 @@ enum Command {
         /// Document (raw CBOR, hex or base64).
         file: PathBuf,
     },
+}
+
+/// Options of `sim`.
+#[derive(Args)]
+struct SimArgs {
+    /// Where to write the document (raw CBOR).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the simulator's root certificate (PEM).
+    #[arg(long)]
+    root_out: PathBuf,
+    /// Seed for deterministic keys, certificate contents and PCR defaults (signatures stay
+    /// random: use --pki to share a root between runs).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Issue from the simulator PKI (root certificate and CA keys) in this file: created if
+    /// missing, reused if present, so that documents of several runs verify against one root.
+    #[arg(long)]
+    pki: Option<PathBuf>,
+    /// PCR value IDX=HEX (48 bytes, repeatable). PCRs 16-31 given here are set and locked so
+    /// that they appear in the document.
+    #[arg(long = "pcr", value_parser = parse_pcr)]
+    pcrs: Vec<(u16, Vec<u8>)>,
+    /// `user_data` (hex).
+    #[arg(long, value_parser = parse_hex)]
+    user_data: Option<Hex>,
+    /// `nonce` (hex).
+    #[arg(long, value_parser = parse_hex)]
+    nonce: Option<Hex>,
+    /// File whose bytes become `public_key`.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -365,46 +380,53 @@ fn inspect(file: &Path) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)] // one argument per CLI option
-fn sim(
-    out: &Path,
-    root_out: &Path,
-    seed: Option<u64>,
-    pcrs: &[(u16, Vec<u8>)],
-    user_data: Option<&[u8]>,
-    nonce: Option<&[u8]>,
-    public_key: Option<&Path>,
-) -> anyhow::Result<()> {
+fn sim(args: &SimArgs) -> anyhow::Result<()> {
     let mut b = SimulatedNsm::builder();
-    if let Some(s) = seed {
+    if let Some(s) = args.seed {
         b = b.seed(s);
     }
-    for (i, v) in pcrs {
+    if let Some(path) = &args.pki {
+        b = b.pki(SimulatorPki::load_or_create(path, args.seed)?);
+    }
+    for (i, v) in &args.pcrs {
         b = b.pcr(*i, v);
     }
     let nsm = b.build()?;
     // User PCRs given on the command line are locked so that they appear in the document.
-    for (i, _) in pcrs.iter().filter(|(i, _)| *i >= 16) {
+    for (i, _) in args.pcrs.iter().filter(|(i, _)| *i >= 16) {
         nsm.lock_pcr(*i)?;
     }
-    let public_key = match public_key {
+    let public_key = match &args.public_key {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
-    let doc = nsm.attestation(user_data, nonce, public_key.as_deref())?;
+    let hex_arg = |h: &Option<Hex>| h.as_ref().map(|h| h.0.clone());
+    let (user_data, nonce) = (hex_arg(&args.user_data), hex_arg(&args.nonce));
+    let doc = nsm.attestation(
+        user_data.as_deref(),
+        nonce.as_deref(),
+        public_key.as_deref(),
+    )?;
+    let (out, root_out) = (&args.out, &args.root_out);
     std::fs::write(out, &doc).with_context(|| format!("writing {}", out.display()))?;
     std::fs::write(root_out, nsm.root_certificate_pem())
         .with_context(|| format!("writing {}", root_out.display()))?;
     let parsed = UnverifiedDocument::parse(&doc)?;
     let root_sha256 =
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, nsm.root_certificate_der());
-    let fields = [
+    let mut fields = vec![
         ("out", json!(out.display().to_string())),
         ("root_out", json!(root_out.display().to_string())),
+    ];
+    if let Some(path) = &args.pki {
+        fields.push(("pki", json!(path.display().to_string())));
+    }
+    fields.extend([
         ("bytes", json!(doc.len())),
         ("module_id", json!(nsm.module_id())),
         ("timestamp", json!(parsed.payload().timestamp.to_rfc3339())),
         ("root_sha256", json!(hex::encode(root_sha256))),
-    ];
+    ]);
     let fields: Vec<(&str, String)> = fields
         .into_iter()
         .map(|(k, v)| (k, render(v, false)))
@@ -493,24 +515,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Verify { opts, files } => verify(opts, files),
         Command::Inspect { file } => inspect(file).map(|()| ExitCode::SUCCESS),
-        Command::Sim {
-            out,
-            root_out,
-            seed,
-            pcrs,
-            user_data,
-            nonce,
-            public_key,
-        } => sim(
-            out,
-            root_out,
-            *seed,
-            pcrs,
-            user_data.as_ref().map(|h| h.0.as_slice()),
-            nonce.as_ref().map(|h| h.0.as_slice()),
-            public_key.as_deref(),
-        )
-        .map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => sim(args).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             opts,
             cache,

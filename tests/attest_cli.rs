@@ -247,3 +247,69 @@ fn genuine_fixtures() {
         );
     }
 }
+
+#[test]
+fn sim_runs_sharing_a_pki_file_verify_against_one_root() {
+    let Some(bin) = attest() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("sim-pki.pem");
+    let pki_s = pki.to_str().unwrap();
+    // Two processes: the first creates the PKI file, the second reuses it.
+    let mut docs = Vec::new();
+    let mut roots = Vec::new();
+    for (name, seed) in [("a", "1"), ("b", "2")] {
+        let doc = dir.path().join(format!("{name}.cbor"));
+        let root = dir.path().join(format!("{name}-root.pem"));
+        let o = run(
+            &bin,
+            &[
+                "sim",
+                "--pki",
+                pki_s,
+                "--seed",
+                seed,
+                "--out",
+                doc.to_str().unwrap(),
+                "--root-out",
+                root.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(json_lines(&o)[0]["pki"], pki_s);
+        docs.push(doc.to_str().unwrap().to_owned());
+        roots.push(std::fs::read(&root).unwrap());
+    }
+    assert_eq!(roots[0], roots[1], "both runs wrote the same root");
+    // The PKI file doubles as the root PEM: both documents verify in one run.
+    let o = run(&bin, &["verify", "--root", pki_s, &docs[0], &docs[1]]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(json_lines(&o).iter().all(|l| l["valid"] == true));
+    // Without the file, a seeded run has another root (randomised signatures): untrusted.
+    let other = dir.path().join("c.cbor");
+    let other_root = dir.path().join("c-root.pem");
+    let o = run(
+        &bin,
+        &[
+            "sim",
+            "--seed",
+            "1",
+            "--out",
+            other.to_str().unwrap(),
+            "--root-out",
+            other_root.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let o = run(&bin, &["verify", "--root", pki_s, other.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        json_lines(&o)[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("untrusted root"),
+        "{}",
+        stdout(&o)
+    );
+}

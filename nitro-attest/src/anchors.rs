@@ -188,32 +188,17 @@ pub(crate) fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
     ))
 }
 
-/// Encodes DER as a PEM `CERTIFICATE` block.
+/// Encodes DER as a PEM block with `label` (64-character lines, RFC 7468).
 #[cfg_attr(not(feature = "simulator"), allow(dead_code))]
-pub(crate) fn der_to_pem(der: &[u8]) -> String {
-    use std::fmt::Write;
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
-    for chunk in der.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", String::from_utf8_lossy(line));
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
     }
-    out.push_str("-----END CERTIFICATE-----\n");
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 
@@ -242,7 +227,7 @@ mod tests {
     #[test]
     fn pem_round_trip() {
         let der = pem_to_der(AWS_ROOT_G1_PEM).unwrap();
-        assert_eq!(der_to_pem(&der), AWS_ROOT_G1_PEM);
+        assert_eq!(pem_block("CERTIFICATE", &der), AWS_ROOT_G1_PEM);
         assert!(pem_to_der("nothing here").is_err());
     }
 

@@ -158,8 +158,8 @@ pub enum Error {
     /// The NSM answered with a response that does not match the request.
     #[error("unexpected NSM response: {0}")]
     NsmResponse(String),
-    /// Opening or talking to the NSM device failed.
-    #[error("NSM device I/O: {0}")]
+    /// Opening or talking to the NSM device failed, or reading or writing a simulator PKI file.
+    #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 
     // ---- caller errors -----------------------------------------------------------------------

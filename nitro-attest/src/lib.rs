@@ -30,6 +30,9 @@ pub use input::decode_input;
 pub use nsm::device::{NSM_DEVICE_PATH, NsmDevice};
 #[cfg(feature = "simulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
+pub use nsm::pki::{MAX_PKI_FILE, SimulatorPki};
+#[cfg(feature = "simulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
 pub use nsm::sim::{SimulatedNsm, SimulatedNsmBuilder};
 pub use nsm::{NSM_REQUEST_MAX_SIZE, NSM_RESPONSE_MAX_SIZE, Nsm, NsmDescription, PcrDescription};
 pub use time::{CheckTime, Timestamp};

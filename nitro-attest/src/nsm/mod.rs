@@ -8,6 +8,8 @@ use crate::error::Result;
 #[cfg(feature = "device")]
 pub(crate) mod device;
 #[cfg(feature = "simulator")]
+pub(crate) mod pki;
+#[cfg(feature = "simulator")]
 pub(crate) mod sim;
 
 /// Maximum size of one CBOR-encoded NSM request (`NSM_REQUEST_MAX_SIZE`): larger requests fail

@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use aws_lc_rs::digest::{SHA384, digest};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CustomExtension, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
-use crate::anchors::{TrustAnchors, der_to_pem};
+use crate::anchors::TrustAnchors;
 use crate::cbor;
 use crate::document::{
     AttestationDocument, Digest, MAX_PCRS, PCR_LEN, PROTECTED_ES384, encode_sign1,
 };
 use crate::error::{Error, NsmErrorCode, Result};
+use crate::nsm::pki::{KeySource, SimulatorPki, dn, rc_err, to_odt};
 use crate::nsm::{NSM_REQUEST_MAX_SIZE, Nsm, NsmDescription, PcrDescription};
 use crate::time::Timestamp;
 
@@ -55,6 +55,7 @@ pub struct SimulatedNsmBuilder {
     debug_mode: bool,
     clock: Option<Clock>,
     indefinite: bool,
+    pki: Option<SimulatorPki>,
 }
 
 impl std::fmt::Debug for SimulatedNsmBuilder {
@@ -66,20 +67,28 @@ impl std::fmt::Debug for SimulatedNsmBuilder {
             .field("debug_mode", &self.debug_mode)
             .field("clock", &self.clock.as_ref().map(|_| "custom"))
             .field("indefinite", &self.indefinite)
+            .field("pki", &self.pki)
             .finish()
     }
 }
 
 impl SimulatedNsmBuilder {
-    /// Derives every key, serial number, the default module id and the default PCRs from
+    /// Derives the default module id, the default PCRs, every private key (the PKI's, unless
+    /// one is given with [`pki`](Self::pki), and each leaf's) and every serial number from
     /// `seed` instead of the system RNG.
     ///
-    /// With the same seed (and the same clock readings) the simulator produces the same keys,
-    /// the same certificate contents (subjects, serials, validity, extensions, public keys:
-    /// the whole TBSCertificate) and the same document payloads. ECDSA signatures (on
-    /// certificates and documents) are **not** reproducible: aws-lc-rs signs with a fresh
-    /// random nonce, so the DER of the certificates, and hence the root's fingerprint, differ
-    /// between runs. [`Nsm::get_random`] always returns real random bytes.
+    /// What is then reproducible, given the same clock readings: the module id, the PCRs, all
+    /// keys, and the contents of every certificate (subject, serial, validity, extensions,
+    /// public key: the whole TBSCertificate) and of every document payload. What is not: the
+    /// ECDSA signatures on certificates and documents. aws-lc-rs signs with a fresh random
+    /// nonce (it implements no deterministic RFC 6979 signing, and a caller cannot supply the
+    /// nonce), so the certificates' DER — the root's fingerprint included — and the documents'
+    /// signature bytes differ on every run; [`Nsm::get_random`] returns real random bytes.
+    ///
+    /// A verifier pins the root certificate's exact bytes, so a seed alone does **not** give
+    /// two processes a common root: store a [`SimulatorPki`] once
+    /// ([`SimulatorPki::load_or_create`]) and build every simulator with
+    /// [`pki`](Self::pki).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -104,6 +113,15 @@ impl SimulatedNsmBuilder {
     /// Simulates an enclave started with `--debug-mode`: PCR0, PCR1 and PCR2 are zero.
     pub fn debug_mode(mut self) -> Self {
         self.debug_mode = true;
+        self
+    }
+
+    /// Issues certificates from `pki` (its root, and the keys of its regional, zonal and
+    /// instance CAs) instead of a PKI generated for this simulator. Simulators sharing a PKI,
+    /// in one process or (through its PEM form) in several, produce documents that verify
+    /// against the same root.
+    pub fn pki(mut self, pki: SimulatorPki) -> Self {
+        self.pki = Some(pki);
         self
     }
 
@@ -170,15 +188,17 @@ impl SimulatedNsmBuilder {
         }
 
         let clock = self.clock.unwrap_or_else(|| Arc::new(Timestamp::now));
-        let region = "sim-region-1";
-        let root = issue_root(&mut keys)?;
-        let root_der = root.der.clone();
+        let ca = match self.pki {
+            Some(pki) => pki,
+            None => SimulatorPki::with_keys(&mut keys)?,
+        };
         let pki = Pki {
-            region,
+            region: "sim-region-1",
             instance_id: instance_id.to_owned(),
             module_id: module_id.clone(),
             keys,
-            root,
+            root: ca.root_issuer()?,
+            ca: ca.clone(),
             levels: Vec::new(),
             leaf: None,
         };
@@ -186,7 +206,7 @@ impl SimulatedNsmBuilder {
             module_id,
             clock,
             indefinite: self.indefinite,
-            root_der,
+            pki: ca,
             state: Mutex::new(State { pcrs, locked, pki }),
         })
     }
@@ -195,7 +215,8 @@ impl SimulatedNsmBuilder {
 /// A simulated Nitro Secure Module for development and tests.
 ///
 /// The simulator has the state of a real NSM (32 SHA-384 PCRs, PCR0–15 locked at start, user
-/// PCRs 16–31 extendable and lockable) and a generated P-384 PKI shaped like AWS's:
+/// PCRs 16–31 extendable and lockable) and a P-384 PKI shaped like AWS's, generated for it or
+/// shared with other simulators through a [`SimulatorPki`]:
 ///
 /// ```text
 /// root (CA, no pathLen, 2020-01-01 → 2099-12-31)
@@ -232,7 +253,7 @@ pub struct SimulatedNsm {
     module_id: String,
     clock: Clock,
     indefinite: bool,
-    root_der: Vec<u8>,
+    pki: SimulatorPki,
     state: Mutex<State>,
 }
 
@@ -268,12 +289,12 @@ impl SimulatedNsm {
 
     /// The simulator's root certificate (DER), to configure verifiers or a local KMS.
     pub fn root_certificate_der(&self) -> &[u8] {
-        &self.root_der
+        self.pki.root_certificate_der()
     }
 
     /// The simulator's root certificate (PEM).
     pub fn root_certificate_pem(&self) -> String {
-        der_to_pem(&self.root_der)
+        self.pki.root_certificate_pem()
     }
 
     /// Trust anchors holding only the simulator's root
@@ -283,7 +304,13 @@ impl SimulatedNsm {
     ///
     /// Never in practice (the root is generated valid).
     pub fn trust_anchors(&self) -> Result<TrustAnchors> {
-        TrustAnchors::non_aws_root_der(&self.root_der)
+        self.pki.trust_anchors()
+    }
+
+    /// The PKI this simulator issues certificates from (store it with
+    /// [`SimulatorPki::to_pem`] to build simulators with the same root elsewhere).
+    pub fn pki(&self) -> &SimulatorPki {
+        &self.pki
     }
 
     /// The module id that appears in documents.
@@ -443,94 +470,11 @@ impl Nsm for SimulatedNsm {
     }
 }
 
-// ---- key material ------------------------------------------------------------------------------
-
-/// Deterministic (seeded) or random key material.
-struct KeySource {
-    seed: Option<u64>,
-}
-
-impl KeySource {
-    fn new(seed: Option<u64>) -> Self {
-        KeySource { seed }
-    }
-
-    /// `n` bytes (n ≤ 48) for `label`: SHA-384(domain ‖ seed ‖ label) when seeded, random
-    /// otherwise.
-    fn bytes(&mut self, label: &str, n: usize) -> Result<Vec<u8>> {
-        match self.seed {
-            Some(seed) => {
-                let mut input = b"nitro-attest simulator v1\0".to_vec();
-                input.extend_from_slice(&seed.to_be_bytes());
-                input.extend_from_slice(label.as_bytes());
-                Ok(digest(&SHA384, &input).as_ref()[..n.min(48)].to_vec())
-            }
-            None => {
-                let mut out = vec![0u8; n];
-                SystemRandom::new()
-                    .fill(&mut out)
-                    .map_err(|_| Error::InvalidArgument("system RNG failed".to_owned()))?;
-                Ok(out)
-            }
-        }
-    }
-
-    /// A P-384 key pair for `label`, as an aws-lc-rs signer and an rcgen key.
-    fn key(&mut self, label: &str) -> Result<(EcdsaKeyPair, KeyPair)> {
-        let failed =
-            |what: &str| Error::InvalidArgument(format!("simulator key generation: {what}"));
-        let pair = match self.seed {
-            None => EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING)
-                .map_err(|_| failed("generate"))?,
-            Some(_) => {
-                // Rejection sampling: a 48-byte candidate is a valid scalar unless it is zero or
-                // ≥ the group order (probability about 2^-190).
-                let mut counter = 0u32;
-                loop {
-                    let scalar = self.bytes(&format!("key/{label}/{counter}"), 48)?;
-                    if let Ok(p) = scalar_to_pair(&scalar) {
-                        break p;
-                    }
-                    counter += 1;
-                    if counter > 16 {
-                        return Err(failed("no valid scalar"));
-                    }
-                }
-            }
-        };
-        let pkcs8 = pair.to_pkcs8v1().map_err(|_| failed("PKCS#8"))?;
-        let rc = KeyPair::try_from(pkcs8.as_ref()).map_err(|e| failed(&e.to_string()))?;
-        Ok((pair, rc))
-    }
-
-    /// A positive 16-byte serial number.
-    fn serial(&mut self, label: &str) -> Result<SerialNumber> {
-        let mut b = self.bytes(&format!("serial/{label}"), 16)?;
-        b[0] = (b[0] & 0x7f) | 0x01;
-        Ok(SerialNumber::from_slice(&b))
-    }
-}
-
-fn scalar_to_pair(scalar: &[u8]) -> std::result::Result<EcdsaKeyPair, ()> {
-    let private = aws_lc_rs::agreement::PrivateKey::from_private_key(
-        &aws_lc_rs::agreement::ECDH_P384,
-        scalar,
-    )
-    .map_err(drop)?;
-    let public = private.compute_public_key().map_err(drop)?;
-    EcdsaKeyPair::from_private_key_and_public_key(
-        &ECDSA_P384_SHA384_FIXED_SIGNING,
-        scalar,
-        public.as_ref(),
-    )
-    .map_err(drop)
-}
-
 // ---- the PKI -----------------------------------------------------------------------------------
 
+/// A CA certificate the simulator issued, with what its children need.
 struct IssuedCa {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
     der: Vec<u8>,
     not_before: Timestamp,
     not_after: Timestamp,
@@ -551,52 +495,12 @@ struct Pki {
     instance_id: String,
     module_id: String,
     keys: KeySource,
-    root: IssuedCa,
+    /// The root certificate and the CA keys.
+    ca: SimulatorPki,
+    root: Issuer<'static, KeyPair>,
     /// regional, zonal, instance (once issued).
     levels: Vec<IssuedCa>,
     leaf: Option<IssuedLeaf>,
-}
-
-fn to_odt(t: Timestamp) -> Result<time::OffsetDateTime> {
-    let secs = i64::try_from(t.unix_secs()).unwrap_or(i64::MAX);
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .map_err(|e| Error::InvalidArgument(format!("simulator clock out of range: {e}")))
-}
-
-fn rc_err(e: rcgen::Error) -> Error {
-    Error::InvalidArgument(format!("simulator certificate generation: {e}"))
-}
-
-fn dn(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CountryName, "US");
-    dn.push(DnType::OrganizationName, "nitro-attest");
-    dn.push(DnType::OrganizationalUnitName, "simulator");
-    dn.push(DnType::CommonName, cn);
-    dn
-}
-
-fn issue_root(keys: &mut KeySource) -> Result<IssuedCa> {
-    let (_, key) = keys.key("root")?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn("sim.nitro-enclaves");
-    params.serial_number = Some(keys.serial("root")?);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-    ];
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
-    let cert = params.self_signed(&key).map_err(rc_err)?;
-    Ok(IssuedCa {
-        der: cert.der().to_vec(),
-        params,
-        key,
-        not_before: Timestamp::from_unix_secs(1_577_836_800),
-        not_after: Timestamp::from_unix_secs(4_102_358_400),
-    })
 }
 
 impl Pki {
@@ -649,7 +553,7 @@ impl Pki {
             .leaf
             .as_ref()
             .ok_or(Error::Nsm(NsmErrorCode::InternalError))?;
-        let mut bundle = vec![self.root.der.clone()];
+        let mut bundle = vec![self.ca.root_certificate_der().to_vec()];
         bundle.extend(self.levels.iter().map(|c| c.der.clone()));
         Ok((leaf.key.clone(), leaf.der.clone(), bundle))
     }
@@ -658,15 +562,14 @@ impl Pki {
         Ok(hex::encode(self.keys.bytes(&format!("id/{level}"), 8)?))
     }
 
-    fn issuer_of(&self, level: usize) -> Result<Issuer<'_, &KeyPair>> {
-        let ca = if level == 0 {
-            &self.root
-        } else {
-            self.levels
-                .get(level - 1)
-                .ok_or(Error::Nsm(NsmErrorCode::InternalError))?
-        };
-        Ok(Issuer::from_params(&ca.params, &ca.key))
+    fn issuer_of(&self, level: usize) -> Result<&Issuer<'static, KeyPair>> {
+        if level == 0 {
+            return Ok(&self.root);
+        }
+        self.levels
+            .get(level - 1)
+            .map(|ca| &ca.issuer)
+            .ok_or(Error::Nsm(NsmErrorCode::InternalError))
     }
 
     fn issue_ca(
@@ -678,7 +581,7 @@ impl Pki {
         lifetime: Duration,
     ) -> Result<IssuedCa> {
         let label = format!("ca{level}@{}", now.unix_secs());
-        let (_, key) = self.keys.key(&label)?;
+        let key = self.ca.ca_key(level + 1)?;
         let not_before = Timestamp::from_unix_secs(now.unix_secs());
         let not_after = not_before.saturating_add(lifetime);
         let mut params = CertificateParams::default();
@@ -698,12 +601,11 @@ impl Pki {
         params.not_before = to_odt(not_before)?;
         params.not_after = to_odt(not_after)?;
         let cert = params
-            .signed_by(&key, &self.issuer_of(level)?)
+            .signed_by(&key, self.issuer_of(level)?)
             .map_err(rc_err)?;
         Ok(IssuedCa {
             der: cert.der().to_vec(),
-            params,
-            key,
+            issuer: Issuer::new(params, key),
             not_before,
             not_after,
         })
@@ -729,7 +631,7 @@ impl Pki {
         params.not_after = to_odt(not_after)?;
         let issuer_level = self.levels.len();
         let cert = params
-            .signed_by(&key, &self.issuer_of(issuer_level)?)
+            .signed_by(&key, self.issuer_of(issuer_level)?)
             .map_err(rc_err)?;
         // Sanity: the aws-lc signer and the certified key are the same key.
         if signer.public_key().as_ref() != key.public_key_raw() {
@@ -834,6 +736,8 @@ mod tests {
         };
         assert_eq!(tbs(a.root_certificate_der()), tbs(b.root_certificate_der()));
         assert_ne!(tbs(a.root_certificate_der()), tbs(c.root_certificate_der()));
+        // ...but not the signatures (randomised ECDSA): the roots' bytes differ.
+        assert_ne!(a.root_certificate_der(), b.root_certificate_der());
         let da =
             UnverifiedDocument::parse(&a.attestation(None, Some(b"n"), None).unwrap()).unwrap();
         let db =
@@ -927,6 +831,59 @@ mod tests {
             ),
             "{expired:?}"
         );
+    }
+
+    #[test]
+    fn simulators_sharing_a_pki_file_share_one_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pki.pem");
+        // Two simulators as two processes would build them: each loads the file (the first
+        // creates it), with different seeds and clocks.
+        let a = SimulatedNsm::builder()
+            .seed(1)
+            .fixed_time(T0)
+            .pki(SimulatorPki::load_or_create(&path, Some(1)).unwrap())
+            .build()
+            .unwrap();
+        let later = T0.saturating_add(Duration::from_secs(2 * 24 * 3600));
+        let b = SimulatedNsm::builder()
+            .seed(2)
+            .fixed_time(later)
+            .pki(SimulatorPki::load_or_create(&path, None).unwrap())
+            .build()
+            .unwrap();
+        assert_eq!(a.root_certificate_der(), b.root_certificate_der());
+        assert_ne!(a.module_id(), b.module_id());
+        // One verifier, built from the file alone, accepts both.
+        let pem = std::fs::read_to_string(&path).unwrap();
+        let v = Verifier::new(TrustAnchors::non_aws_root_pem(&pem).unwrap());
+        let da = a.attestation(None, Some(b"a"), None).unwrap();
+        let db = b.attestation(None, Some(b"b"), None).unwrap();
+        v.verify(&da, T0, &Policy::new().expect_nonce(b"a"))
+            .unwrap();
+        v.verify(&db, later, &Policy::new().expect_nonce(b"b"))
+            .unwrap();
+        // The intermediates were issued separately (other times) but with the shared keys.
+        let spki = |der: &[u8]| {
+            use x509_parser::prelude::FromDer;
+            let (_, c) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+            c.tbs_certificate.subject_pki.raw.to_vec()
+        };
+        let (pa, pb) = (
+            UnverifiedDocument::parse(&da).unwrap().into_payload(),
+            UnverifiedDocument::parse(&db).unwrap().into_payload(),
+        );
+        for level in 1..4 {
+            assert_ne!(pa.cabundle[level], pb.cabundle[level]);
+            assert_eq!(spki(&pa.cabundle[level]), spki(&pb.cabundle[level]));
+        }
+        // A simulator without the file has another root, which this verifier rejects.
+        let c = sim(1);
+        let dc = c.attestation(None, None, None).unwrap();
+        assert!(matches!(
+            v.verify(&dc, T0, &Policy::new()),
+            Err(Error::UntrustedRoot { .. })
+        ));
     }
 
     #[test]
