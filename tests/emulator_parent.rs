@@ -71,7 +71,7 @@ async fn parent_services_over_the_hybrid_sockets() -> anyhow::Result<()> {
     let config = || {
         let mut c = ParentConfig::default();
         c.policy_toml = Some("[[deny]]\ncidr = \"169.254.169.254/32\"\n".to_owned());
-        c.measurements = Some(measurements.clone());
+        c.measurements = Some(measurements);
         let mut kms = KmsSettings::default();
         kms.state_file = Some(state.clone());
         c.kms = Some(kms);
