@@ -14,6 +14,18 @@
 //!
 //! Tests that need the emulator call [`tools_or_skip`]: it returns `None` (printing why) when the
 //! emulator is not installed, except under `CI=true`, where that is a failure.
+//!
+//! Around that core:
+//! - [`parent`]: the parent instance's services for the guest (nitro-net egress with a policy,
+//!   ingress forwards, the local KMS of nitro-kms with a key admitting the image's PCR0, its
+//!   credentials, nitro-fs's NBD server, and a discovery document), as `examples/emulate.rs`
+//!   runs them;
+//! - [`guest`]: what an enclave application needs under the emulator ([`guest::CappedWrites`]:
+//!   vhost-device-vsock drops packets larger than 32 KiB from 6.12 guests);
+//! - [`image`]: putting this machine's dynamically linked binaries into an image's root file
+//!   system with their shared libraries;
+//! - [`build_static_example`] / [`build_example`]: the init (static, musl, without the
+//!   package's `full` feature) and host builds of the examples, for tests.
 
 pub mod protocol;
 
