@@ -10,6 +10,10 @@
 //!
 //! End of file on one side becomes a write shutdown (`SHUT_WR`) of the other side, after every
 //! byte read before it has been written; the other direction keeps flowing until it ends too.
+//!
+//! A side that stops receiving (its peer closed or reset the connection, or shut down its read
+//! side) ends only the direction towards it: what the other direction still carries (an answer
+//! sent just before the close, say) is delivered before the relay reports the error.
 
 use std::future::Future;
 use std::io;
@@ -53,6 +57,47 @@ fn give_buffer(b: Box<[u8]>) {
     }
 }
 
+/// Whether a write error means that the receiving side is gone for good (closed, reset, read
+/// side shut down): the direction towards it ends, the other one goes on.
+fn receiver_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// How one direction ended, when it did not end cleanly.
+#[derive(Default)]
+struct Outcome {
+    /// The write error that ended the direction because its receiver is gone.
+    failed: Option<io::Error>,
+}
+
+impl Outcome {
+    /// Ends the direction on a receiver-gone error (`Ready(Ok)`, error kept for later), or
+    /// fails the relay on any other error.
+    fn write_error(&mut self, e: io::Error, done: &mut bool) -> Poll<io::Result<()>> {
+        if receiver_gone(&e) {
+            self.failed = Some(e);
+            *done = true;
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(e))
+        }
+    }
+}
+
+/// The result of a relay whose two directions have ended.
+fn finished(ab: &mut Outcome, ba: &mut Outcome) -> Poll<io::Result<()>> {
+    match ab.failed.take().or_else(|| ba.failed.take()) {
+        Some(e) => Poll::Ready(Err(e)),
+        None => Poll::Ready(Ok(())),
+    }
+}
+
 /// Bytes copied by [`relay`], per direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -66,7 +111,9 @@ pub struct RelayTotals {
 /// Copies `a → b` and `b → a` until both directions have ended; end of file in one direction
 /// is passed on as a write shutdown and the other direction continues (never a shutdown of
 /// both directions because one ended). Fails on an I/O error in either direction, or when
-/// nothing moved for `idle_timeout` (checked with a granularity of half the timeout).
+/// nothing moved for `idle_timeout` (checked with a granularity of half the timeout). A side
+/// that can no longer receive (broken pipe, reset) ends the direction towards it only; the
+/// error is returned once the other direction has delivered what it carries and ended too.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
@@ -190,7 +237,7 @@ impl Future for SpliceRelay<'_> {
         let ab = this.ab.poll(cx, &this.a, &mut this.b)?;
         let ba = this.ba.poll(cx, &this.b, &mut this.a)?;
         if ab.is_ready() && ba.is_ready() {
-            return Poll::Ready(Ok(()));
+            return finished(&mut this.ab.outcome, &mut this.ba.outcome);
         }
         if let Some(idle) = &mut this.idle {
             return idle.poll(cx, this.ab.moved + this.ba.moved);
@@ -207,6 +254,7 @@ struct SplicePump<'c> {
     eof: bool,
     done: bool,
     moved: u64,
+    outcome: Outcome,
     conn: &'c AtomicU64,
     total: &'c AtomicU64,
 }
@@ -219,6 +267,7 @@ impl<'c> SplicePump<'c> {
             eof: false,
             done: false,
             moved: 0,
+            outcome: Outcome::default(),
             conn,
             total,
         }
@@ -241,7 +290,9 @@ impl<'c> SplicePump<'c> {
         }
         loop {
             if self.pending > 0 {
-                ready!(w.poll_write_ready(cx))?;
+                if let Err(e) = ready!(w.poll_write_ready(cx)) {
+                    return self.write_failed(e);
+                }
                 let Some(pipe) = self.pipe.as_ref() else {
                     return Poll::Ready(Err(io::Error::other("relay pipe missing")));
                 };
@@ -257,7 +308,7 @@ impl<'c> SplicePump<'c> {
                         self.total.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
+                    Err(e) => return self.write_failed(e),
                 }
                 continue;
             }
@@ -266,7 +317,7 @@ impl<'c> SplicePump<'c> {
                 match ready!(Pin::new(&mut *w).poll_shutdown(cx)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => return Poll::Ready(Err(e)),
+                    Err(e) => return self.write_failed(e),
                 }
                 self.done = true;
                 return Poll::Ready(Ok(()));
@@ -296,6 +347,15 @@ impl<'c> SplicePump<'c> {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+impl SplicePump<'_> {
+    fn write_failed(&mut self, e: io::Error) -> Poll<io::Result<()>> {
+        // The pipe's bytes have nowhere to go: it is closed, not pooled.
+        self.pipe = None;
+        self.pending = 0;
+        self.outcome.write_error(e, &mut self.done)
     }
 }
 
@@ -334,7 +394,7 @@ where
         let ab = this.ab.poll(cx, &mut this.a, &mut this.b)?;
         let ba = this.ba.poll(cx, &mut this.b, &mut this.a)?;
         if ab.is_ready() && ba.is_ready() {
-            return Poll::Ready(Ok(()));
+            return finished(&mut this.ab.outcome, &mut this.ba.outcome);
         }
         if let Some(idle) = &mut this.idle {
             return idle.poll(cx, this.ab.moved + this.ba.moved);
@@ -390,6 +450,7 @@ struct Pump<'c> {
     done: bool,
     need_flush: bool,
     moved: u64,
+    outcome: Outcome,
     conn: &'c AtomicU64,
     total: &'c AtomicU64,
 }
@@ -412,9 +473,20 @@ impl<'c> Pump<'c> {
             done: false,
             need_flush: false,
             moved: 0,
+            outcome: Outcome::default(),
             conn,
             total,
         }
+    }
+
+    fn write_failed(&mut self, e: io::Error) -> Poll<io::Result<()>> {
+        // What is left in the buffer has nowhere to go.
+        if let Some(b) = self.buf.take() {
+            give_buffer(b);
+        }
+        self.pos = 0;
+        self.len = 0;
+        self.outcome.write_error(e, &mut self.done)
     }
 
     fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<()>>
@@ -431,10 +503,11 @@ impl<'c> Pump<'c> {
                 let Some(buf) = self.buf.as_ref() else {
                     return Poll::Ready(Err(io::Error::other("relay buffer missing")));
                 };
-                let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.len]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
+                let n = match ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.len])) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => n,
+                    Err(e) => return self.write_failed(e),
+                };
                 self.pos += n;
                 self.moved += n as u64;
                 self.conn.fetch_add(n as u64, Ordering::Relaxed);
@@ -446,12 +519,14 @@ impl<'c> Pump<'c> {
                 if let Some(b) = self.buf.take() {
                     give_buffer(b);
                 }
-                ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                if let Err(e) = ready!(Pin::new(&mut *w).poll_flush(cx)) {
+                    return self.write_failed(e);
+                }
                 match ready!(Pin::new(&mut *w).poll_shutdown(cx)) {
                     Ok(()) => {}
                     // The peer is already fully gone: nothing left to tell it.
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => return Poll::Ready(Err(e)),
+                    Err(e) => return self.write_failed(e),
                 }
                 self.done = true;
                 return Poll::Ready(Ok(()));
@@ -476,7 +551,9 @@ impl<'c> Pump<'c> {
                         give_buffer(b);
                     }
                     if self.need_flush {
-                        ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                        if let Err(e) = ready!(Pin::new(&mut *w).poll_flush(cx)) {
+                            return self.write_failed(e);
+                        }
                         self.need_flush = false;
                     }
                     return Poll::Pending;
@@ -514,6 +591,50 @@ mod tests {
         assert_eq!(writer.await.unwrap(), b"after EOF");
         let t = relay.await.unwrap().unwrap();
         assert_eq!((t.a_to_b, t.b_to_a), (100_000, 9));
+    }
+
+    /// `client <-> a ==relay== b <-> server`, where the server stops receiving (`SHUT_RD`:
+    /// writes towards it fail with `EPIPE`) but still answers: the answer is delivered in
+    /// full, then the relay reports the broken pipe.
+    async fn answer_after_receiver_gone(zero_copy: Option<bool>) {
+        use std::os::fd::AsRawFd;
+        use tokio::net::UnixStream;
+        let (mut client, a) = UnixStream::pair().unwrap();
+        let (b, mut server) = UnixStream::pair().unwrap();
+        let relay = tokio::spawn(async move {
+            match zero_copy {
+                None => relay(a, b, None).await.map(drop),
+                Some(z) => {
+                    let limits = crate::Limits {
+                        zero_copy: z,
+                        ..Default::default()
+                    };
+                    let c = ByteCounters::default();
+                    let t = ByteCounters::default();
+                    relay_streams(a.into(), b.into(), &limits, &c, &t).await
+                }
+            }
+        });
+        nix::sys::socket::shutdown(server.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+            .unwrap();
+        server.write_all(b"hello").await.unwrap();
+        // The relay now fails to write this towards the server.
+        client.write_all(b"request").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.write_all(b" world").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello world", "zero_copy {zero_copy:?}");
+        let e = relay.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "zero_copy {zero_copy:?}");
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_is_gone_ends_only_its_direction() {
+        for zero_copy in [None, Some(false), Some(true)] {
+            answer_after_receiver_gone(zero_copy).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,12 +28,9 @@ async fn large_transfers_are_byte_exact_both_ways() {
 }
 
 async fn large_transfer(zero_copy: bool) {
-    let mut limits = test_limits();
-    limits.zero_copy = zero_copy;
-    let c = chain(loopback_policy(), limits).await;
+    let c = loopback_chain(zero_copy).await;
     // Destination: checks what arrives while sending its own stream back.
-    let dest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = dest.local_addr().unwrap().port();
+    let (dest, port) = destination().await;
     let size = 32 * MIB + 12_345;
     let dest_task = tokio::spawn(async move {
         let (s, _) = dest.accept().await.unwrap();
@@ -78,11 +75,8 @@ async fn half_close_from_the_enclave_then_answer() {
 }
 
 async fn half_close_from_the_enclave(zero_copy: bool) {
-    let mut limits = test_limits();
-    limits.zero_copy = zero_copy;
-    let c = chain(loopback_policy(), limits).await;
-    let dest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = dest.local_addr().unwrap().port();
+    let c = loopback_chain(zero_copy).await;
+    let (dest, port) = destination().await;
     tokio::spawn(async move {
         let (mut s, _) = dest.accept().await.unwrap();
         let mut req = Vec::new();
@@ -110,11 +104,8 @@ async fn half_close_from_the_destination_then_keep_sending() {
 }
 
 async fn half_close_from_the_destination(zero_copy: bool) {
-    let mut limits = test_limits();
-    limits.zero_copy = zero_copy;
-    let c = chain(loopback_policy(), limits).await;
-    let dest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = dest.local_addr().unwrap().port();
+    let c = loopback_chain(zero_copy).await;
+    let (dest, port) = destination().await;
     let dest_task = tokio::spawn(async move {
         let (mut s, _) = dest.accept().await.unwrap();
         s.write_all(b"banner").await.unwrap();
@@ -134,6 +125,60 @@ async fn half_close_from_the_destination(zero_copy: bool) {
     let mut want = vec![0u8; 3 * MIB];
     Pattern::new(9).fill(&mut want);
     assert!(rest == want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_before_a_reset_is_delivered() {
+    for zero_copy in [true, false] {
+        answer_then_reset(zero_copy).await;
+    }
+}
+
+/// The destination answers and closes without reading what the enclave is still sending (so
+/// its kernel resets the connection, as an HTTP server refusing a large upload does): the
+/// relay can no longer write towards it, but the answer still reaches the enclave.
+async fn answer_then_reset(zero_copy: bool) {
+    let c = loopback_chain(zero_copy).await;
+    let (dest, port) = destination().await;
+    // Small enough to be held by the kernel buffers along the way while the enclave does
+    // not read (what a destination's kernel has not sent yet dies with the reset anyway).
+    let answer_len = 256 * 1024;
+    tokio::spawn(async move {
+        let (mut s, _) = dest.accept().await.unwrap();
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first).await.unwrap(); // the upload has started
+        write_pattern(&mut s, 5, answer_len).await;
+        s.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await; // the answer reaches the parent
+        drop(s); // unread bytes: the kernel sends a reset
+    });
+    let t = c.client.connect("127.0.0.1", port).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(t);
+    let upload = tokio::spawn(async move {
+        let mut chunk = vec![7u8; 64 * 1024];
+        for _ in 0..256 {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+            chunk[0] = chunk[0].wrapping_add(1);
+        }
+    });
+    // Read late: most of the answer is still on its way when the reset arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everything up to the end of the stream (or the error reporting the reset).
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let mut want = vec![0u8; answer_len];
+    Pattern::new(5).fill(&mut want);
+    assert_eq!(got.len(), answer_len, "zero_copy {zero_copy}");
+    assert!(got == want, "zero_copy {zero_copy}");
+    upload.abort();
 }
 
 /// A real program (socat) writes through the local forward and exits at once: every byte

@@ -47,6 +47,21 @@ pub async fn chain_with(server: EgressServer) -> Chain {
     }
 }
 
+/// A chain admitting loopback, with test limits, relaying with `splice(2)` (`zero_copy`) or
+/// through buffers (what vsock uses).
+pub async fn loopback_chain(zero_copy: bool) -> Chain {
+    let mut limits = test_limits();
+    limits.zero_copy = zero_copy;
+    chain(loopback_policy(), limits).await
+}
+
+/// A TCP listener on loopback for a test's destination server, and its port.
+pub async fn destination() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
 /// A policy admitting loopback (where the tests' destination servers listen).
 pub fn loopback_policy() -> Policy {
     Policy::builder()
