@@ -259,11 +259,13 @@ struct Inner {
 /// never taken silently.
 ///
 /// ```no_run
+/// # #[cfg(feature = "device")]
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use nitro_kms::{KmsClient, Recipient, model::DecryptRequest};
 ///
-/// let nsm = Arc::new(nitro_attest::NsmDevice::open()?);
+/// // Feature `device`; or any other `nitro_attest::Nsm`.
+/// let nsm = Arc::new(nitro_kms::nitro_attest::NsmDevice::open()?);
 /// let kms = KmsClient::builder("eu-west-1")
 ///     .connector(nitro_kms::transport::TcpConnector) // the nitro-net tunnel in an enclave
 ///     .recipient(Recipient::new(nsm))

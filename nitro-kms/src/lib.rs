@@ -20,6 +20,11 @@ mod secret;
 mod sigv4;
 pub mod transport;
 
+/// nitro-attest, whose [`Nsm`](nitro_attest::Nsm) attests a [`Recipient`]: re-exported so that
+/// the versions match. Its NSM implementations are behind this crate's features `device`
+/// (`NsmDevice`, `/dev/nsm`) and `simulator` (`SimulatedNsm`, `SimulatorPki`).
+pub use nitro_attest;
+
 pub use client::{Clock, KmsClient, KmsClientBuilder, RetryConfig, SystemClock, default_endpoint};
 pub use cms::{RecipientId, RecipientKey};
 pub use credentials::{Credentials, ProvideCredentials};
