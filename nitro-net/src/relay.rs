@@ -615,8 +615,7 @@ mod tests {
                 }
             }
         });
-        nix::sys::socket::shutdown(server.as_raw_fd(), nix::sys::socket::Shutdown::Read)
-            .unwrap();
+        nix::sys::socket::shutdown(server.as_raw_fd(), nix::sys::socket::Shutdown::Read).unwrap();
         server.write_all(b"hello").await.unwrap();
         // The relay now fails to write this towards the server.
         client.write_all(b"request").await.unwrap();
@@ -627,7 +626,11 @@ mod tests {
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hello world", "zero_copy {zero_copy:?}");
         let e = relay.await.unwrap().unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "zero_copy {zero_copy:?}");
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe,
+            "zero_copy {zero_copy:?}"
+        );
     }
 
     #[tokio::test]
