@@ -12,8 +12,10 @@ cd "$(dirname "$0")/.."
 
 # bookworm-backports from the same mirror as the configured suites.
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    mirror=$(grep -rhs -m1 -E '^URIs:.*/debian/?$' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | head -n1)
-    [ -n "$mirror" ] || mirror=$(grep -rhs -m1 -E '^deb .*/debian/? bookworm' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{print $2}' | head -n1)
+    # (grep exits 2 when a glob matches no file: a machine may have only sources.list, or only
+    # deb822 .sources files.)
+    mirror=$(grep -rhs -m1 -E '^URIs:.*/debian/?$' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | head -n1 || true)
+    [ -n "$mirror" ] || mirror=$(grep -rhs -m1 -E '^deb .*/debian/? bookworm' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{print $2}' | head -n1 || true)
     [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
     log "adding bookworm-backports from $mirror"
     printf 'Types: deb deb-src\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" \
