@@ -80,6 +80,7 @@ pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
         t0.elapsed().as_millis()
     );
     let m = first.measurements;
+    ctx.image_pcr0 = m.pcr0.0;
     println!("    PCR0 {}  (whole image)", m.pcr0);
     println!("    PCR1 {}  (kernel, cmdline, bootstrap ramdisk)", m.pcr1);
     println!("    PCR2 {}  (application ramdisk)", m.pcr2);

@@ -50,7 +50,8 @@ async fn nbd_client(addr: &Addr) -> anyhow::Result<NbdClient> {
 
 pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
     // --- "AWS": a local KMS with a key only this enclave image may use ---
-    let image_pcr0 = [0xF5u8; 48];
+    // The image built by the EIF step.
+    let image_pcr0 = ctx.image_pcr0;
     let nsm = Arc::new(SimulatedNsm::builder().pcr(0, image_pcr0).build()?);
     let creds = Credentials::new("AKIDQUICKSTART", "quickstart-secret", None, None);
     let kms = LocalKms::new(

@@ -1,5 +1,6 @@
 //! Quickstart step 4: KMS. A local KMS (standing in for AWS KMS) serves TLS on loopback; the
-//! "operator" creates a key whose policy releases secrets only to one enclave image (PCR0) and
+//! "operator" creates a key whose policy releases secrets only to one enclave image (the PCR0
+//! of the EIF built in step 2, which the simulated NSM reports) and
 //! seals a secret under it; the "enclave" task, whose only way out is the parent's egress
 //! tunnel, gets a data key with `Recipient` (TLS ends inside the enclave, the key arrives in a
 //! CMS envelope only its attested RSA key opens) and unseals the secret the parent hands it; a
@@ -54,7 +55,8 @@ fn enclave_client(
 
 pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
     // Two enclave images: the one the key policy names, and another one.
-    let image_pcr0 = [0x5Eu8; 48];
+    // The image built by the EIF step.
+    let image_pcr0 = ctx.image_pcr0;
     let other_pcr0 = [0x0Fu8; 48];
     let enclave_nsm = Arc::new(SimulatedNsm::builder().pcr(0, image_pcr0).build()?);
     let other_nsm = Arc::new(SimulatedNsm::builder().pcr(0, other_pcr0).build()?);
@@ -129,7 +131,7 @@ pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
     .await?;
     std::fs::write(secrets_dir.join("db.sealed"), &doc)?;
     println!(
-        "    operator: key {key_id} admits PCR0 {}..; secret sealed ({} bytes) and left with the parent",
+        "    operator: key {key_id} admits PCR0 {}.. (the EIF of step 2); secret sealed ({} bytes) and left with the parent",
         &hex::encode(image_pcr0)[..12],
         doc.len()
     );

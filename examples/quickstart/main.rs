@@ -21,6 +21,9 @@ use std::time::Instant;
 pub(crate) struct Context {
     /// Scratch directory for sockets and files; removed at exit.
     pub(crate) dir: tempfile::TempDir,
+    /// PCR0 of the image built by the EIF step: the simulated NSMs of the later steps report
+    /// it, and the KMS key policies admit exactly it.
+    pub(crate) image_pcr0: [u8; 48],
 }
 
 /// Prints a step heading, runs it, and prints how long it took.
@@ -41,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         dir: tempfile::Builder::new()
             .prefix("nitro-quickstart-")
             .tempdir()?,
+        image_pcr0: [0; 48],
     };
     println!(
         "nitro quickstart (scratch directory {})",
