@@ -24,8 +24,9 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 # Everything the tests use as a real peer or a build input.
+# (g++: libfuzzer-sys builds libFuzzer, which is C++.)
 apt_install \
-    ca-certificates curl xz-utils bzip2 cpio pkgconf gcc make \
+    ca-certificates curl xz-utils bzip2 cpio pkgconf gcc g++ make \
     musl-tools \
     openssl \
     socat iperf3 libssl-dev \
