@@ -21,21 +21,6 @@ use crate::Context;
 const REGION: &str = "eu-west-1";
 const RECORD: &[u8] = b"order #1042: 3 crates of apples, paid";
 
-/// A throwaway CA and a certificate for 127.0.0.1 for the local KMS.
-fn tls_material() -> anyhow::Result<(String, String, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "quickstart storage KMS CA");
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
-}
-
 async fn nbd_client(addr: &Addr) -> anyhow::Result<NbdClient> {
     let addr = addr.clone();
     Ok(NbdClient::connect(
@@ -59,7 +44,7 @@ pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
             .region(REGION)
             .credentials(creds.clone()),
     )?;
-    let (ca_pem, cert_pem, key_pem) = tls_material()?;
+    let (ca_pem, cert_pem, key_pem) = crate::tls_material("quickstart storage KMS CA")?;
     let tls = server::tls_config(cert_pem.as_bytes(), key_pem.as_bytes())?;
     let kms_server = server::spawn(Arc::new(kms), "127.0.0.1:0", Some(tls)).await?;
     let url = format!("https://127.0.0.1:{}", kms_server.local_addr().port());
