@@ -236,34 +236,20 @@ pub fn tools_or_skip(test: &str) -> Option<Tools> {
 /// must not need `full` (`examples/enclave-init.rs` only uses [`super::protocol`]). Uses `$CARGO`
 /// (set by cargo for tests) or `cargo`.
 pub fn build_static_example(name: &str) -> Result<PathBuf, Error> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let output = Command::new(cargo)
-        .args([
-            "build",
+    cargo_build_example(
+        name,
+        &[
             "--release",
             "--target",
             "x86_64-unknown-linux-musl",
             "--no-default-features",
-            "--message-format=json",
             "--config",
             "profile.release.debug=false",
             "--config",
             "profile.release.strip=true",
-        ])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .args(["--example", name])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(Error::io("running cargo build"))?;
-    if !output.status.success() {
-        return Err(Error::Failed(format!(
-            "cargo build --example {name} (musl) failed: {}",
-            output.status
-        )));
-    }
-    executable_of(&output.stdout, name)
+        ],
+        " (musl)",
+    )
 }
 
 /// Builds an example of the root package for this machine (glibc) and returns its path, the
@@ -274,8 +260,6 @@ pub fn build_static_example(name: &str) -> Result<PathBuf, Error> {
 /// as that `cargo test`, so after it the build is a no-op that only checks freshness, and a test
 /// run alone (`cargo test --release --test X`) still gets an up-to-date binary.
 pub fn build_example(name: &str) -> Result<PathBuf, Error> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let profile = std::env::current_exe()
         .ok()
         .and_then(|exe| {
@@ -288,14 +272,22 @@ pub fn build_example(name: &str) -> Result<PathBuf, Error> {
     } else {
         profile
     };
+    cargo_build_example(
+        name,
+        &["--workspace", "--all-features", "--profile", &profile],
+        "",
+    )
+}
+
+/// Runs `cargo build --message-format=json --manifest-path <root package> --example NAME` with
+/// `args` (cargo's output on stderr) and returns the example's executable. Uses `$CARGO` (set by
+/// cargo for tests) or `cargo`; `what` qualifies the build in the error message.
+fn cargo_build_example(name: &str, args: &[&str], what: &str) -> Result<PathBuf, Error> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let output = Command::new(cargo)
-        .args([
-            "build",
-            "--workspace",
-            "--all-features",
-            "--message-format=json",
-        ])
-        .args(["--profile", &profile])
+        .args(["build", "--message-format=json"])
+        .args(args)
         .arg("--manifest-path")
         .arg(&manifest)
         .args(["--example", name])
@@ -304,7 +296,7 @@ pub fn build_example(name: &str) -> Result<PathBuf, Error> {
         .map_err(Error::io("running cargo build"))?;
     if !output.status.success() {
         return Err(Error::Failed(format!(
-            "cargo build --example {name} failed: {}",
+            "cargo build --example {name}{what} failed: {}",
             output.status
         )));
     }
