@@ -13,7 +13,7 @@
 //! - `attest/verify_cached`: the same with a warm [`CertCache`] (one ECDSA verification).
 //!
 //! The document is the genuine AWS-signed `marlin__sdks_rs_testcases_aws.bin` from
-//! `$NITRO_FIXTURES` (default `../shared/fixtures`), verified at its own timestamp; without the
+//! `$NITRO_FIXTURES` (default `tests/fixtures`), verified at its own timestamp; without the
 //! fixtures a simulated document of the same shape is used (and a note is printed).
 
 #![allow(missing_docs)] // criterion macros generate undocumented items
@@ -33,7 +33,7 @@ fn load() -> (Vec<u8>, TrustAnchors, &'static str) {
     let dir = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
         });
     let path = dir.join("attestation/marlin__sdks_rs_testcases_aws.bin");
     if let Ok(bytes) = std::fs::read(&path) {

@@ -3,7 +3,7 @@
 //! ```sh
 //! # Verify documents (raw CBOR, hex or base64, detected) against the AWS root at their own
 //! # timestamp; one JSON line per file, exit status 0 only if all are valid.
-//! cargo run --release --example attest -- verify --at doc --allow-debug ../shared/fixtures/attestation/*.bin
+//! cargo run --release --example attest -- verify --at doc --allow-debug tests/fixtures/attestation/*.bin
 //!
 //! # Print a document's fields as JSON.
 //! cargo run --release --example attest -- inspect doc.cbor

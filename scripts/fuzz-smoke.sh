@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 secs="${NITRO_FUZZ_SECONDS:-10}"
-fixtures="${NITRO_FIXTURES:-$(cd .. && pwd)/shared/fixtures}"
+fixtures="${NITRO_FIXTURES:-$PWD/tests/fixtures}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

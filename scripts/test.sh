@@ -10,8 +10,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
-# Tests locate the real fixtures through NITRO_FIXTURES.
-export NITRO_FIXTURES="${NITRO_FIXTURES:-$(cd .. && pwd)/shared/fixtures}"
+# Tests find the real fixtures in tests/fixtures (or wherever NITRO_FIXTURES points).
 
 step "install prerequisites" scripts/install.sh
 step "rustfmt" cargo fmt --all --check

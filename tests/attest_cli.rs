@@ -192,7 +192,7 @@ fn genuine_fixtures() {
     let dir = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
         });
     if !dir.join("manifest.json").is_file() {
         assert!(

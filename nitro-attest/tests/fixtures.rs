@@ -1,4 +1,4 @@
-//! The real AWS-signed attestation documents of `../shared/fixtures/attestation/`.
+//! The real AWS-signed attestation documents of `tests/fixtures/attestation/` (workspace root).
 //!
 //! Every genuine document must verify against the pinned AWS root at its own timestamp; the two
 //! negative fixtures must fail with the right error; every document must fail at the current

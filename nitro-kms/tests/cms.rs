@@ -324,7 +324,7 @@ fn corpus() -> Vec<Vec<u8>> {
     ];
     if let Some(dir) = std::env::var_os("NITRO_FIXTURES")
         .map(std::path::PathBuf::from)
-        .or_else(|| Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").into()))
+        .or_else(|| Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures").into()))
     {
         for (name, _) in KMS_VECTORS {
             if let Ok(b) = std::fs::read(dir.join("cms").join(name)) {

@@ -1,4 +1,4 @@
-//! Locating the real fixtures (`NITRO_FIXTURES`, default `<workspace>/../shared/fixtures`).
+//! Locating the real fixtures (`NITRO_FIXTURES`, default `<workspace>/tests/fixtures`).
 
 #![allow(dead_code)] // each test binary uses a subset
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: failing loudly is the point
@@ -21,7 +21,7 @@ pub(crate) fn fixtures_dir() -> Option<PathBuf> {
         .unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/fixtures"
+                "/../tests/fixtures"
             ))
         });
     if dir.join("manifest.json").is_file() {

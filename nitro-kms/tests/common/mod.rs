@@ -17,14 +17,14 @@ pub fn skip<T>(why: &str) -> Option<T> {
     None
 }
 
-/// The fixtures directory (`NITRO_FIXTURES`, default `<workspace>/../shared/fixtures`).
+/// The fixtures directory (`NITRO_FIXTURES`, default `<workspace>/tests/fixtures`).
 pub fn fixtures() -> Option<PathBuf> {
     let dir = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/fixtures"
+                "/../tests/fixtures"
             ))
         });
     if dir.join("cms").is_dir() {
