@@ -52,7 +52,12 @@ fn corpus() -> &'static Corpus {
             .with_non_aws_root_der(indefinite.root_certificate_der())
             .unwrap();
         if let Some(fixtures) = common::attestation_fixtures() {
-            docs.extend(fixtures.into_iter().filter(|f| f.valid).map(|f| f.bytes));
+            docs.extend(
+                fixtures
+                    .into_iter()
+                    .filter(|f| f.valid)
+                    .map(|f| f.cose().to_vec()),
+            );
         }
         let plain = Verifier::new(anchors.clone());
         let cached = Verifier::new(anchors).with_cache(Arc::new(CertCache::new(256)));
