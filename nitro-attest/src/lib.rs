@@ -8,6 +8,9 @@ mod chain;
 pub mod dangerous;
 mod document;
 mod error;
+#[cfg(feature = "http-api")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-api")))]
+pub mod http_api;
 mod input;
 mod nsm;
 mod time;
@@ -24,6 +27,9 @@ pub use document::{
     MAX_DOCUMENT_SIZE, MAX_OPTIONAL_FIELD, MAX_PCRS, PCR_LEN, UnverifiedDocument,
 };
 pub use error::{CertRef, CertificateError, Error, Field, NsmErrorCode, Result};
+#[cfg(feature = "http-api")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-api")))]
+pub use http_api::AttestationApi;
 pub use input::decode_input;
 #[cfg(feature = "device")]
 #[cfg_attr(docsrs, doc(cfg(feature = "device")))]

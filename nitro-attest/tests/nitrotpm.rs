@@ -3,6 +3,7 @@
 //! lockable).
 
 #![cfg(feature = "simulator")]
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use nitro_attest::{
     DocumentKind, Error, Nsm, NsmErrorCode, Policy, SimulatedNsm, Timestamp, UnverifiedDocument,
