@@ -78,7 +78,11 @@ async fn a_parent_serving_zeros_cannot_reset_a_bound_volume() {
 async fn damaging_both_header_copies_is_a_typed_error() {
     // Three ways of damaging both copies: the magic (no longer a header), the format version,
     // and a field under the MAC (still a header, no longer authentic).
-    for (what, at) in [("magic", 0usize), ("version", 11), ("root (under the MAC)", 50)] {
+    for (what, at) in [
+        ("magic", 0usize),
+        ("version", 11),
+        ("root (under the MAC)", 50),
+    ] {
         let (raw, anchor, id) = provisioned().await;
         raw.with_bytes(|b| {
             b[at] ^= 0x5a;
