@@ -23,6 +23,11 @@
 //! cargo run --release --example attest -- sim --kind nitrotpm --out tpm.cbor --root-out root.pem
 //! cargo run --release --example attest -- verify --root root.pem --kind nitrotpm tpm.cbor
 //!
+//! # The attestation HTTP API on loopback (from /dev/nsm in an enclave, or a simulator).
+//! cargo run --release --example attest -- serve --nsm --listen 127.0.0.1:8901
+//! cargo run --release --example attest -- serve --pki sim-pki.pem --listen 127.0.0.1:8901
+//! curl -sS -X POST --data '{"nonce":"AAEC"}' -o doc.cbor http://127.0.0.1:8901/v1/attestation
+//!
 //! # Verification throughput (single thread), beside the raw ECDSA P-384 floor.
 //! cargo run --release --example attest -- bench --cache --at doc --iterations 2000 doc.cbor
 //! ```
@@ -47,8 +52,8 @@ use anyhow::{Context as _, anyhow};
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
 use clap::{Args, Parser, Subcommand};
 use nitro_attest::{
-    CertCache, CheckTime, DocumentKind, Nsm, Policy, SimulatedNsm, SimulatorPki, Timestamp,
-    TrustAnchors, UnverifiedDocument, Verifier,
+    AttestationApi, CertCache, CheckTime, DocumentKind, Nsm, Policy, SimulatedNsm, SimulatorPki,
+    Timestamp, TrustAnchors, UnverifiedDocument, Verifier,
 };
 use serde_json::{Value, json};
 
@@ -79,6 +84,9 @@ enum Command {
     },
     /// Produce a document with the simulated NSM.
     Sim(SimArgs),
+    /// Serve the attestation HTTP API (`POST /v1/attestation`) on a loopback address, from
+    /// `/dev/nsm` (`--nsm`) or a simulated NSM; prints `{"listening": ADDR}` once ready.
+    Serve(ServeArgs),
     /// Measure verification throughput on one thread; the last line is `docs_per_s <float>`.
     Bench {
         #[command(flatten)]
@@ -132,6 +140,27 @@ struct SimArgs {
 
 fn parse_sim_kind(s: &str) -> Result<DocumentKind, String> {
     s.parse().map_err(|e: nitro_attest::Error| e.to_string())
+}
+
+/// Options of `serve`.
+#[derive(Args)]
+struct ServeArgs {
+    /// Loopback address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8901")]
+    listen: std::net::SocketAddr,
+    /// Use the real NSM (`/dev/nsm`) instead of a simulator.
+    #[arg(long)]
+    nsm: bool,
+    /// Simulator: issue from the PKI in this file (created if missing), whose root verifies
+    /// the documents.
+    #[arg(long, conflicts_with = "nsm")]
+    pki: Option<PathBuf>,
+    /// Simulator: seed.
+    #[arg(long, conflicts_with = "nsm")]
+    seed: Option<u64>,
+    /// Simulator: document kind (`enclave` or `nitrotpm`).
+    #[arg(long, default_value = "enclave", value_parser = parse_sim_kind, conflicts_with = "nsm")]
+    kind: DocumentKind,
 }
 
 /// Accepted document kinds (`--kind`).
@@ -490,6 +519,40 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let nsm: Arc<dyn Nsm> = if args.nsm {
+        Arc::new(nitro_attest::NsmDevice::open()?)
+    } else {
+        let mut b = SimulatedNsm::builder();
+        if let Some(s) = args.seed {
+            b = b.seed(s);
+        }
+        if let Some(path) = &args.pki {
+            b = b.pki(SimulatorPki::load_or_create(path, args.seed)?);
+        }
+        if args.kind == DocumentKind::NitroTpm {
+            b = b.nitrotpm();
+        }
+        Arc::new(b.build()?)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = AttestationApi::<dyn Nsm>::bind_loopback(args.listen).await?;
+        let addr = listener.local_addr()?;
+        emit(json!({ "listening": addr.to_string() }))?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        AttestationApi::new(nsm)
+            .serve_until(listener, shutdown)
+            .await?;
+        Ok(())
+    })
+}
+
 /// The uncompressed P-384 point of a certificate's SubjectPublicKeyInfo (fixed DER prefix).
 fn p384_point(cert: &[u8]) -> anyhow::Result<&[u8]> {
     const PREFIX: [u8; 23] = [
@@ -570,6 +633,7 @@ fn main() -> ExitCode {
         Command::Verify { opts, files } => verify(opts, files),
         Command::Inspect { file } => inspect(file).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => sim(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             opts,
             cache,

@@ -456,3 +456,70 @@ fn nitrotpm_documents_need_the_kind_option() {
     assert!(o.status.success(), "{}", stdout(&o));
     assert_eq!(json_lines(&o)[0]["trailing_bytes"], 7);
 }
+
+#[test]
+fn serve_answers_curl_with_documents_that_verify() {
+    let Some(bin) = attest() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki.pem");
+    let pki = pki.to_str().unwrap();
+    let mut child = Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pki",
+            pki,
+            "--seed",
+            "4",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = format!(
+        "http://{}/v1/attestation",
+        ready["listening"].as_str().unwrap()
+    );
+    let doc = dir.path().join("doc.cbor");
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "-f",
+            "-X",
+            "POST",
+            "--data",
+            r#"{"nonce":"AAEC"}"#,
+            "-o",
+        ])
+        .arg(&doc)
+        .arg(&url)
+        .output()
+        .unwrap();
+    // Non-loopback listen addresses are refused.
+    let refused = run(&bin, &["serve", "--listen", "0.0.0.0:0"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!refused.status.success());
+    let o = run(
+        &bin,
+        &[
+            "verify",
+            "--root",
+            pki,
+            "--nonce",
+            "000102",
+            doc.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stdout(&o));
+}
