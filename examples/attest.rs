@@ -19,6 +19,15 @@
 //! cargo run --release --example attest -- sim --pki sim-pki.pem --out b.cbor --root-out root.pem
 //! cargo run --release --example attest -- verify --root sim-pki.pem a.cbor b.cbor
 //!
+//! # NitroTPM documents (EC2 instance attestation) are refused unless asked for.
+//! cargo run --release --example attest -- sim --kind nitrotpm --out tpm.cbor --root-out root.pem
+//! cargo run --release --example attest -- verify --root root.pem --kind nitrotpm tpm.cbor
+//!
+//! # The attestation HTTP API on loopback (from /dev/nsm in an enclave, or a simulator).
+//! cargo run --release --example attest -- serve --nsm --listen 127.0.0.1:8901
+//! cargo run --release --example attest -- serve --pki sim-pki.pem --listen 127.0.0.1:8901
+//! curl -sS -X POST --data '{"nonce":"AAEC"}' -o doc.cbor http://127.0.0.1:8901/v1/attestation
+//!
 //! # Verification throughput (single thread), beside the raw ECDSA P-384 floor.
 //! cargo run --release --example attest -- bench --cache --at doc --iterations 2000 doc.cbor
 //! ```
@@ -28,7 +37,10 @@
 //! when certificate validity is checked (default `now`); `--leeway SECS` (default 30) and
 //! `--max-age SECS` (age against the current time); `--pcr IDX=HEX` (repeatable), `--nonce HEX`,
 //! `--user-data HEX`, `--public-key HEX` are expected values; `--allow-debug` accepts debug-mode
-//! documents. Bytes after the COSE_Sign1 (some tools store a trailer after it) are ignored and
+//! documents; `--kind enclave|nitrotpm|any` chooses the accepted document kinds (default
+//! `enclave`: Nitro Enclaves documents only), and each line reports the document's `kind`.
+//! Bytes after the COSE_Sign1 (some tools, e.g. dstack, store a trailer after it) make a
+//! document invalid unless `--allow-trailing-bytes` is given; they are then ignored and
 //! reported as `trailing_bytes`.
 
 use std::path::{Path, PathBuf};
@@ -40,8 +52,8 @@ use anyhow::{Context as _, anyhow};
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
 use clap::{Args, Parser, Subcommand};
 use nitro_attest::{
-    CertCache, CheckTime, Nsm, Policy, SimulatedNsm, SimulatorPki, Timestamp, TrustAnchors,
-    UnverifiedDocument, Verifier,
+    AttestationApi, CertCache, CheckTime, DocumentKind, Nsm, Policy, SimulatedNsm, SimulatorPki,
+    Timestamp, TrustAnchors, UnverifiedDocument, Verifier,
 };
 use serde_json::{Value, json};
 
@@ -72,6 +84,9 @@ enum Command {
     },
     /// Produce a document with the simulated NSM.
     Sim(SimArgs),
+    /// Serve the attestation HTTP API (`POST /v1/attestation`) on a loopback address, from
+    /// `/dev/nsm` (`--nsm`) or a simulated NSM; prints `{"listening": ADDR}` once ready.
+    Serve(ServeArgs),
     /// Measure verification throughput on one thread; the last line is `docs_per_s <float>`.
     Bench {
         #[command(flatten)]
@@ -117,6 +132,46 @@ struct SimArgs {
     /// File whose bytes become `public_key`.
     #[arg(long)]
     public_key: Option<PathBuf>,
+    /// Document kind: `enclave` (an enclave's NSM, `pcrs`) or `nitrotpm` (an EC2 instance's
+    /// NitroTPM, `nitrotpm_pcrs`, 24 PCRs, none locked).
+    #[arg(long, default_value = "enclave", value_parser = parse_sim_kind)]
+    kind: DocumentKind,
+}
+
+fn parse_sim_kind(s: &str) -> Result<DocumentKind, String> {
+    s.parse().map_err(|e: nitro_attest::Error| e.to_string())
+}
+
+/// Options of `serve`.
+#[derive(Args)]
+struct ServeArgs {
+    /// Loopback address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8901")]
+    listen: std::net::SocketAddr,
+    /// Use the real NSM (`/dev/nsm`) instead of a simulator.
+    #[arg(long)]
+    nsm: bool,
+    /// Simulator: issue from the PKI in this file (created if missing), whose root verifies
+    /// the documents.
+    #[arg(long, conflicts_with = "nsm")]
+    pki: Option<PathBuf>,
+    /// Simulator: seed.
+    #[arg(long, conflicts_with = "nsm")]
+    seed: Option<u64>,
+    /// Simulator: document kind (`enclave` or `nitrotpm`).
+    #[arg(long, default_value = "enclave", value_parser = parse_sim_kind, conflicts_with = "nsm")]
+    kind: DocumentKind,
+}
+
+/// Accepted document kinds (`--kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum KindArg {
+    /// Nitro Enclaves documents only.
+    Enclave,
+    /// NitroTPM documents only.
+    Nitrotpm,
+    /// Both.
+    Any,
 }
 
 #[derive(Args, Clone)]
@@ -149,6 +204,12 @@ struct VerifyOpts {
     /// Accept debug-mode documents (PCR0/1/2 all zero).
     #[arg(long)]
     allow_debug: bool,
+    /// Accepted document kinds.
+    #[arg(long, value_enum, default_value = "enclave")]
+    kind: KindArg,
+    /// Accept (and ignore) bytes after the COSE_Sign1 structure; they are not signed.
+    #[arg(long)]
+    allow_trailing_bytes: bool,
 }
 
 /// Bytes given as hex on the command line.
@@ -197,7 +258,17 @@ impl VerifyOpts {
         let mut p = Policy::new()
             .check_time(self.at)
             .leeway(Duration::from_secs(self.leeway))
-            .allow_debug(self.allow_debug);
+            .allow_debug(self.allow_debug)
+            .allow_trailing_bytes(self.allow_trailing_bytes)
+            .accept_kinds(
+                match self.kind {
+                    KindArg::Enclave => &[DocumentKind::Enclave][..],
+                    KindArg::Nitrotpm => &[DocumentKind::NitroTpm],
+                    KindArg::Any => &[DocumentKind::Enclave, DocumentKind::NitroTpm],
+                }
+                .iter()
+                .copied(),
+            );
         if let Some(s) = self.max_age {
             p = p.max_age(Duration::from_secs(s));
         }
@@ -255,15 +326,14 @@ fn emit(line: impl std::fmt::Display) -> anyhow::Result<()> {
     }
 }
 
-/// Reads a document file: returns the COSE_Sign1 bytes and the number of trailing bytes.
-fn read_document(path: &Path) -> anyhow::Result<(Vec<u8>, usize)> {
+/// Reads a document file (raw CBOR, hex or base64): returns the bytes as stored, trailer
+/// included, the parsed COSE_Sign1 at their start and the number of bytes after it.
+fn read_document(path: &Path) -> anyhow::Result<(Vec<u8>, UnverifiedDocument, usize)> {
     let input = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes = nitro_attest::decode_input(&input)?.into_owned();
-    let (_, len) = UnverifiedDocument::parse_prefix(&bytes)?;
+    let (doc, len) = UnverifiedDocument::parse_prefix(&bytes)?;
     let trailing = bytes.len() - len;
-    let mut bytes = bytes;
-    bytes.truncate(len);
-    Ok((bytes, trailing))
+    Ok((bytes, doc, trailing))
 }
 
 fn verify(opts: &VerifyOpts, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
@@ -273,14 +343,17 @@ fn verify(opts: &VerifyOpts, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for file in files {
         let mut fields: Vec<(&str, Value)> = vec![("file", json!(file.display().to_string()))];
         let mut trailing = 0;
-        let result = read_document(file).and_then(|(bytes, t)| {
+        let mut kind = None;
+        let result = read_document(file).and_then(|(bytes, parsed, t)| {
             trailing = t;
+            kind = Some(parsed.kind());
             Ok(verifier.verify(&bytes, Timestamp::now(), &policy)?)
         });
         match result {
             Ok(doc) => {
                 fields.push(("valid", json!(true)));
                 fields.push(("error", Value::Null));
+                fields.push(("kind", json!(doc.kind().as_str())));
                 fields.push(("module_id", json!(doc.module_id)));
                 fields.push(("timestamp", json!(doc.timestamp.to_rfc3339())));
             }
@@ -288,6 +361,10 @@ fn verify(opts: &VerifyOpts, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 all_valid = false;
                 fields.push(("valid", json!(false)));
                 fields.push(("error", json!(format!("{e:#}"))));
+                // The kind of a document that parses (not verified).
+                if let Some(k) = kind {
+                    fields.push(("kind", json!(k.as_str())));
+                }
             }
         }
         if trailing > 0 {
@@ -311,8 +388,7 @@ fn opt_hex(v: &Option<Vec<u8>>) -> Value {
 }
 
 fn inspect(file: &Path) -> anyhow::Result<()> {
-    let (bytes, trailing) = read_document(file)?;
-    let doc = UnverifiedDocument::parse(&bytes)?;
+    let (_, doc, trailing) = read_document(file)?;
     let p = doc.payload();
     let pcrs: Vec<(String, String)> = p
         .pcrs
@@ -354,6 +430,7 @@ fn inspect(file: &Path) -> anyhow::Result<()> {
         &[
             ("file", render(json!(file.display().to_string()), false)),
             ("verified", render(json!(false), false)),
+            ("kind", render(json!(p.kind.as_str()), false)),
             ("module_id", render(json!(p.module_id), false)),
             ("digest", render(json!(p.digest.as_str()), false)),
             ("timestamp", render(json!(p.timestamp.unix_millis()), false)),
@@ -391,10 +468,16 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
     for (i, v) in &args.pcrs {
         b = b.pcr(*i, v);
     }
+    if args.kind == DocumentKind::NitroTpm {
+        b = b.nitrotpm();
+    }
     let nsm = b.build()?;
-    // User PCRs given on the command line are locked so that they appear in the document.
-    for (i, _) in args.pcrs.iter().filter(|(i, _)| *i >= 16) {
-        nsm.lock_pcr(*i)?;
+    // User PCRs given on the command line are locked so that they appear in an enclave
+    // document (a NitroTPM reports every PCR and locks none).
+    if args.kind == DocumentKind::Enclave {
+        for (i, _) in args.pcrs.iter().filter(|(i, _)| *i >= 16) {
+            nsm.lock_pcr(*i)?;
+        }
     }
     let public_key = match &args.public_key {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
@@ -423,6 +506,7 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
     }
     fields.extend([
         ("bytes", json!(doc.len())),
+        ("kind", json!(nsm.kind().as_str())),
         ("module_id", json!(nsm.module_id())),
         ("timestamp", json!(parsed.payload().timestamp.to_rfc3339())),
         ("root_sha256", json!(hex::encode(root_sha256))),
@@ -433,6 +517,40 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
         .collect();
     emit(object(&fields, false))?;
     Ok(())
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let nsm: Arc<dyn Nsm> = if args.nsm {
+        Arc::new(nitro_attest::NsmDevice::open()?)
+    } else {
+        let mut b = SimulatedNsm::builder();
+        if let Some(s) = args.seed {
+            b = b.seed(s);
+        }
+        if let Some(path) = &args.pki {
+            b = b.pki(SimulatorPki::load_or_create(path, args.seed)?);
+        }
+        if args.kind == DocumentKind::NitroTpm {
+            b = b.nitrotpm();
+        }
+        Arc::new(b.build()?)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = AttestationApi::<dyn Nsm>::bind_loopback(args.listen).await?;
+        let addr = listener.local_addr()?;
+        emit(json!({ "listening": addr.to_string() }))?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        AttestationApi::new(nsm)
+            .serve_until(listener, shutdown)
+            .await?;
+        Ok(())
+    })
 }
 
 /// The uncompressed P-384 point of a certificate's SubjectPublicKeyInfo (fixed DER prefix).
@@ -468,7 +586,7 @@ fn sig_structure(protected: &[u8], payload: &[u8]) -> Vec<u8> {
 }
 
 fn bench(opts: &VerifyOpts, cache: bool, iterations: u32, file: &Path) -> anyhow::Result<()> {
-    let (bytes, _) = read_document(file)?;
+    let (bytes, doc, _) = read_document(file)?;
     let mut verifier = opts.verifier()?;
     if cache {
         verifier = verifier.with_cache(Arc::new(CertCache::default()));
@@ -481,7 +599,6 @@ fn bench(opts: &VerifyOpts, cache: bool, iterations: u32, file: &Path) -> anyhow
     let iterations = iterations.max(1);
 
     // Baseline: raw ECDSA P-384 verifications of the document's signature, key parsed once.
-    let doc = UnverifiedDocument::parse(&bytes)?;
     let key = ParsedPublicKey::new(
         &ECDSA_P384_SHA384_FIXED,
         p384_point(&doc.payload().certificate)?,
@@ -516,6 +633,7 @@ fn main() -> ExitCode {
         Command::Verify { opts, files } => verify(opts, files),
         Command::Inspect { file } => inspect(file).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => sim(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             opts,
             cache,

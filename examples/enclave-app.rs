@@ -578,8 +578,10 @@ async fn nbd_client(addr: &Addr, export: &str) -> Result<NbdClient> {
     .with_context(|| format!("NBD export {export}"))
 }
 
-/// Opens the sealed device on `export`, or creates it when the export holds none yet.
-/// Returns the device and whether it was created now.
+/// Opens the sealed device of the volume `export`, creating it only when the freshness anchor
+/// proves the volume new (`SealedDevice::open_volume`): once bound, a parent serving zeros or
+/// damaged headers gets an error, not a fresh device. Returns the device and whether it was
+/// created now.
 async fn open_or_create(
     addr: &Addr,
     export: &str,
@@ -587,26 +589,14 @@ async fn open_or_create(
     key_id: &str,
 ) -> Result<(SealedDevice<NbdClient>, bool)> {
     let wrap = KmsKeyWrap::new(client.clone(), key_id).context("export", export);
-    match SealedDevice::open(
+    SealedDevice::open_volume(
         nbd_client(addr, export).await?,
         &wrap,
         SealedConfig::default(),
+        export,
     )
     .await
-    {
-        Ok(dev) => Ok((dev, false)),
-        Err(nitro_fs::Error::NotSealed(_)) => {
-            let dev = SealedDevice::create(
-                nbd_client(addr, export).await?,
-                &wrap,
-                SealedConfig::default(),
-            )
-            .await
-            .context("creating the sealed device")?;
-            Ok((dev, true))
-        }
-        Err(e) => Err(anyhow!(e).context("opening the sealed device")),
-    }
+    .map_err(|e| anyhow!(e).context("opening the sealed device"))
 }
 
 /// The record step: read back the previous boot's record, write this boot's.

@@ -220,11 +220,65 @@ fn genuine_fixtures() {
             invalid.push(path);
         }
     }
+    // Strict by default: the three dstack documents carry a trailer after the COSE_Sign1.
     let mut args = vec!["verify", "--at", "doc", "--allow-debug"];
     args.extend(valid.iter().map(String::as_str));
     let o = run(&bin, &args);
+    assert_eq!(o.status.code(), Some(1));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 16);
+    for l in &lines {
+        let dstack = l["file"].as_str().unwrap().contains("dstack__");
+        assert_eq!(l["valid"] == false, dstack, "{l}");
+        if dstack {
+            assert!(
+                l["error"].as_str().unwrap().contains("trailing bytes"),
+                "{l}"
+            );
+            assert!(l["trailing_bytes"].as_u64().unwrap() > 0, "{l}");
+        }
+    }
+    // Opted in: all valid, all enclave documents.
+    let mut args = vec![
+        "verify",
+        "--at",
+        "doc",
+        "--allow-debug",
+        "--allow-trailing-bytes",
+    ];
+    args.extend(valid.iter().map(String::as_str));
+    let o = run(&bin, &args);
     assert!(o.status.success(), "{}", stdout(&o));
-    assert_eq!(json_lines(&o).len(), 16);
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 16);
+    assert!(
+        lines.iter().all(|l| l["kind"] == "enclave"),
+        "{}",
+        stdout(&o)
+    );
+    // Asked for NitroTPM documents only: all refused.
+    let mut args = vec![
+        "verify",
+        "--at",
+        "doc",
+        "--allow-debug",
+        "--allow-trailing-bytes",
+        "--kind",
+        "nitrotpm",
+    ];
+    args.extend(valid.iter().map(String::as_str));
+    let o = run(&bin, &args);
+    assert_eq!(o.status.code(), Some(1));
+    for l in json_lines(&o) {
+        assert!(
+            l["error"]
+                .as_str()
+                .unwrap()
+                .contains("enclave attestation documents are not accepted"),
+            "{l}"
+        );
+        assert_eq!(l["kind"], "enclave");
+    }
 
     let mut args = vec!["verify", "--at", "doc", "--allow-debug"];
     args.extend(invalid.iter().map(String::as_str));
@@ -233,7 +287,7 @@ fn genuine_fixtures() {
     assert!(json_lines(&o).iter().all(|l| l["valid"] == false));
 
     // At the current time every document fails (expired leaf).
-    let mut args = vec!["verify", "--allow-debug"];
+    let mut args = vec!["verify", "--allow-debug", "--allow-trailing-bytes"];
     args.extend(valid.iter().map(String::as_str));
     let o = run(&bin, &args);
     assert_eq!(o.status.code(), Some(1));
@@ -312,4 +366,160 @@ fn sim_runs_sharing_a_pki_file_verify_against_one_root() {
         "{}",
         stdout(&o)
     );
+}
+
+#[test]
+fn nitrotpm_documents_need_the_kind_option() {
+    let Some(bin) = attest() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let (tpm, enc, root) = (d("tpm.cbor"), d("enc.cbor"), d("root.pem"));
+    let pki = d("pki.pem");
+    for (out, kind) in [(&tpm, "nitrotpm"), (&enc, "enclave")] {
+        let o = run(
+            &bin,
+            &[
+                "sim",
+                "--pki",
+                &pki,
+                "--seed",
+                "3",
+                "--kind",
+                kind,
+                "--out",
+                out,
+                "--root-out",
+                &root,
+                "--nonce",
+                "0a0b",
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(json_lines(&o)[0]["kind"], kind);
+    }
+    let verify = |extra: &[&str], files: &[&str]| {
+        let mut args = vec!["verify", "--root", &root, "--nonce", "0a0b"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(files);
+        run(&bin, &args)
+    };
+    // Default: enclave only.
+    let o = verify(&[], &[&enc, &tpm]);
+    assert_eq!(o.status.code(), Some(1));
+    let l = json_lines(&o);
+    assert_eq!(
+        (l[0]["valid"].clone(), l[0]["kind"].clone()),
+        (true.into(), "enclave".into())
+    );
+    assert_eq!(l[1]["valid"], false);
+    assert_eq!(l[1]["kind"], "nitrotpm");
+    assert!(
+        l[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("nitrotpm attestation documents are not accepted"),
+        "{}",
+        l[1]
+    );
+    // --kind nitrotpm: the reverse.
+    let o = verify(&["--kind", "nitrotpm"], &[&enc, &tpm]);
+    let l = json_lines(&o);
+    assert_eq!(l[0]["valid"], false);
+    assert_eq!(l[1]["valid"], true);
+    assert_eq!(l[1]["kind"], "nitrotpm");
+    // --kind any: both.
+    let o = verify(&["--kind", "any"], &[&enc, &tpm]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    // inspect prints the kind and all 24 PCRs of the TPM.
+    let o = run(&bin, &["inspect", &tpm]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["kind"], "nitrotpm");
+    assert_eq!(v["pcrs"].as_object().unwrap().len(), 24);
+    // A trailer is refused unless --allow-trailing-bytes.
+    let mut bytes = std::fs::read(&tpm).unwrap();
+    bytes.extend_from_slice(b"trailer");
+    let trailed = d("trailed.cbor");
+    std::fs::write(&trailed, &bytes).unwrap();
+    let o = verify(&["--kind", "nitrotpm"], &[&trailed]);
+    let l = &json_lines(&o)[0];
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        l["error"].as_str().unwrap().contains("7 trailing bytes"),
+        "{l}"
+    );
+    let o = verify(
+        &["--kind", "nitrotpm", "--allow-trailing-bytes"],
+        &[&trailed],
+    );
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(json_lines(&o)[0]["trailing_bytes"], 7);
+}
+
+#[test]
+fn serve_answers_curl_with_documents_that_verify() {
+    let Some(bin) = attest() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki.pem");
+    let pki = pki.to_str().unwrap();
+    let mut child = Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pki",
+            pki,
+            "--seed",
+            "4",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = format!(
+        "http://{}/v1/attestation",
+        ready["listening"].as_str().unwrap()
+    );
+    let doc = dir.path().join("doc.cbor");
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "-f",
+            "-X",
+            "POST",
+            "--data",
+            r#"{"nonce":"AAEC"}"#,
+            "-o",
+        ])
+        .arg(&doc)
+        .arg(&url)
+        .output()
+        .unwrap();
+    // Non-loopback listen addresses are refused.
+    let refused = run(&bin, &["serve", "--listen", "0.0.0.0:0"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!refused.status.success());
+    let o = run(
+        &bin,
+        &[
+            "verify",
+            "--root",
+            pki,
+            "--nonce",
+            "000102",
+            doc.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stdout(&o));
 }

@@ -14,7 +14,8 @@ use crate::error::Result;
 use crate::time::Timestamp;
 use crate::verify::Policy;
 
-/// Parses `document` and applies the payload part of `policy` (debug mode, PCRs, nonce,
+/// Parses `document` and applies the payload part of `policy` (trailing bytes, document
+/// kind, debug mode, PCRs, nonce,
 /// `user_data`, `public_key`, maximum age and future timestamps against `now`) **without
 /// verifying the signature or the certificate chain**, and without checking the COSE algorithm.
 /// [`Policy::check_time`] is ignored as no certificate is checked.
@@ -46,7 +47,7 @@ pub fn check_policy_without_signature(
     now: Timestamp,
     policy: &Policy,
 ) -> Result<AttestationDocument> {
-    let doc = UnverifiedDocument::parse(document)?;
+    let (doc, _) = policy.parse(document)?;
     policy.check_payload(doc.payload(), now)?;
     Ok(doc.into_payload())
 }

@@ -54,6 +54,71 @@ impl Digest {
     }
 }
 
+/// What produced an attestation document, told apart by the name of its PCR map.
+///
+/// Both kinds share the AWS Nitro Attestation PKI (the same Root-G1), the COSE_Sign1 envelope
+/// (ES384) and the payload fields, except the PCRs:
+///
+/// | | [`Enclave`](DocumentKind::Enclave) | [`NitroTpm`](DocumentKind::NitroTpm) |
+/// |---|---|---|
+/// | producer | the NSM of a Nitro Enclave (`/dev/nsm`) | the NitroTPM of an EC2 instance (`nitro-tpm-attest`, 2025) |
+/// | PCR map key | `pcrs` | `nitrotpm_pcrs` |
+/// | PCRs | 0–15 + locked user PCRs: EIF, kernel, application, parent role and instance, signing certificate | the TPM's SHA-384 bank: firmware (0, 1: constant), boot manager (4), Secure Boot policy (7), kernel command line (12), ... |
+/// | `module_id` | `i-<instance>-enc<enclave>` | `i-<instance>-tpm<16 hex>` |
+/// | debug mode | PCR0/1/2 all zero | no such notion |
+/// | KMS condition keys | `kms:RecipientAttestation:PCR<n>`, `:ImageSha384` | `kms:RecipientAttestation:NitroTPMPCR<n>` |
+///
+/// A document with both maps is refused ([`Error::AmbiguousKind`]); with neither,
+/// [`Error::MissingField`] names [`Field::Pcrs`]. A [`Policy`](crate::Policy) accepts only
+/// enclave documents unless told otherwise ([`Policy::accept_kinds`](crate::Policy::accept_kinds)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DocumentKind {
+    /// A Nitro Enclaves document (`pcrs`), produced by the enclave's NSM.
+    Enclave,
+    /// A NitroTPM document (`nitrotpm_pcrs`), produced by an EC2 instance's NitroTPM.
+    NitroTpm,
+}
+
+impl DocumentKind {
+    /// `"enclave"` or `"nitrotpm"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocumentKind::Enclave => "enclave",
+            DocumentKind::NitroTpm => "nitrotpm",
+        }
+    }
+
+    /// The payload field holding the PCRs: [`Field::Pcrs`] or [`Field::NitroTpmPcrs`].
+    pub fn pcrs_field(self) -> Field {
+        match self {
+            DocumentKind::Enclave => Field::Pcrs,
+            DocumentKind::NitroTpm => Field::NitroTpmPcrs,
+        }
+    }
+}
+
+impl std::fmt::Display for DocumentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DocumentKind {
+    type Err = Error;
+
+    /// Parses `"enclave"` or `"nitrotpm"`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "enclave" => Ok(DocumentKind::Enclave),
+            "nitrotpm" => Ok(DocumentKind::NitroTpm),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown document kind {s:?} (expected \"enclave\" or \"nitrotpm\")"
+            ))),
+        }
+    }
+}
+
 /// The typed payload of an attestation document (all nine fields).
 ///
 /// Obtained from [`UnverifiedDocument::payload`] (not yet verified), from a
@@ -68,8 +133,11 @@ pub struct AttestationDocument {
     pub digest: Digest,
     /// When the NSM produced the document (milliseconds since the Unix epoch).
     pub timestamp: Timestamp,
-    /// PCR index → value (48 bytes each). Real documents carry the locked PCRs: 0–15 plus any
-    /// user PCR that was extended and locked.
+    /// Enclave or NitroTPM document (which of `pcrs` and `nitrotpm_pcrs` the payload has).
+    pub kind: DocumentKind,
+    /// PCR index → value (48 bytes each), from `pcrs` or `nitrotpm_pcrs` (see
+    /// [`kind`](Self::kind)). Real enclave documents carry the locked PCRs: 0–15 plus any user
+    /// PCR that was extended and locked; NitroTPM documents the TPM's SHA-384 bank.
     pub pcrs: BTreeMap<u16, Vec<u8>>,
     /// The leaf certificate (DER) whose key signed the document.
     pub certificate: Vec<u8>,
@@ -89,10 +157,13 @@ impl AttestationDocument {
         self.pcrs.get(&index).map(Vec::as_slice)
     }
 
-    /// `true` if PCR0, PCR1 and PCR2 are all zero (or absent): the enclave runs in debug mode,
-    /// where the NSM reports zero measurements for the image.
+    /// `true` for an enclave document whose PCR0, PCR1 and PCR2 are all zero (or absent): the
+    /// enclave runs in debug mode, where the NSM reports zero measurements for the image.
+    /// Always `false` for NitroTPM documents, which have no debug mode (their PCR0 and PCR1
+    /// measure AWS's firmware).
     pub fn is_debug_mode(&self) -> bool {
-        (0..3).all(|i| self.pcr(i).is_none_or(|v| v.iter().all(|&b| b == 0)))
+        self.kind == DocumentKind::Enclave
+            && (0..3).all(|i| self.pcr(i).is_none_or(|v| v.iter().all(|&b| b == 0)))
     }
 
     /// Parses a CBOR payload map. `bytes` must contain exactly one map.
@@ -121,7 +192,7 @@ impl AttestationDocument {
         cbor::write_text(&mut out, self.digest.as_str());
         cbor::write_text(&mut out, "timestamp");
         cbor::write_head(&mut out, cbor::MAJOR_UINT, self.timestamp.unix_millis());
-        cbor::write_text(&mut out, "pcrs");
+        cbor::write_text(&mut out, self.kind.pcrs_field().name());
         cbor::write_head(&mut out, MAJOR_MAP, self.pcrs.len() as u64);
         for (i, v) in &self.pcrs {
             cbor::write_head(&mut out, cbor::MAJOR_UINT, u64::from(*i));
@@ -174,7 +245,7 @@ fn parse_payload(r: &mut Reader<'_>) -> Result<AttestationDocument> {
     let mut module_id = None;
     let mut digest = None;
     let mut timestamp = None;
-    let mut pcrs = None;
+    let mut pcrs: Option<(DocumentKind, BTreeMap<u16, Vec<u8>>)> = None;
     let mut certificate = None;
     let mut cabundle = None;
     let mut public_key = None;
@@ -190,6 +261,7 @@ fn parse_payload(r: &mut Reader<'_>) -> Result<AttestationDocument> {
             b"digest" => Field::Digest,
             b"timestamp" => Field::Timestamp,
             b"pcrs" => Field::Pcrs,
+            b"nitrotpm_pcrs" => Field::NitroTpmPcrs,
             b"certificate" => Field::Certificate,
             b"cabundle" => Field::Cabundle,
             b"public_key" => Field::PublicKey,
@@ -205,7 +277,11 @@ fn parse_payload(r: &mut Reader<'_>) -> Result<AttestationDocument> {
             Field::ModuleId => module_id.is_some(),
             Field::Digest => digest.is_some(),
             Field::Timestamp => timestamp.is_some(),
-            Field::Pcrs => pcrs.is_some(),
+            Field::Pcrs | Field::NitroTpmPcrs => match &pcrs {
+                Some((kind, _)) if kind.pcrs_field() == field => true,
+                Some(_) => return Err(Error::AmbiguousKind),
+                None => false,
+            },
             Field::Certificate => certificate.is_some(),
             Field::Cabundle => cabundle.is_some(),
             Field::PublicKey => std::mem::replace(&mut seen_optional[0], true),
@@ -249,7 +325,8 @@ fn parse_payload(r: &mut Reader<'_>) -> Result<AttestationDocument> {
                 }
                 timestamp = Some(Timestamp::from_unix_millis(t));
             }
-            Field::Pcrs => pcrs = Some(parse_pcrs(r)?),
+            Field::Pcrs => pcrs = Some((DocumentKind::Enclave, parse_pcrs(r, field)?)),
+            Field::NitroTpmPcrs => pcrs = Some((DocumentKind::NitroTpm, parse_pcrs(r, field)?)),
             Field::Certificate => certificate = Some(parse_cert_bytes(r, field)?),
             Field::Cabundle => cabundle = Some(parse_cabundle(r)?),
             _ => {
@@ -273,11 +350,13 @@ fn parse_payload(r: &mut Reader<'_>) -> Result<AttestationDocument> {
         }
     }
 
+    let (kind, pcrs) = pcrs.ok_or(Error::MissingField(Field::Pcrs))?;
     Ok(AttestationDocument {
         module_id: module_id.ok_or(Error::MissingField(Field::ModuleId))?,
         digest: digest.ok_or(Error::MissingField(Field::Digest))?,
         timestamp: timestamp.ok_or(Error::MissingField(Field::Timestamp))?,
-        pcrs: pcrs.ok_or(Error::MissingField(Field::Pcrs))?,
+        kind,
+        pcrs,
         certificate: certificate.ok_or(Error::MissingField(Field::Certificate))?,
         cabundle: cabundle.ok_or(Error::MissingField(Field::Cabundle))?,
         public_key,
@@ -286,8 +365,7 @@ fn parse_payload(r: &mut Reader<'_>) -> Result<AttestationDocument> {
     })
 }
 
-fn parse_pcrs(r: &mut Reader<'_>) -> Result<BTreeMap<u16, Vec<u8>>> {
-    let f = Field::Pcrs;
+fn parse_pcrs(r: &mut Reader<'_>, f: Field) -> Result<BTreeMap<u16, Vec<u8>>> {
     let mut remaining = in_field(f, r.container(MAJOR_MAP))?;
     let mut pcrs = BTreeMap::new();
     while r.has_next(&mut remaining) {
@@ -388,14 +466,15 @@ impl UnverifiedDocument {
     /// # Errors
     ///
     /// [`Error::DocumentTooLarge`] for input over [`MAX_DOCUMENT_SIZE`] (checked first),
-    /// [`Error::Cbor`]/[`Error::Cose`] for a malformed envelope, [`Error::MissingField`],
-    /// [`Error::DuplicateField`] or [`Error::InvalidField`] for a malformed payload.
+    /// [`Error::Cbor`]/[`Error::Cose`] for a malformed envelope, [`Error::TrailingBytes`] when
+    /// bytes follow it, [`Error::MissingField`], [`Error::DuplicateField`],
+    /// [`Error::AmbiguousKind`] or [`Error::InvalidField`] for a malformed payload.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         let (doc, len) = Self::parse_prefix(bytes)?;
         if len != bytes.len() {
-            return Err(Error::Cbor {
+            return Err(Error::TrailingBytes {
                 offset: len,
-                reason: "trailing bytes after the COSE_Sign1 array",
+                len: bytes.len() - len,
             });
         }
         Ok(doc)
@@ -404,7 +483,9 @@ impl UnverifiedDocument {
     /// Parses the COSE_Sign1 item at the start of `bytes` and returns it with its length in
     /// bytes; what follows is ignored. For containers that append data after the document
     /// (e.g. dstack stores a SCALE-encoded trailer after it). The trailing bytes are not
-    /// covered by the signature.
+    /// covered by the signature: [`Verifier::verify`](crate::Verifier::verify) refuses them
+    /// unless the policy opts in with
+    /// [`Policy::allow_trailing_bytes`](crate::Policy::allow_trailing_bytes).
     ///
     /// # Errors
     ///
@@ -467,6 +548,11 @@ impl UnverifiedDocument {
             payload,
         };
         Ok((doc, len))
+    }
+
+    /// Enclave or NitroTPM document (shorthand for `payload().kind`).
+    pub fn kind(&self) -> DocumentKind {
+        self.payload.kind
     }
 
     /// The typed payload. **Not verified**: do not base decisions on it before verification.

@@ -42,6 +42,17 @@ pub enum Error {
     /// The protected header names an algorithm other than ES384 (-35), or none.
     #[error("unsupported COSE algorithm {} (attestation documents use ES384 = -35)", .0.map_or_else(|| "(none)".to_owned(), |a| a.to_string()))]
     UnsupportedAlgorithm(Option<i64>),
+    /// Bytes follow the COSE_Sign1 structure. They are not covered by the signature, so a
+    /// verifier refuses them unless the policy opts in with
+    /// [`Policy::allow_trailing_bytes`](crate::Policy::allow_trailing_bytes) (some tools store
+    /// a trailer after the document, e.g. dstack).
+    #[error("{len} trailing bytes after the COSE_Sign1 structure (which ends at byte {offset})")]
+    TrailingBytes {
+        /// Length of the COSE_Sign1 structure, i.e. where the trailing bytes start.
+        offset: usize,
+        /// Number of trailing bytes.
+        len: usize,
+    },
     /// The COSE signature is not the 96-byte raw `r || s` encoding ES384 requires.
     #[error("COSE signature is {0} bytes, ES384 requires 96 (raw r || s)")]
     SignatureLength(usize),
@@ -57,6 +68,10 @@ pub enum Error {
     /// A payload field occurs twice in the payload map.
     #[error("payload field `{0}` appears more than once")]
     DuplicateField(Field),
+    /// The payload has both `pcrs` (Nitro Enclaves) and `nitrotpm_pcrs` (NitroTPM), so its
+    /// [`DocumentKind`](crate::DocumentKind) is ambiguous.
+    #[error("payload has both `pcrs` and `nitrotpm_pcrs`: enclave or NitroTPM document?")]
+    AmbiguousKind,
     /// A payload field has the wrong CBOR type, size or value.
     #[error("payload field `{field}` is invalid: {reason}")]
     InvalidField {
@@ -96,6 +111,14 @@ pub enum Error {
     /// the policy does not allow debug-mode documents.
     #[error("debug-mode document (PCR0/1/2 are all zero) and the policy does not allow debug mode")]
     DebugMode,
+    /// The document is of a kind the policy does not accept (by default only
+    /// [`DocumentKind::Enclave`](crate::DocumentKind::Enclave); see
+    /// [`Policy::accept_kinds`](crate::Policy::accept_kinds)).
+    #[error("{kind} attestation documents are not accepted by the policy")]
+    KindNotAccepted {
+        /// The document's kind.
+        kind: crate::DocumentKind,
+    },
     /// An expected PCR is absent from the document.
     #[error("PCR{index} is expected but not present in the document")]
     PcrMissing {
@@ -179,8 +202,10 @@ pub enum Field {
     Digest,
     /// `timestamp` (uint, milliseconds since the Unix epoch).
     Timestamp,
-    /// `pcrs` (map uint → bstr).
+    /// `pcrs` (map uint → bstr) of a Nitro Enclaves document.
     Pcrs,
+    /// `nitrotpm_pcrs` (map uint → bstr) of a NitroTPM document.
+    NitroTpmPcrs,
     /// `certificate` (bstr, DER).
     Certificate,
     /// `cabundle` (array of bstr, DER, root first).
@@ -203,6 +228,7 @@ impl Field {
             Field::Digest => "digest",
             Field::Timestamp => "timestamp",
             Field::Pcrs => "pcrs",
+            Field::NitroTpmPcrs => "nitrotpm_pcrs",
             Field::Certificate => "certificate",
             Field::Cabundle => "cabundle",
             Field::PublicKey => "public_key",

@@ -8,6 +8,9 @@ mod chain;
 pub mod dangerous;
 mod document;
 mod error;
+#[cfg(feature = "http-api")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-api")))]
+pub mod http_api;
 mod input;
 mod nsm;
 mod time;
@@ -20,10 +23,13 @@ mod tests;
 pub use anchors::{AWS_ROOT_G1_PEM, AWS_ROOT_G1_SHA256, TrustAnchors};
 pub use chain::CertCache;
 pub use document::{
-    AttestationDocument, COSE_ALG_ES384, Digest, MAX_CABUNDLE, MAX_CERTIFICATE_SIZE,
+    AttestationDocument, COSE_ALG_ES384, Digest, DocumentKind, MAX_CABUNDLE, MAX_CERTIFICATE_SIZE,
     MAX_DOCUMENT_SIZE, MAX_OPTIONAL_FIELD, MAX_PCRS, PCR_LEN, UnverifiedDocument,
 };
 pub use error::{CertRef, CertificateError, Error, Field, NsmErrorCode, Result};
+#[cfg(feature = "http-api")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-api")))]
+pub use http_api::AttestationApi;
 pub use input::decode_input;
 #[cfg(feature = "device")]
 #[cfg_attr(docsrs, doc(cfg(feature = "device")))]
@@ -41,13 +47,17 @@ pub use verify::{DEFAULT_LEEWAY, Policy, VerifiedDocument, Verifier, verify};
 /// Entry points for fuzzing and property tests. Not part of the stable API.
 #[doc(hidden)]
 pub mod internal {
-    use crate::{CheckTime, Policy, Timestamp, UnverifiedDocument, Verifier, dangerous};
+    use crate::{
+        CheckTime, DocumentKind, Policy, Timestamp, UnverifiedDocument, Verifier, dangerous,
+    };
 
     /// Runs every parser and verifier path over `data`: parse, verify against the AWS root at
     /// the document's own timestamp (if it parses), and the unsigned policy path. Returns
     /// `true` if the AWS verification accepted the document.
     pub fn fuzz_document(data: &[u8]) -> bool {
         let policy = Policy::new()
+            .accept_kinds([DocumentKind::Enclave, DocumentKind::NitroTpm])
+            .allow_trailing_bytes(true)
             .allow_debug(true)
             .check_time(CheckTime::DocumentTimestamp);
         let now = Timestamp::from_unix_millis(1_750_000_000_000);

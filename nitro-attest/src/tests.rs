@@ -108,6 +108,7 @@ fn payload(leaf: &Cert, bundle: Vec<Vec<u8>>) -> AttestationDocument {
         module_id: "i-0123456789abcdef0-enc0123456789abcdef".to_owned(),
         digest: Digest::Sha384,
         timestamp: T0,
+        kind: crate::DocumentKind::Enclave,
         pcrs,
         certificate: leaf.der.clone(),
         cabundle: bundle,
@@ -751,4 +752,228 @@ fn public_types_are_thread_safe() {
     }
     assert_eq!(describe(nsm.clone()), 32);
     assert_eq!(describe(&*nsm), 32);
+}
+
+/// `payload()` as a NitroTPM document (`nitrotpm_pcrs`, PCR0/1/2 zero: no debug mode there).
+fn tpm_payload(p: &Pki) -> AttestationDocument {
+    let mut doc = payload(&p.leaf, vec![p.root.der.clone(), p.int.der.clone()]);
+    doc.kind = crate::DocumentKind::NitroTpm;
+    doc.module_id = "i-0123456789abcdef0-tpm0123456789abcdef".to_owned();
+    for i in 0..3 {
+        doc.pcrs.insert(i, vec![0; 48]);
+    }
+    doc
+}
+
+/// The payload map of `doc` with the entry `name` replaced by raw CBOR `value` (removed when
+/// `None`) and the raw entries `extra` appended, signed by the leaf.
+fn edited(
+    p: &Pki,
+    doc: &AttestationDocument,
+    name: &str,
+    value: Option<&[u8]>,
+    extra: &[&[u8]],
+) -> Vec<u8> {
+    let full = doc.to_payload(false);
+    let mut r = cbor::Reader::new(&full);
+    let n = r.container(cbor::MAJOR_MAP).unwrap().unwrap();
+    let mut entries: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..n {
+        let k0 = r_pos(&r);
+        let key = r.text().unwrap();
+        let v0 = r_pos(&r);
+        r.skip().unwrap();
+        let v1 = r_pos(&r);
+        if key != name {
+            entries.push(full[k0..v1].to_vec());
+        } else if let Some(v) = value {
+            let mut e = full[k0..v0].to_vec();
+            e.extend_from_slice(v);
+            entries.push(e);
+        }
+    }
+    entries.extend(extra.iter().map(|e| e.to_vec()));
+    let mut out = Vec::new();
+    cbor::write_head(&mut out, cbor::MAJOR_MAP, entries.len() as u64);
+    for e in entries {
+        out.extend_from_slice(&e);
+    }
+    sign_raw(&p.leaf.key, &PROTECTED_ES384, &out)
+}
+
+fn pcr_map_entry(key: &str, index: u8) -> Vec<u8> {
+    let mut e = Vec::new();
+    cbor::write_text(&mut e, key);
+    e.extend_from_slice(&[0xa1, index, 0x58, 0x30]);
+    e.extend_from_slice(&[7; 48]);
+    e
+}
+
+#[test]
+fn nitrotpm_documents_are_a_distinct_kind_refused_by_default() {
+    use crate::DocumentKind::{Enclave, NitroTpm};
+    let p = pki();
+    let a = anchors(&p.root);
+    let tpm = sign(&p.leaf.key, &tpm_payload(&p));
+    let parsed = crate::UnverifiedDocument::parse(&tpm).unwrap();
+    assert_eq!(parsed.kind(), NitroTpm);
+    assert!(
+        !parsed.payload().is_debug_mode(),
+        "NitroTPM has no debug mode"
+    );
+    // Same PKI and envelope, refused unless NitroTPM documents are asked for.
+    assert!(matches!(
+        check(&a, &tpm, &policy()),
+        Err(Error::KindNotAccepted { kind: NitroTpm })
+    ));
+    check(&a, &tpm, &policy().accept_kinds([NitroTpm])).unwrap();
+    check(&a, &tpm, &policy().accept_kinds([Enclave, NitroTpm])).unwrap();
+    let v = Verifier::new(a.clone())
+        .verify(
+            &tpm,
+            T0,
+            &policy().accept_kinds([NitroTpm]).expect_pcr(4, [5u8; 48]),
+        )
+        .unwrap();
+    assert_eq!(v.kind(), NitroTpm);
+    assert_eq!(v.pcr(4), Some(&[5u8; 48][..]));
+    // And the other way round: a NitroTPM-only policy refuses enclave documents.
+    let enclave = doc_for(&p);
+    assert!(matches!(
+        check(&a, &enclave, &policy().accept_kinds([NitroTpm])),
+        Err(Error::KindNotAccepted { kind: Enclave })
+    ));
+    assert!(matches!(
+        check(&a, &enclave, &policy().accept_kinds([])),
+        Err(Error::KindNotAccepted { kind: Enclave })
+    ));
+    // The kind is decided by the signed payload: forgery still fails on the signature first.
+    let mut forged = tpm.clone();
+    let at = forged
+        .windows(13)
+        .position(|w| w == b"nitrotpm_pcrs")
+        .unwrap();
+    forged[at + 1] ^= 0x20;
+    assert!(check(&a, &forged, &policy().accept_kinds([NitroTpm])).is_err());
+    // The unsigned path applies the kind too.
+    assert!(matches!(
+        crate::dangerous::check_policy_without_signature(&tpm, T0, &policy()),
+        Err(Error::KindNotAccepted { kind: NitroTpm })
+    ));
+    let any = policy().accept_kinds([NitroTpm]);
+    crate::dangerous::check_policy_without_signature(&tpm, T0, &any).unwrap();
+}
+
+#[test]
+fn malformed_nitrotpm_documents_return_typed_errors() {
+    use crate::DocumentKind::NitroTpm;
+    let p = pki();
+    let a = anchors(&p.root);
+    let tpm = tpm_payload(&p);
+    let pol = policy().accept_kinds([NitroTpm]);
+    let run = |name: &str, v: Option<&[u8]>, extra: &[&[u8]]| {
+        check(&a, &edited(&p, &tpm, name, v, extra), &pol)
+    };
+    // Both PCR maps: ambiguous, whichever comes first.
+    let e = run("x", None, &[&pcr_map_entry("pcrs", 0)]).unwrap_err();
+    assert!(matches!(e, Error::AmbiguousKind), "{e}");
+    let enclave = payload(&p.leaf, vec![p.root.der.clone(), p.int.der.clone()]);
+    let e = check(
+        &a,
+        &edited(
+            &p,
+            &enclave,
+            "x",
+            None,
+            &[&pcr_map_entry("nitrotpm_pcrs", 0)],
+        ),
+        &pol,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::AmbiguousKind), "{e}");
+    // Twice the same map.
+    let e = run("x", None, &[&pcr_map_entry("nitrotpm_pcrs", 1)]).unwrap_err();
+    assert!(
+        matches!(e, Error::DuplicateField(Field::NitroTpmPcrs)),
+        "{e}"
+    );
+    // Neither map.
+    let e = run("nitrotpm_pcrs", None, &[]).unwrap_err();
+    assert!(matches!(e, Error::MissingField(Field::Pcrs)), "{e}");
+    // null.
+    let e = run("nitrotpm_pcrs", Some(&[0xf6]), &[]).unwrap_err();
+    assert!(matches!(e, Error::MissingField(Field::NitroTpmPcrs)), "{e}");
+    // Wrong type, empty, bad index, bad length: the error names `nitrotpm_pcrs`.
+    let mut pcr32 = vec![0xa1, 0x18, 0x20, 0x58, 0x30];
+    pcr32.extend_from_slice(&[0; 48]);
+    let mut short = vec![0xa1, 0x00, 0x58, 0x20];
+    short.extend_from_slice(&[0; 32]);
+    for bad in [
+        &[0x80][..],
+        &[0xa0],
+        &[0x43, 1, 2, 3],
+        &pcr32,
+        &short,
+        &[0xa1, 0x00],
+    ] {
+        let e = run("nitrotpm_pcrs", Some(bad), &[]).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::InvalidField {
+                    field: Field::NitroTpmPcrs,
+                    ..
+                }
+            ),
+            "{bad:02x?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn trailing_bytes_are_refused_unless_the_policy_opts_in() {
+    let p = pki();
+    let a = anchors(&p.root);
+    let doc = doc_for(&p);
+    for trailer in [&[0x00][..], &[0xf6], b"{\"os_image_hash\":\"00\"}"] {
+        let mut with = doc.clone();
+        with.extend_from_slice(trailer);
+        let e = check(&a, &with, &policy()).unwrap_err();
+        assert!(
+            matches!(e, Error::TrailingBytes { offset, len } if offset == doc.len() && len == trailer.len()),
+            "{e}"
+        );
+        assert!(matches!(
+            crate::dangerous::check_policy_without_signature(&with, T0, &policy()),
+            Err(Error::TrailingBytes { .. })
+        ));
+        let v = Verifier::new(a.clone())
+            .verify(&with, T0, &policy().allow_trailing_bytes(true))
+            .unwrap();
+        assert_eq!(v.trailing_bytes(), trailer.len());
+        crate::dangerous::check_policy_without_signature(
+            &with,
+            T0,
+            &policy().allow_trailing_bytes(true),
+        )
+        .unwrap();
+    }
+    // The opt-in does not relax anything else (debug mode stays refused by default).
+    let mut debug = payload(&p.leaf, vec![p.root.der.clone(), p.int.der.clone()]);
+    for i in 0..3 {
+        debug.pcrs.insert(i, vec![0; 48]);
+    }
+    let mut with = sign(&p.leaf.key, &debug);
+    with.push(0);
+    assert!(matches!(
+        check(&a, &with, &policy().allow_trailing_bytes(true)),
+        Err(Error::DebugMode)
+    ));
+    assert_eq!(
+        Verifier::new(a.clone())
+            .verify(&doc, T0, &policy())
+            .unwrap()
+            .trailing_bytes(),
+        0
+    );
 }

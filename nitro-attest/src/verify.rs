@@ -10,17 +10,19 @@ use aws_lc_rs::signature::ParsedPublicKey;
 use crate::anchors::{TrustAnchors, sha256};
 use crate::chain::{self, CertCache, CertInfo};
 use crate::document::{
-    AttestationDocument, COSE_ALG_ES384, UnverifiedDocument, sig_structure_digest,
+    AttestationDocument, COSE_ALG_ES384, DocumentKind, UnverifiedDocument, sig_structure_digest,
 };
 use crate::error::{CertRef, Error, Field, Result};
 use crate::time::{CheckTime, Timestamp, duration_ms};
 
-/// What a document must satisfy beyond a valid signature and chain: check time, clock leeway,
-/// maximum age, expected PCRs, nonce, `user_data`, `public_key`, debug mode.
+/// What a document must satisfy beyond a valid signature and chain: document kind, trailing
+/// bytes, check time, clock leeway, maximum age, expected PCRs, nonce, `user_data`,
+/// `public_key`, debug mode.
 ///
-/// The default policy checks certificates at `now` with 30 s leeway, has no maximum age,
-/// expects no particular PCRs, nonce, user data or public key, and rejects debug-mode
-/// documents. **A relying party should almost always pin PCRs** (PCR0, or PCR1 and PCR2; PCR8
+/// The default policy accepts only Nitro Enclaves documents ([`DocumentKind::Enclave`]),
+/// refuses bytes after the COSE_Sign1 structure, checks certificates at `now` with 30 s
+/// leeway, has no maximum age, expects no particular PCRs, nonce, user data or public key, and
+/// rejects debug-mode documents. **A relying party should almost always pin PCRs** (PCR0, or PCR1 and PCR2; PCR8
 /// for signed images), and a nonce or maximum age for freshness: without them any enclave
 /// attested by the trust anchors is accepted.
 ///
@@ -46,6 +48,8 @@ pub struct Policy {
     user_data: Option<Vec<u8>>,
     public_key: Option<Vec<u8>>,
     allow_debug: bool,
+    kinds: Vec<DocumentKind>,
+    allow_trailing_bytes: bool,
 }
 
 /// Default clock-skew leeway applied to certificate validity and the document timestamp.
@@ -62,6 +66,8 @@ impl Default for Policy {
             user_data: None,
             public_key: None,
             allow_debug: false,
+            kinds: vec![DocumentKind::Enclave],
+            allow_trailing_bytes: false,
         }
     }
 }
@@ -127,6 +133,64 @@ impl Policy {
         self
     }
 
+    /// The document kinds accepted (default: only [`DocumentKind::Enclave`]). A NitroTPM
+    /// document attests an EC2 instance's boot chain, not an enclave: a relying party expecting
+    /// an enclave must not accept one, so NitroTPM documents must be asked for. An empty list
+    /// accepts nothing. Expected PCRs apply to whichever kind the document is: with both kinds
+    /// accepted, pin PCRs that mean the same thing in both, or verify with one policy per kind.
+    ///
+    /// ```
+    /// use nitro_attest::{DocumentKind, Policy};
+    /// let tpm = Policy::new().accept_kinds([DocumentKind::NitroTpm]);
+    /// assert!(tpm.accepts_kind(DocumentKind::NitroTpm));
+    /// assert!(!tpm.accepts_kind(DocumentKind::Enclave));
+    /// assert!(!Policy::new().accepts_kind(DocumentKind::NitroTpm));
+    /// ```
+    pub fn accept_kinds(mut self, kinds: impl IntoIterator<Item = DocumentKind>) -> Self {
+        self.kinds = kinds.into_iter().collect();
+        self.kinds.sort_unstable();
+        self.kinds.dedup();
+        self
+    }
+
+    /// Accepts bytes after the COSE_Sign1 structure (default: refused with
+    /// [`Error::TrailingBytes`]). They are not covered by the signature and are ignored; only
+    /// for containers known to append a trailer (dstack stores a SCALE-encoded JSON object
+    /// after the document).
+    pub fn allow_trailing_bytes(mut self, allow: bool) -> Self {
+        self.allow_trailing_bytes = allow;
+        self
+    }
+
+    /// `true` if documents of `kind` are accepted.
+    pub fn accepts_kind(&self, kind: DocumentKind) -> bool {
+        self.kinds.contains(&kind)
+    }
+
+    /// The accepted document kinds, sorted.
+    pub fn accepted_kinds(&self) -> &[DocumentKind] {
+        &self.kinds
+    }
+
+    /// Whether trailing bytes are accepted.
+    pub fn get_allow_trailing_bytes(&self) -> bool {
+        self.allow_trailing_bytes
+    }
+
+    /// Parses `document` under this policy's trailing-bytes rule; returns the document and
+    /// the number of trailing bytes.
+    pub(crate) fn parse(&self, document: &[u8]) -> Result<(UnverifiedDocument, usize)> {
+        let (doc, len) = UnverifiedDocument::parse_prefix(document)?;
+        let trailing = document.len() - len;
+        if trailing > 0 && !self.allow_trailing_bytes {
+            return Err(Error::TrailingBytes {
+                offset: len,
+                len: trailing,
+            });
+        }
+        Ok((doc, trailing))
+    }
+
     /// The configured check time.
     pub fn get_check_time(&self) -> CheckTime {
         self.check_time
@@ -149,6 +213,9 @@ impl Policy {
 
     /// Checks the payload against the policy (everything except signature and chain).
     pub(crate) fn check_payload(&self, doc: &AttestationDocument, now: Timestamp) -> Result<()> {
+        if !self.accepts_kind(doc.kind) {
+            return Err(Error::KindNotAccepted { kind: doc.kind });
+        }
         if !self.allow_debug && doc.is_debug_mode() {
             return Err(Error::DebugMode);
         }
@@ -211,6 +278,7 @@ pub struct VerifiedDocument {
     document: AttestationDocument,
     anchor_sha256: [u8; 32],
     checked_at: Timestamp,
+    trailing_bytes: usize,
 }
 
 impl VerifiedDocument {
@@ -234,6 +302,17 @@ impl VerifiedDocument {
     pub fn checked_at(&self) -> Timestamp {
         self.checked_at
     }
+
+    /// Enclave or NitroTPM document.
+    pub fn kind(&self) -> DocumentKind {
+        self.document.kind
+    }
+
+    /// Number of bytes after the COSE_Sign1 structure that were ignored (non-zero only under
+    /// [`Policy::allow_trailing_bytes`]). They are **not** authenticated.
+    pub fn trailing_bytes(&self) -> usize {
+        self.trailing_bytes
+    }
 }
 
 impl Deref for VerifiedDocument {
@@ -250,13 +329,16 @@ impl Deref for VerifiedDocument {
 /// [`CheckTime::Now`] and for the maximum age. The steps, in order:
 ///
 /// 1. size limit, then COSE_Sign1 and payload parsing ([`UnverifiedDocument::parse`]);
+///    bytes after the COSE_Sign1 are refused ([`Error::TrailingBytes`]) unless the policy
+///    allows them;
 /// 2. protected header `alg` = ES384 (-35), no `crit`, signature of 96 bytes;
 /// 3. `cabundle[0]` byte-identical to a trust anchor, else [`Error::UntrustedRoot`];
 /// 4. the chain anchor → `cabundle[1..]` → `certificate` (see below), every certificate valid
 ///    at the check time (reported leaf first, so an old document says "leaf expired");
 /// 5. the ES384 signature over `["Signature1", protected, h'', payload]` built from the
 ///    received bytes, with the leaf key, else [`Error::BadSignature`];
-/// 6. the [`Policy`]: debug mode, PCRs, nonce, user data, public key, maximum age.
+/// 6. the [`Policy`]: document kind (enclave or NitroTPM, [`Error::KindNotAccepted`]), debug
+///    mode, PCRs, nonce, user data, public key, maximum age.
 ///
 /// # Certificate checks
 ///
@@ -349,8 +431,10 @@ impl Verifier {
         now: Timestamp,
         policy: &Policy,
     ) -> Result<VerifiedDocument> {
-        let doc = UnverifiedDocument::parse(document)?;
-        self.verify_parsed(&doc, now, policy)
+        let (doc, trailing) = policy.parse(document)?;
+        let mut verified = self.verify_parsed(&doc, now, policy)?;
+        verified.trailing_bytes = trailing;
+        Ok(verified)
     }
 
     /// Verifies an already parsed document.
@@ -391,6 +475,7 @@ impl Verifier {
             document: payload.clone(),
             anchor_sha256,
             checked_at: at,
+            trailing_bytes: 0,
         })
     }
 

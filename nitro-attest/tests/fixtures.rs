@@ -13,14 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nitro_attest::{
-    AWS_ROOT_G1_SHA256, CertCache, CertRef, CertificateError, CheckTime, Error, Field, Policy,
-    Timestamp, TrustAnchors, UnverifiedDocument, Verifier,
+    AWS_ROOT_G1_SHA256, CertCache, CertRef, CertificateError, CheckTime, DocumentKind, Error,
+    Field, Policy, Timestamp, TrustAnchors, UnverifiedDocument, Verifier,
 };
 
 fn at_doc() -> Policy {
     Policy::new()
         .check_time(CheckTime::DocumentTimestamp)
         .allow_debug(true)
+}
+
+/// `at_doc()`, opting in to the trailer of the dstack documents (stored after the COSE_Sign1).
+fn at_doc_for(f: &common::Fixture) -> Policy {
+    at_doc().allow_trailing_bytes(f.trailing > 0)
 }
 
 fn size_of(v: &serde_json::Value) -> Option<usize> {
@@ -35,7 +40,7 @@ fn parsed_fields_match_the_manifest() {
     };
     for f in &fixtures {
         let j = &f.json;
-        let doc = UnverifiedDocument::parse(&f.bytes).unwrap_or_else(|e| panic!("{}: {e}", f.file));
+        let doc = f.parsed();
         let p = doc.payload();
         assert!(!doc.is_tagged(), "{}", f.file);
         assert_eq!(doc.algorithm(), Some(-35), "{}", f.file);
@@ -128,14 +133,45 @@ fn genuine_documents_verify_at_their_own_timestamp() {
     let mut n = 0;
     for f in fixtures.iter().filter(|f| f.valid) {
         let v = plain
-            .verify(&f.bytes, now, &at_doc())
+            .verify(&f.bytes, now, &at_doc_for(f))
             .unwrap_or_else(|e| panic!("{}: {e}", f.file));
         assert_eq!(v.anchor_sha256(), AWS_ROOT_G1_SHA256);
+        assert_eq!(v.trailing_bytes(), f.trailing, "{}", f.file);
+        assert_eq!(v.kind(), DocumentKind::Enclave, "{}", f.file);
+        // Strict by default: a trailer must be opted into.
+        if f.trailing > 0 {
+            let e = plain.verify(&f.bytes, now, &at_doc()).unwrap_err();
+            assert!(
+                matches!(e, Error::TrailingBytes { offset, len }
+                    if len == f.trailing && offset + len == f.bytes.len()),
+                "{}: {e}",
+                f.file
+            );
+            plain.verify(f.cose(), now, &at_doc()).unwrap();
+        }
+        // Real documents are enclave documents: a NitroTPM-only policy refuses them.
+        let e = plain
+            .verify(
+                &f.bytes,
+                now,
+                &at_doc_for(f).accept_kinds([DocumentKind::NitroTpm]),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::KindNotAccepted {
+                    kind: DocumentKind::Enclave
+                }
+            ),
+            "{}: {e}",
+            f.file
+        );
         assert_eq!(v.checked_at(), v.timestamp);
         // Cold and warm cache give the same verdict.
         for _ in 0..2 {
             cached
-                .verify(&f.bytes, now, &at_doc())
+                .verify(&f.bytes, now, &at_doc_for(f))
                 .unwrap_or_else(|e| panic!("{} (cached): {e}", f.file));
         }
         // The same at a fixed instant equal to the timestamp, and with the PCR0 pinned.
@@ -144,13 +180,15 @@ fn genuine_documents_verify_at_their_own_timestamp() {
             .verify(
                 &f.bytes,
                 now,
-                &at_doc()
+                &at_doc_for(f)
                     .check_time(CheckTime::At(v.timestamp))
                     .expect_pcr(0, &pcr0),
             )
             .unwrap_or_else(|e| panic!("{}: {e}", f.file));
         // Debug-mode documents are rejected unless allowed.
-        let strict = Policy::new().check_time(CheckTime::DocumentTimestamp);
+        let strict = Policy::new()
+            .check_time(CheckTime::DocumentTimestamp)
+            .allow_trailing_bytes(f.trailing > 0);
         match plain.verify(&f.bytes, now, &strict) {
             Ok(_) => assert!(!v.is_debug_mode(), "{}", f.file),
             Err(Error::DebugMode) => assert!(v.is_debug_mode(), "{}", f.file),
@@ -210,7 +248,13 @@ fn every_document_fails_now_and_four_hours_later() {
     let verifier = Verifier::aws();
     for f in &fixtures {
         let e = verifier
-            .verify(&f.bytes, now, &Policy::new().allow_debug(true))
+            .verify(
+                &f.bytes,
+                now,
+                &Policy::new()
+                    .allow_debug(true)
+                    .allow_trailing_bytes(f.trailing > 0),
+            )
             .unwrap_err();
         if f.valid {
             assert!(
@@ -224,13 +268,13 @@ fn every_document_fails_now_and_four_hours_later() {
                 "{}: {e}",
                 f.file
             );
-            let ts = UnverifiedDocument::parse(&f.bytes)
-                .unwrap()
-                .payload()
-                .timestamp;
-            let later = Policy::new().allow_debug(true).check_time(CheckTime::At(
-                ts.saturating_add(Duration::from_secs(4 * 3600)),
-            ));
+            let ts = f.parsed().payload().timestamp;
+            let later = Policy::new()
+                .allow_debug(true)
+                .allow_trailing_bytes(f.trailing > 0)
+                .check_time(CheckTime::At(
+                    ts.saturating_add(Duration::from_secs(4 * 3600)),
+                ));
             let e = verifier.verify(&f.bytes, now, &later).unwrap_err();
             assert!(
                 matches!(
@@ -292,13 +336,21 @@ fn tagged_form_and_synthetic_mutations() {
         Err(Error::BadSignature)
     ));
 
-    // Trailing garbage and truncation are parse errors.
+    // Trailing garbage is refused unless the policy opts in; truncation is a parse error.
     let mut trailing = f.bytes.clone();
     trailing.push(0);
     assert!(matches!(
         verifier.verify(&trailing, now, &at_doc()),
-        Err(Error::Cbor { .. })
+        Err(Error::TrailingBytes { len: 1, .. })
     ));
+    assert!(matches!(
+        UnverifiedDocument::parse(&trailing),
+        Err(Error::TrailingBytes { len: 1, .. })
+    ));
+    let v = verifier
+        .verify(&trailing, now, &at_doc().allow_trailing_bytes(true))
+        .unwrap();
+    assert_eq!(v.trailing_bytes(), 1);
     assert!(
         verifier
             .verify(&f.bytes[..f.bytes.len() - 1], now, &at_doc())
@@ -391,7 +443,7 @@ fn edge_case_documents() {
     };
     let get = |name: &str| {
         let f = fixtures.iter().find(|f| f.file.contains(name)).unwrap();
-        UnverifiedDocument::parse(&f.bytes).unwrap().into_payload()
+        f.parsed().into_payload()
     };
     // Empty public_key bstr (escrin) is Some(empty), not None.
     assert_eq!(get("escrin").public_key, Some(Vec::new()));

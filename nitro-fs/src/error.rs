@@ -111,8 +111,34 @@ pub enum Error {
     },
 
     /// The device does not contain a sealed-device header (never initialised, or not ours).
+    /// Only returned when no particular device is expected: with an expected
+    /// [`DeviceId`](crate::sealed::DeviceId) the same situation is
+    /// [`Error::SealedDeviceMissing`].
     #[error("not a sealed device: {0}")]
     NotSealed(String),
+
+    /// A particular sealed device was expected (bound in the freshness anchor, or
+    /// [`SealedConfig::expect_device`](crate::sealed::SealedConfig::expect_device)) but no
+    /// authentic header of it is there: the storage serves zeros, both header copies are
+    /// damaged, or the device was replaced. The parent may be trying to reset the volume; it
+    /// is never re-created.
+    #[error("sealed device {expected} is missing: {reason}")]
+    SealedDeviceMissing {
+        /// The expected device identity.
+        expected: crate::sealed::DeviceId,
+        /// What was found instead.
+        reason: String,
+    },
+
+    /// The storage holds a sealed device other than the expected one (e.g. another volume of
+    /// the same enclave substituted by the parent).
+    #[error("expected sealed device {expected}, found {found}")]
+    UnexpectedDevice {
+        /// The expected device identity.
+        expected: crate::sealed::DeviceId,
+        /// The identity in the headers found.
+        found: crate::sealed::DeviceId,
+    },
 
     /// Wrapping or unwrapping the data key failed.
     #[error("key wrapping failed: {0}")]
@@ -137,9 +163,16 @@ impl Error {
         Self::InvalidArgument(msg.into())
     }
 
-    /// True when the error means that stored data did not authenticate or was rolled back.
+    /// True when the error means that stored data did not authenticate, was rolled back, or
+    /// the expected sealed device is missing or replaced.
     pub fn is_integrity(&self) -> bool {
-        matches!(self, Self::Integrity(_) | Self::Rollback { .. })
+        matches!(
+            self,
+            Self::Integrity(_)
+                | Self::Rollback { .. }
+                | Self::SealedDeviceMissing { .. }
+                | Self::UnexpectedDevice { .. }
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use rcgen::{
 use crate::anchors::TrustAnchors;
 use crate::cbor;
 use crate::document::{
-    AttestationDocument, Digest, MAX_PCRS, PCR_LEN, PROTECTED_ES384, encode_sign1,
+    AttestationDocument, Digest, DocumentKind, MAX_PCRS, PCR_LEN, PROTECTED_ES384, encode_sign1,
 };
 use crate::error::{Error, NsmErrorCode, Result};
 use crate::nsm::pki::{KeySource, SimulatorPki, dn, rc_err, to_odt};
@@ -26,6 +26,9 @@ const REGIONAL_LIFETIME: Duration = Duration::from_secs(20 * 24 * 3600);
 const ZONAL_LIFETIME: Duration = Duration::from_secs(6 * 24 * 3600);
 const INSTANCE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const LEAF_LIFETIME: Duration = Duration::from_secs(3 * 3600);
+
+/// Number of PCRs of the NitroTPM's SHA-384 bank (a TPM 2.0 has 24).
+const NITROTPM_PCRS: u16 = 24;
 
 /// A clock for the simulator.
 type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -53,6 +56,7 @@ pub struct SimulatedNsmBuilder {
     module_id: Option<String>,
     pcrs: BTreeMap<u16, Vec<u8>>,
     debug_mode: bool,
+    kind: Option<DocumentKind>,
     clock: Option<Clock>,
     indefinite: bool,
     pki: Option<SimulatorPki>,
@@ -65,6 +69,7 @@ impl std::fmt::Debug for SimulatedNsmBuilder {
             .field("module_id", &self.module_id)
             .field("pcrs", &self.pcrs.keys().collect::<Vec<_>>())
             .field("debug_mode", &self.debug_mode)
+            .field("kind", &self.kind)
             .field("clock", &self.clock.as_ref().map(|_| "custom"))
             .field("indefinite", &self.indefinite)
             .field("pki", &self.pki)
@@ -111,8 +116,37 @@ impl SimulatedNsmBuilder {
     }
 
     /// Simulates an enclave started with `--debug-mode`: PCR0, PCR1 and PCR2 are zero.
+    /// Not available for NitroTPM documents ([`build`](Self::build) fails).
     pub fn debug_mode(mut self) -> Self {
         self.debug_mode = true;
+        self
+    }
+
+    /// Simulates an EC2 instance's NitroTPM instead of an enclave's NSM: documents carry
+    /// `nitrotpm_pcrs` ([`DocumentKind::NitroTpm`]) with all 24 PCRs of the SHA-384 bank, the
+    /// module id is `i-<17 hex>-tpm<16 hex>`, every PCR can be extended and none locked
+    /// ([`Nsm::lock_pcr`] and [`Nsm::lock_pcrs`] fail with `InvalidOperation`), and
+    /// [`Nsm::describe_nsm`] reports 24 PCRs. Default PCRs: 0, 1 (firmware), 4 (boot manager),
+    /// 7 (Secure Boot policy) and 12 (kernel command line) derived from the seed, others zero.
+    /// PKI, signature and envelope are those of enclave documents, as on AWS.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), nitro_attest::Error> {
+    /// use nitro_attest::{DocumentKind, Nsm, Policy, SimulatedNsm, Timestamp, Verifier};
+    /// let tpm = SimulatedNsm::builder().seed(9).nitrotpm().build()?;
+    /// let doc = tpm.attestation(None, Some(b"n"), None)?;
+    /// let verifier = Verifier::new(tpm.trust_anchors()?);
+    /// // Refused by the default policy, accepted when NitroTPM documents are asked for.
+    /// assert!(verifier.verify(&doc, Timestamp::now(), &Policy::new()).is_err());
+    /// let policy = Policy::new().accept_kinds([DocumentKind::NitroTpm]);
+    /// let verified = verifier.verify(&doc, Timestamp::now(), &policy)?;
+    /// assert_eq!(verified.kind(), DocumentKind::NitroTpm);
+    /// assert_eq!(verified.pcrs.len(), 24);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn nitrotpm(mut self) -> Self {
+        self.kind = Some(DocumentKind::NitroTpm);
         self
     }
 
@@ -147,33 +181,54 @@ impl SimulatedNsmBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for a PCR index ≥ 32 or a PCR value that is not 48 bytes.
+    /// [`Error::InvalidArgument`] for a PCR index ≥ 32 (≥ 24 for NitroTPM) or a PCR value
+    /// that is not 48 bytes, or for debug mode with NitroTPM.
     pub fn build(self) -> Result<SimulatedNsm> {
+        let kind = self.kind.unwrap_or(DocumentKind::Enclave);
+        let tpm = kind == DocumentKind::NitroTpm;
+        if tpm && self.debug_mode {
+            return Err(Error::InvalidArgument(
+                "NitroTPM documents have no debug mode".to_owned(),
+            ));
+        }
+        let max_pcrs = if tpm { NITROTPM_PCRS } else { MAX_PCRS };
         let mut keys = KeySource::new(self.seed);
         let module_id = match self.module_id {
             Some(m) => m,
             None => {
                 let b = keys.bytes("module-id", 16)?;
                 format!(
-                    "i-{}-enc{}",
+                    "i-{}-{}{}",
                     &hex::encode(&b[..9])[..17],
+                    if tpm { "tpm" } else { "enc" },
                     hex::encode(&b[8..16])
                 )
             }
         };
         let mut pcrs = [[0u8; PCR_LEN]; MAX_PCRS as usize];
-        if !self.debug_mode {
-            for (i, pcr) in pcrs.iter_mut().enumerate().take(3) {
-                let d = keys.bytes(&format!("pcr{i}"), PCR_LEN)?;
-                pcr.copy_from_slice(&d);
-            }
+        let seeded: &[usize] = match (tpm, self.debug_mode) {
+            (true, _) => &[0, 1, 4, 7, 12],
+            (false, false) => &[0, 1, 2],
+            (false, true) => &[],
+        };
+        for &i in seeded {
+            let d = keys.bytes(&format!("pcr{i}"), PCR_LEN)?;
+            pcrs[i].copy_from_slice(&d);
         }
-        let instance_id = module_id.split("-enc").next().unwrap_or(&module_id);
-        pcrs[4] = extend(&pcrs[4], instance_id.as_bytes());
+        let instance_id = module_id
+            .split(if tpm { "-tpm" } else { "-enc" })
+            .next()
+            .unwrap_or(&module_id);
+        if !tpm {
+            pcrs[4] = extend(&pcrs[4], instance_id.as_bytes());
+        }
         for (&i, v) in &self.pcrs {
-            let slot = pcrs.get_mut(usize::from(i)).ok_or_else(|| {
-                Error::InvalidArgument(format!("PCR index {i} is not in 0..{MAX_PCRS}"))
-            })?;
+            let slot = pcrs
+                .get_mut(usize::from(i))
+                .filter(|_| i < max_pcrs)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!("PCR index {i} is not in 0..{max_pcrs}"))
+                })?;
             if v.len() != PCR_LEN {
                 return Err(Error::InvalidArgument(format!(
                     "PCR{i} value is {} bytes, expected {PCR_LEN}",
@@ -183,8 +238,10 @@ impl SimulatedNsmBuilder {
             slot.copy_from_slice(v);
         }
         let mut locked = [false; MAX_PCRS as usize];
-        for l in locked.iter_mut().take(16) {
-            *l = true;
+        if !tpm {
+            for l in locked.iter_mut().take(16) {
+                *l = true;
+            }
         }
 
         let clock = self.clock.unwrap_or_else(|| Arc::new(Timestamp::now));
@@ -203,6 +260,8 @@ impl SimulatedNsmBuilder {
             leaf: None,
         };
         Ok(SimulatedNsm {
+            kind,
+            max_pcrs,
             module_id,
             clock,
             indefinite: self.indefinite,
@@ -250,6 +309,8 @@ impl SimulatedNsmBuilder {
 /// # }
 /// ```
 pub struct SimulatedNsm {
+    kind: DocumentKind,
+    max_pcrs: u16,
     module_id: String,
     clock: Clock,
     indefinite: bool,
@@ -260,6 +321,7 @@ pub struct SimulatedNsm {
 impl std::fmt::Debug for SimulatedNsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimulatedNsm")
+            .field("kind", &self.kind)
             .field("module_id", &self.module_id)
             .field("indefinite", &self.indefinite)
             .finish_non_exhaustive()
@@ -318,6 +380,19 @@ impl SimulatedNsm {
         &self.module_id
     }
 
+    /// The kind of documents this simulator produces (see [`SimulatedNsmBuilder::nitrotpm`]).
+    pub fn kind(&self) -> DocumentKind {
+        self.kind
+    }
+
+    fn index(&self, i: u16) -> Result<usize> {
+        if i < self.max_pcrs {
+            Ok(usize::from(i))
+        } else {
+            Err(nsm_err(NsmErrorCode::InvalidIndex))
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -334,14 +409,6 @@ fn extend(old: &[u8; PCR_LEN], data: &[u8]) -> [u8; PCR_LEN] {
     let mut out = [0u8; PCR_LEN];
     out.copy_from_slice(digest(&SHA384, &buf).as_ref());
     out
-}
-
-fn index(i: u16) -> Result<usize> {
-    if i < MAX_PCRS {
-        Ok(usize::from(i))
-    } else {
-        Err(nsm_err(NsmErrorCode::InvalidIndex))
-    }
 }
 
 /// Size of the CBOR request `{"Attestation": {"user_data": …, "nonce": …, "public_key": …}}`.
@@ -376,12 +443,15 @@ impl Nsm for SimulatedNsm {
         let now = (self.clock)();
         let mut st = self.state();
         let (leaf_key, certificate, cabundle) = st.pki.chain_at(now)?;
+        // An NSM reports its locked PCRs, a NitroTPM its whole bank.
+        let tpm = self.kind == DocumentKind::NitroTpm;
         let pcrs = st
             .locked
             .iter()
             .zip(st.pcrs.iter())
+            .take(usize::from(self.max_pcrs))
             .enumerate()
-            .filter(|(_, (locked, _))| **locked)
+            .filter(|(_, (locked, _))| tpm || **locked)
             .map(|(i, (_, v))| (i as u16, v.to_vec()))
             .collect();
         drop(st);
@@ -389,6 +459,7 @@ impl Nsm for SimulatedNsm {
             module_id: self.module_id.clone(),
             digest: Digest::Sha384,
             timestamp: now,
+            kind: self.kind,
             pcrs,
             certificate,
             cabundle,
@@ -411,7 +482,7 @@ impl Nsm for SimulatedNsm {
     }
 
     fn describe_pcr(&self, i: u16) -> Result<PcrDescription> {
-        let i = index(i)?;
+        let i = self.index(i)?;
         let st = self.state();
         Ok(PcrDescription::new(st.locked[i], st.pcrs[i].to_vec()))
     }
@@ -421,7 +492,7 @@ impl Nsm for SimulatedNsm {
         if data.len() + 32 > NSM_REQUEST_MAX_SIZE {
             return Err(nsm_err(NsmErrorCode::InputTooLarge));
         }
-        let i = index(i)?;
+        let i = self.index(i)?;
         let mut st = self.state();
         if st.locked[i] {
             return Err(nsm_err(NsmErrorCode::ReadOnlyIndex));
@@ -431,14 +502,20 @@ impl Nsm for SimulatedNsm {
     }
 
     fn lock_pcr(&self, i: u16) -> Result<()> {
-        let i = index(i)?;
+        let i = self.index(i)?;
+        if self.kind == DocumentKind::NitroTpm {
+            return Err(nsm_err(NsmErrorCode::InvalidOperation));
+        }
         self.state().locked[i] = true;
         Ok(())
     }
 
     fn lock_pcrs(&self, range: u16) -> Result<()> {
-        if range > MAX_PCRS {
+        if range > self.max_pcrs {
             return Err(nsm_err(NsmErrorCode::InvalidIndex));
+        }
+        if self.kind == DocumentKind::NitroTpm {
+            return Err(nsm_err(NsmErrorCode::InvalidOperation));
         }
         let mut st = self.state();
         for l in st.locked.iter_mut().take(usize::from(range)) {
@@ -449,13 +526,13 @@ impl Nsm for SimulatedNsm {
 
     fn describe_nsm(&self) -> Result<NsmDescription> {
         let st = self.state();
-        let locked: BTreeSet<u16> = (0..MAX_PCRS)
+        let locked: BTreeSet<u16> = (0..self.max_pcrs)
             .filter(|&i| st.locked[usize::from(i)])
             .collect();
         Ok(NsmDescription::new(
             (1, 0, 0),
             self.module_id.clone(),
-            MAX_PCRS,
+            self.max_pcrs,
             locked,
             Digest::Sha384,
         ))

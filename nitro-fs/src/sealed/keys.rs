@@ -25,6 +25,24 @@ impl fmt::Display for DeviceId {
     }
 }
 
+impl std::str::FromStr for DeviceId {
+    type Err = Error;
+
+    /// Parses the 32 hex digits [`Display`](fmt::Display) prints (e.g. from attested
+    /// configuration).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidArgument(format!("device id {s:?} is not 32 hex digits"));
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(id))
+    }
+}
+
 impl fmt::Debug for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DeviceId({self})")
@@ -208,16 +226,47 @@ pub trait FreshnessAnchor: Send + Sync {
 
     /// Records a newly committed state for `device`. Must not go backwards.
     fn store<'a>(&'a self, device: &'a DeviceId, state: AnchorState) -> BoxFuture<'a, Result<()>>;
+
+    /// The device bound to the volume named `volume`, if any
+    /// ([`SealedDevice::open_volume`](super::SealedDevice::open_volume)). `None` means the
+    /// anchor proves the volume has never been created: the only case in which
+    /// `open_volume` creates a device.
+    ///
+    /// The default implementation reports that the anchor keeps no bindings
+    /// ([`Error::Anchor`]); an anchor must override both this and
+    /// [`bind_device`](Self::bind_device) to support `open_volume`.
+    fn bound_device<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<Option<DeviceId>>> {
+        Box::pin(async move {
+            Err(Error::Anchor(format!(
+                "this freshness anchor keeps no volume bindings (volume {volume:?})"
+            )))
+        })
+    }
+
+    /// Binds the volume named `volume` to `device`, for good: binding a bound volume to
+    /// another device must fail.
+    fn bind_device<'a>(&'a self, volume: &'a str, device: DeviceId) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            Err(Error::Anchor(format!(
+                "this freshness anchor keeps no volume bindings (volume {volume:?}, device {device})"
+            )))
+        })
+    }
 }
 
 /// A freshness anchor in enclave memory: detects rollback for as long as the process (the
-/// enclave) lives, including across close and reopen of the device.
+/// enclave) lives, including across close and reopen of the device. Its volume bindings
+/// ([`FreshnessAnchor::bound_device`]) last as long, so after a restart every volume looks
+/// new to it: to stop a parent from resetting a volume across restarts, keep the
+/// [`DeviceId`] in attested configuration ([`SealedConfig::expect_device`](super::SealedConfig::expect_device))
+/// or use a persistent anchor.
 ///
 /// Clones share state; [`MemoryAnchor::global`] is the process-wide instance used by
 /// default.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryAnchor {
     states: Arc<Mutex<HashMap<DeviceId, AnchorState>>>,
+    volumes: Arc<Mutex<HashMap<String, DeviceId>>>,
 }
 
 impl MemoryAnchor {
@@ -243,6 +292,32 @@ impl MemoryAnchor {
 }
 
 impl FreshnessAnchor for MemoryAnchor {
+    fn bound_device<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<Option<DeviceId>>> {
+        Box::pin(async move {
+            Ok(self
+                .volumes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(volume)
+                .copied())
+        })
+    }
+
+    fn bind_device<'a>(&'a self, volume: &'a str, device: DeviceId) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut g = self.volumes.lock().unwrap_or_else(PoisonError::into_inner);
+            match g.get(volume) {
+                Some(old) if *old != device => Err(Error::Anchor(format!(
+                    "volume {volume:?} is bound to device {old}, refusing to bind it to {device}"
+                ))),
+                _ => {
+                    g.insert(volume.to_owned(), device);
+                    Ok(())
+                }
+            }
+        })
+    }
+
     fn load<'a>(&'a self, device: &'a DeviceId) -> BoxFuture<'a, Result<Option<AnchorState>>> {
         Box::pin(async move { Ok(self.get(device)) })
     }

@@ -94,6 +94,8 @@ pub struct SealedConfig {
     /// the work of the next flush. Default 8192 (32 MiB of metadata, covering 3.2 GiB of
     /// changed data; a device smaller than that only commits when flushed).
     pub dirty_limit: usize,
+    /// The identity the device must have ([`SealedConfig::expect_device`]). Default: none.
+    pub expected_device: Option<DeviceId>,
 }
 
 impl Default for SealedConfig {
@@ -102,6 +104,7 @@ impl Default for SealedConfig {
             anchor: Arc::new(MemoryAnchor::global()),
             cache_pages: 4096,
             dirty_limit: 8192,
+            expected_device: None,
         }
     }
 }
@@ -112,6 +115,17 @@ impl SealedConfig {
         self.anchor = Arc::new(anchor);
         self
     }
+
+    /// Binds [`SealedDevice::open`] to the device `id` (e.g. kept in the enclave's attested
+    /// configuration): a header of another device is [`Error::UnexpectedDevice`], and no
+    /// authentic header of `id` (zeros, both copies damaged) is
+    /// [`Error::SealedDeviceMissing`] instead of [`Error::NotSealed`], so that a parent
+    /// cannot make the enclave re-create a volume. [`SealedDevice::create`] refuses a
+    /// configuration with an expected device.
+    pub fn expect_device(mut self, id: DeviceId) -> Self {
+        self.expected_device = Some(id);
+        self
+    }
 }
 
 impl fmt::Debug for SealedConfig {
@@ -119,6 +133,7 @@ impl fmt::Debug for SealedConfig {
         f.debug_struct("SealedConfig")
             .field("cache_pages", &self.cache_pages)
             .field("dirty_limit", &self.dirty_limit)
+            .field("expected_device", &self.expected_device)
             .finish_non_exhaustive()
     }
 }
@@ -283,7 +298,21 @@ impl<D: BlockDevice> SealedDevice<D> {
 
     /// Initialises a new sealed device on `dev`, using all of it, with a fresh identity and
     /// data key. Anything previously stored on `dev` becomes unreadable.
+    ///
+    /// Never call this because [`open`](Self::open) failed: the parent controls the storage
+    /// and can make `open` fail at will (serving zeros). [`open_volume`](Self::open_volume)
+    /// creates a device only when the freshness anchor proves the volume new.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `config` expects a particular device
+    /// ([`SealedConfig::expect_device`]), I/O, key-wrap and anchor errors.
     pub async fn create(dev: D, key_wrap: &dyn KeyWrap, config: SealedConfig) -> Result<Self> {
+        if let Some(id) = config.expected_device {
+            return Err(Error::invalid(format!(
+                "the configuration expects the existing sealed device {id}; refusing to create a new one"
+            )));
+        }
         check_underlying(&dev)?;
         let geo = Geometry::fitting(dev.size())?;
         let rng = SystemRandom::new();
@@ -319,21 +348,54 @@ impl<D: BlockDevice> SealedDevice<D> {
 
     /// Opens a sealed device: authenticates its header, unwraps its key, checks the
     /// freshness anchor, and recovers the last commit.
+    ///
+    /// With [`SealedConfig::expect_device`], only headers of that device are considered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotSealed`] when no header is found and no device is expected;
+    /// [`Error::SealedDeviceMissing`] / [`Error::UnexpectedDevice`] when the expected device
+    /// is not there; [`Error::Integrity`], [`Error::Rollback`], key-wrap, anchor and I/O
+    /// errors.
     pub async fn open(dev: D, key_wrap: &dyn KeyWrap, config: SealedConfig) -> Result<Self> {
+        match config.expected_device {
+            None => Self::open_checked(dev, key_wrap, config).await,
+            Some(expected) => {
+                Self::open_checked(dev, key_wrap, config)
+                    .await
+                    .map_err(|e| match e {
+                        Error::NotSealed(reason)
+                        | Error::Integrity(IntegrityError::Header(reason)) => {
+                            Error::SealedDeviceMissing { expected, reason }
+                        }
+                        e => e,
+                    })
+            }
+        }
+    }
+
+    async fn open_checked(dev: D, key_wrap: &dyn KeyWrap, config: SealedConfig) -> Result<Self> {
         check_underlying(&dev)?;
         let mut pages = vec![0u8; 2 * BLOCK];
         dev.read_at(0, &mut pages).await?;
         let mut candidates = Vec::new();
         let mut parse_error = None;
+        let mut foreign = None;
         for slot in 0..2 {
             let page = &pages[slot * BLOCK..(slot + 1) * BLOCK];
             match Header::parse_unauthenticated(page) {
-                Ok(Some(h)) => candidates.push((h, page)),
+                Ok(Some(h)) => match config.expected_device {
+                    Some(expected) if h.device != expected => foreign = Some(h.device),
+                    _ => candidates.push((h, page)),
+                },
                 Ok(None) => {}
                 Err(e) => parse_error = Some(e),
             }
         }
         if candidates.is_empty() {
+            if let (Some(expected), Some(found)) = (config.expected_device, foreign) {
+                return Err(Error::UnexpectedDevice { expected, found });
+            }
             return Err(parse_error
                 .unwrap_or_else(|| Error::NotSealed("no sealed-device header found".into())));
         }
@@ -412,6 +474,89 @@ impl<D: BlockDevice> SealedDevice<D> {
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Opens the sealed device of the volume named `volume`, creating it only when the
+    /// freshness anchor proves the volume new. Returns the device and whether it was created.
+    ///
+    /// The anchor ([`SealedConfig::anchor`]) keeps which [`DeviceId`] each volume is bound to
+    /// ([`FreshnessAnchor::bound_device`]):
+    ///
+    /// * bound: the device is opened with that identity expected
+    ///   ([`SealedConfig::expect_device`]); zeros, damaged headers or another device are
+    ///   [`Error::SealedDeviceMissing`] / [`Error::UnexpectedDevice`] — never a fresh device;
+    /// * not bound (first boot, as far as the anchor knows): if the configuration expects a
+    ///   device (attested configuration), it is opened and bound; otherwise, if neither header
+    ///   slot holds a sealed-device header, a device is created and bound; if a device is
+    ///   there it is opened and bound; anything else (a damaged header) is an error.
+    ///
+    /// The protection is as durable as the anchor: [`MemoryAnchor`] forgets its bindings when
+    /// the enclave restarts, after which the parent could again present a blank device. Keep
+    /// the identity in attested configuration ([`SealedConfig::expect_device`], which this
+    /// honours) or use a persistent anchor to close that gap.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use nitro_fs::sealed::{MemoryAnchor, SealedConfig, SealedDevice, StaticKeyWrap};
+    /// use nitro_fs::{BlockDevice, Error, MemDevice};
+    /// let raw = MemDevice::new(SealedDevice::<MemDevice>::raw_size_for(1 << 20) as usize);
+    /// let config = SealedConfig::default().with_anchor(MemoryAnchor::new());
+    /// let key = StaticKeyWrap::new(&[7; 32])?;
+    /// let (dev, created) = SealedDevice::open_volume(raw.clone(), &key, config.clone(), "data").await?;
+    /// assert!(created);
+    /// drop(dev);
+    /// // The parent serves zeros: the volume is not silently re-created.
+    /// raw.with_bytes(|b| b.fill(0));
+    /// let err = SealedDevice::open_volume(raw, &key, config, "data").await.unwrap_err();
+    /// assert!(matches!(err, Error::SealedDeviceMissing { .. }), "{err}");
+    /// # Ok::<(), Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open) and [`create`](Self::create); [`Error::Anchor`] if the anchor
+    /// keeps no volume bindings or refuses the binding; [`Error::UnexpectedDevice`] if the
+    /// configuration expects a device other than the one bound.
+    pub async fn open_volume(
+        dev: D,
+        key_wrap: &dyn KeyWrap,
+        config: SealedConfig,
+        volume: &str,
+    ) -> Result<(Self, bool)> {
+        let anchor = config.anchor.clone();
+        let bound = anchor.bound_device(volume).await?;
+        let expected = match (bound, config.expected_device) {
+            (Some(b), Some(c)) if b != c => {
+                return Err(Error::UnexpectedDevice {
+                    expected: c,
+                    found: b,
+                });
+            }
+            (b, c) => b.or(c),
+        };
+        if let Some(id) = expected {
+            let dev = Self::open(dev, key_wrap, config.expect_device(id)).await?;
+            if bound.is_none() {
+                anchor.bind_device(volume, id).await?;
+            }
+            return Ok((dev, false));
+        }
+        // The anchor proves a first boot. Create only on storage without any header.
+        let mut pages = vec![0u8; 2 * BLOCK];
+        if dev.size() >= pages.len() as u64 {
+            dev.read_at(0, &mut pages).await?;
+        }
+        let blank = pages
+            .chunks(BLOCK)
+            .all(|p| matches!(Header::parse_unauthenticated(p), Ok(None)));
+        let (dev, created) = if blank {
+            (Self::create(dev, key_wrap, config).await?, true)
+        } else {
+            (Self::open(dev, key_wrap, config).await?, false)
+        };
+        anchor.bind_device(volume, dev.device_id()).await?;
+        Ok((dev, created))
     }
 
     /// The device identity.
