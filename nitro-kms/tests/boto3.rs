@@ -146,7 +146,13 @@ async fn boto3_conformance_table() {
     };
     let out = run_python(
         python.clone(),
-        args(&url, "eu-central-1", "AKIDTABLE", "table-secret", "--local-only-checks"),
+        args(
+            &url,
+            "eu-central-1",
+            "AKIDTABLE",
+            "table-secret",
+            "--local-only-checks",
+        ),
     )
     .await;
     let report = String::from_utf8_lossy(&out.stdout);
@@ -178,9 +184,7 @@ async fn boto3_conformance_table() {
         )
         .unwrap();
     assert!(String::from_utf8_lossy(&signed).contains("Signature"));
-    let aliases = reloaded
-        .handle("ListAliases", b"{}", &caller, now)
-        .unwrap();
+    let aliases = reloaded.handle("ListAliases", b"{}", &caller, now).unwrap();
     assert!(String::from_utf8_lossy(&aliases).contains("alias/dest"));
 
     if let Some(moto) = common::Moto::start() {

@@ -337,3 +337,86 @@ pub(crate) fn rsa_decrypt(
     out.truncate(len);
     Ok(Plaintext::from(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::store::generate_material;
+
+    fn key(kind: KeyKind) -> KeyEntry {
+        let mut k = KeyEntry::generate(kind, String::new(), String::new(), 0.0).unwrap();
+        k.material = generate_material(kind).unwrap();
+        k
+    }
+
+    #[test]
+    fn raw_and_digest_signatures_verify_both_ways() {
+        for (kind, algs) in [
+            (KeyKind::SignP256, &["ECDSA_SHA_256"][..]),
+            (KeyKind::SignP384, &["ECDSA_SHA_384"]),
+            (KeyKind::SignP521, &["ECDSA_SHA_512"]),
+            (KeyKind::SignSecp256k1, &["ECDSA_SHA_256"]),
+            (
+                KeyKind::SignRsa2048,
+                &["RSASSA_PSS_SHA_256", "RSASSA_PKCS1_V1_5_SHA_512"],
+            ),
+        ] {
+            let k = key(kind);
+            for alg in algs {
+                let s = scheme(kind, alg).unwrap();
+                let msg = b"message";
+                let digest = digest::digest(s.digest, msg);
+                let raw = sign(&k, alg, msg, MessageType::Raw).unwrap();
+                // A RAW signature verifies as a DIGEST signature of the message's hash, and
+                // the other way round.
+                assert!(verify(&k, alg, digest.as_ref(), MessageType::Digest, &raw).unwrap());
+                let dig = sign(&k, alg, digest.as_ref(), MessageType::Digest).unwrap();
+                assert!(verify(&k, alg, msg, MessageType::Raw, &dig).unwrap());
+                assert!(!verify(&k, alg, b"other", MessageType::Raw, &dig).unwrap());
+                let e = sign(&k, alg, &[0; 20], MessageType::Digest).unwrap_err();
+                assert_eq!(e.code, "ValidationException");
+                if kind.ecdsa().is_some() {
+                    // DER: SEQUENCE of two INTEGERs.
+                    assert_eq!(raw[0], 0x30, "{kind:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn algorithms_and_usages_are_checked() {
+        let p384 = key(KeyKind::SignP384);
+        let e = sign(&p384, "ECDSA_SHA_256", b"m", MessageType::Raw).unwrap_err();
+        assert_eq!(e.code, "InvalidKeyUsageException");
+        let e = sign(&p384, "NOT_AN_ALGORITHM", b"m", MessageType::Raw).unwrap_err();
+        assert_eq!(e.code, "ValidationException");
+        let agreement = key(KeyKind::EccP256);
+        let e = sign(&agreement, "ECDSA_SHA_256", b"m", MessageType::Raw).unwrap_err();
+        assert_eq!(e.code, "InvalidKeyUsageException");
+        let e = rsa_encrypt(&p384, "RSAES_OAEP_SHA_256", b"m").unwrap_err();
+        assert_eq!(e.code, "InvalidKeyUsageException");
+        assert!(MessageType::parse(Some("EXTERNAL_MU")).is_err());
+    }
+
+    #[test]
+    fn rsa_oaep_round_trips_and_bounds() {
+        let k = key(KeyKind::EncryptRsa2048);
+        for (alg, max) in [("RSAES_OAEP_SHA_1", 214), ("RSAES_OAEP_SHA_256", 190)] {
+            let ct = rsa_encrypt(&k, alg, &vec![7; max]).unwrap();
+            assert_eq!(ct.len(), 256);
+            assert_eq!(rsa_decrypt(&k, alg, &ct).unwrap().as_bytes(), vec![7; max]);
+            assert_eq!(
+                rsa_encrypt(&k, alg, &vec![7; max + 1]).unwrap_err().code,
+                "ValidationException"
+            );
+            let mut bad = ct.clone();
+            bad[10] ^= 1;
+            assert_eq!(
+                rsa_decrypt(&k, alg, &bad).unwrap_err().code,
+                "InvalidCiphertextException"
+            );
+        }
+        let spki = public_key(&k).unwrap();
+        assert!(aws_lc_rs::rsa::PublicEncryptingKey::from_der(&spki).is_ok());
+    }
+}

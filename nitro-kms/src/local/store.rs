@@ -647,3 +647,158 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = r#"{
+      "format": "nitro-kms-local-state",
+      "version": 1,
+      "keys": [{
+        "id": "0b6f7a4e-8d7a-4b40-9a62-0f2f4d1c9e11",
+        "kind": "Symmetric",
+        "material": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        "policy": "{}",
+        "description": "from the previous release",
+        "created": 1700000000.5,
+        "enabled": false
+      }]
+    }"#;
+
+    #[test]
+    fn version_1_state_files_load() {
+        let store = Store::from_json(V1.as_bytes()).unwrap();
+        let k = &store.keys["0b6f7a4e-8d7a-4b40-9a62-0f2f4d1c9e11"];
+        assert_eq!(k.kind, KeyKind::Symmetric);
+        assert_eq!(k.state(), KeyState::Disabled);
+        assert_eq!(k.material_version(0), Some(&[7u8; 32][..]));
+        assert!(k.material_version(1).is_none());
+        assert!(store.aliases.is_empty());
+        // Written back as version 2, and read again identically.
+        let text = store.to_json().unwrap();
+        let again = Store::from_json(&text).unwrap();
+        assert_eq!(again.keys.len(), 1);
+        assert!(String::from_utf8_lossy(&text).contains("\"version\": 2"));
+        // Kinds that version 1 never had are refused in a version 1 file.
+        let odd = V1.replace("\"Symmetric\"", "\"SignP384\"");
+        assert!(Store::from_json(odd.as_bytes()).is_err());
+        assert!(
+            Store::from_json(V1.replace("\"version\": 1", "\"version\": 3").as_bytes()).is_err()
+        );
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_the_state_file() {
+        let mut store = Store::default();
+        for spec in [
+            ("SYMMETRIC_DEFAULT", None),
+            ("ECC_NIST_P256", Some("KEY_AGREEMENT")),
+            ("ECC_NIST_P384", Some("SIGN_VERIFY")),
+            ("ECC_SECG_P256K1", Some("SIGN_VERIFY")),
+            ("RSA_2048", Some("SIGN_VERIFY")),
+            ("RSA_2048", Some("ENCRYPT_DECRYPT")),
+        ] {
+            let kind = KeyKind::from_spec(spec.0, spec.1).unwrap();
+            let mut k = KeyEntry::generate(kind, "{}".into(), String::new(), 1.0).unwrap();
+            k.tags.insert("t".into(), "v".into());
+            store.keys.insert(k.id.clone(), k);
+        }
+        let id = store.keys.keys().next().unwrap().clone();
+        store.aliases.insert(
+            "alias/a".into(),
+            AliasEntry {
+                name: "alias/a".into(),
+                target: id,
+                created: 1.0,
+                updated: 2.0,
+            },
+        );
+        let again = Store::from_json(&store.to_json().unwrap()).unwrap();
+        assert_eq!(again.keys.len(), 6);
+        for (id, k) in &store.keys {
+            let r = &again.keys[id];
+            assert_eq!((r.kind, &r.tags), (k.kind, &k.tags));
+            assert_eq!(r.material.as_slice(), k.material.as_slice());
+        }
+        assert_eq!(again.aliases, store.aliases);
+        // An alias naming a key the file lacks is refused.
+        let mut orphan = Store::from_json(&store.to_json().unwrap()).unwrap();
+        orphan.keys.clear();
+        assert!(Store::from_json(&orphan.to_json().unwrap()).is_err());
+    }
+
+    #[test]
+    fn specs_and_usages() {
+        assert_eq!(
+            KeyKind::from_spec("ECC_NIST_P384", Some("SIGN_VERIFY")).unwrap(),
+            KeyKind::SignP384
+        );
+        // AWS's default usage is ENCRYPT_DECRYPT, which ECC keys do not have.
+        assert_eq!(
+            KeyKind::from_spec("ECC_NIST_P384", None).unwrap_err().code,
+            "ValidationException"
+        );
+        assert_eq!(
+            KeyKind::from_spec("HMAC_256", Some("GENERATE_VERIFY_MAC"))
+                .unwrap_err()
+                .code,
+            "UnsupportedOperationException"
+        );
+        assert_eq!(
+            KeyKind::from_spec("ECC_SECG_P256K1", Some("KEY_AGREEMENT"))
+                .unwrap_err()
+                .code,
+            "ValidationException"
+        );
+        assert_eq!(KeyKind::SignRsa3072.signing_algorithms().len(), 6);
+        assert_eq!(
+            KeyKind::EncryptRsa4096.encryption_algorithms(),
+            ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+        );
+    }
+
+    #[test]
+    fn time_rotates_and_deletes() {
+        let mut store = Store::default();
+        let mut k =
+            KeyEntry::generate(KeyKind::Symmetric, "{}".into(), String::new(), 0.0).unwrap();
+        k.rotation = Some(Rotation {
+            period_days: 90,
+            next: 100.0,
+        });
+        let first = k.material.to_vec();
+        let id = k.id.clone();
+        store.keys.insert(id.clone(), k);
+        let mut doomed =
+            KeyEntry::generate(KeyKind::Symmetric, "{}".into(), String::new(), 0.0).unwrap();
+        doomed.deletion = Some(Deletion {
+            date: 200.0,
+            window_days: 7,
+        });
+        let doomed_id = doomed.id.clone();
+        store.aliases.insert(
+            "alias/d".into(),
+            AliasEntry {
+                name: "alias/d".into(),
+                target: doomed_id.clone(),
+                created: 0.0,
+                updated: 0.0,
+            },
+        );
+        store.keys.insert(doomed_id.clone(), doomed);
+
+        assert!(!store.tick(99.0).unwrap());
+        assert!(store.tick(150.0).unwrap());
+        let k = &store.keys[&id];
+        assert_eq!(k.current_version(), 1);
+        assert_eq!(k.material_version(0), Some(first.as_slice()));
+        assert_ne!(k.material_version(1), Some(first.as_slice()));
+        assert_eq!(k.rotation.unwrap().next, 150.0 + 90.0 * DAY);
+        assert!(store.keys.contains_key(&doomed_id));
+
+        assert!(store.tick(200.0).unwrap());
+        assert!(!store.keys.contains_key(&doomed_id));
+        assert!(store.aliases.is_empty());
+    }
+}
