@@ -9,7 +9,7 @@
 //! `StringNotEqualsIgnoreCase`, `StringLike`, `StringNotLike`, `Bool`, `Null`, each also with
 //! the `IfExists` suffix. Condition keys: `kms:RecipientAttestation:ImageSha384`,
 //! `kms:RecipientAttestation:PCR<n>`, `kms:EncryptionContext:<key>`, `kms:CallerAccount`,
-//! `aws:PrincipalArn`. Anything else (`NotAction`, `NotPrincipal`, `NotResource`, unknown
+//! `kms:KeySpec`, `kms:KeyUsage`, `aws:PrincipalArn`. Anything else (`NotAction`, `NotPrincipal`, `NotResource`, unknown
 //! operators, `ForAnyValue:`…) makes the policy malformed, so that a policy never means less
 //! than it says.
 //!
