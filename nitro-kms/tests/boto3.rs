@@ -116,9 +116,9 @@ async fn boto3_against_local_kms() {
 }
 
 /// `tests/kms_conformance.py`: every operation of issue 19 through boto3, each outcome compared
-/// with the documented AWS outcome (error code and HTTP status). The same table then runs
-/// against moto, when installed, and moto's differences are printed (AWS's documentation is
-/// the reference, not moto).
+/// with the documented AWS outcome (error code and HTTP status). With
+/// `NITRO_KMS_COMPARE_MOTO=1` the same table then runs against moto and moto's differences are
+/// printed, not failed on (AWS's documentation is the reference, not moto).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_conformance_table() {
     let Some(python) = python() else {
@@ -187,7 +187,9 @@ async fn boto3_conformance_table() {
     let aliases = reloaded.handle("ListAliases", b"{}", &caller, now).unwrap();
     assert!(String::from_utf8_lossy(&aliases).contains("alias/dest"));
 
-    if let Some(moto) = common::Moto::start() {
+    if std::env::var("NITRO_KMS_COMPARE_MOTO").is_ok_and(|v| v == "1")
+        && let Some(moto) = common::Moto::start()
+    {
         let out = run_python(
             python,
             args(&moto.url, "us-east-1", "testing", "testing", "--lenient"),

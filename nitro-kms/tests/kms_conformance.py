@@ -241,6 +241,13 @@ expect(
     "ValidationException",
 )
 expect("RotateKeyOnDemand", lambda: kms.rotate_key_on_demand(KeyId=sym_id))
+for _ in range(9):
+    kms.rotate_key_on_demand(KeyId=sym_id)
+expect(
+    "RotateKeyOnDemand: eleventh time",
+    lambda: kms.rotate_key_on_demand(KeyId=sym_id),
+    "LimitExceededException",
+)
 expect(
     "old ciphertext decrypts after rotation",
     lambda: check(

@@ -295,6 +295,9 @@ pub(crate) struct KeyEntry {
     pub(crate) rotated_at: Vec<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rotation: Option<Rotation>,
+    /// `RotateKeyOnDemand` calls so far (AWS allows 10 per key).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) on_demand_rotations: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) deletion: Option<Deletion>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -384,6 +387,10 @@ fn uuid() -> Result<String, ServiceError> {
     ))
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Seconds in a day.
 pub(crate) const DAY: f64 = 86_400.0;
 
@@ -405,6 +412,7 @@ impl KeyEntry {
             previous: Vec::new(),
             rotated_at: Vec::new(),
             rotation: None,
+            on_demand_rotations: 0,
             deletion: None,
             tags: BTreeMap::new(),
         })

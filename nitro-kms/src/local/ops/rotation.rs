@@ -16,6 +16,8 @@ use crate::error::ServiceError;
 const DEFAULT_PERIOD: u32 = 365;
 const MIN_PERIOD: i64 = 90;
 const MAX_PERIOD: i64 = 2560;
+/// Most `RotateKeyOnDemand` calls per key.
+const MAX_ON_DEMAND: u32 = 10;
 
 fn symmetric_only(kms: &LocalKms, key: &KeyEntry) -> Result<(), ServiceError> {
     if !key.kind.is_symmetric() {
@@ -134,7 +136,18 @@ pub(super) fn on_demand(
         "RotateKeyOnDemand",
     )?;
     if let Some(k) = store.keys.get_mut(&id) {
+        if k.on_demand_rotations >= MAX_ON_DEMAND {
+            return Err(err(
+                400,
+                "LimitExceededException",
+                format!(
+                    "{} has been rotated on demand {MAX_ON_DEMAND} times, the most AWS allows",
+                    kms.key_arn(&id)
+                ),
+            ));
+        }
         k.rotate(epoch(now))?;
+        k.on_demand_rotations += 1;
     }
     kms.save(&store)?;
     json(&KeyIdResponse {
