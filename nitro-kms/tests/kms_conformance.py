@@ -300,6 +300,15 @@ expect(
     "NotFoundException",
 )
 
+expect(
+    "UpdateKeyDescription",
+    lambda: check(
+        kms.update_key_description(KeyId=sym_id, Description="renamed") is not None
+        and kms.describe_key(KeyId=sym_id)["KeyMetadata"]["Description"] == "renamed",
+        "description",
+    ),
+)
+
 # ---------------------------------------------------------------- disabled keys
 expect("DisableKey", lambda: kms.disable_key(KeyId=sym2_id))
 expect(
@@ -345,6 +354,7 @@ for label, call in [
     ("TagResource", lambda: kms.tag_resource(KeyId=doomed, Tags=[{"TagKey": "k", "TagValue": ""}])),
     ("CreateAlias", lambda: kms.create_alias(AliasName="alias/doomed", TargetKeyId=doomed)),
     ("EnableKeyRotation", lambda: kms.enable_key_rotation(KeyId=doomed)),
+    ("UpdateKeyDescription", lambda: kms.update_key_description(KeyId=doomed, Description="x")),
 ]:
     expect(f"{label}: key pending deletion", call, "KMSInvalidStateException")
 expect(

@@ -6,6 +6,7 @@
 //! `GenerateDataKey`, `GenerateDataKeyWithoutPlaintext`, `GenerateDataKeyPair`,
 //! `GenerateDataKeyPairWithoutPlaintext`, `GenerateRandom`, `DeriveSharedSecret`, `Sign`,
 //! `Verify`, `GetPublicKey`, `CreateKey`, `DescribeKey`, `ListKeys`, `EnableKey`, `DisableKey`,
+//! `UpdateKeyDescription`,
 //! `PutKeyPolicy`, `GetKeyPolicy`, `CreateAlias`, `UpdateAlias`, `DeleteAlias`, `ListAliases`,
 //! `EnableKeyRotation`, `DisableKeyRotation`, `GetKeyRotationStatus`, `RotateKeyOnDemand`,
 //! `ScheduleKeyDeletion`, `CancelKeyDeletion`, `TagResource`, `UntagResource`,
@@ -29,7 +30,7 @@
 //! alone; symmetric ciphertext blobs have their own format and only this local KMS can decrypt
 //! them; a key whose deletion date has passed is deleted when the next request arrives, and a
 //! due rotation happens the same way; grants, HMAC keys, imported key material, custom key
-//! stores and multi-Region keys are not implemented.
+//! stores, multi-Region keys and `ListKeyRotations` are not implemented.
 
 // Responses are structs filled field by field.
 #![allow(clippy::field_reassign_with_default)]
@@ -571,6 +572,7 @@ mod tests {
         "TagResource",
         "UntagResource",
         "ListResourceTags",
+        "UpdateKeyDescription",
     ];
 
     fn kms() -> (LocalKms, Caller, String) {
@@ -659,6 +661,7 @@ mod tests {
         "PublicKey",
         "KeyAgreementAlgorithm",
         "DryRun",
+        "Description",
     ];
 
     proptest! {

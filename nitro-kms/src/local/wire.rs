@@ -554,3 +554,12 @@ pub(crate) struct ListResourceTagsResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) next_marker: Option<String>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct UpdateKeyDescriptionRequest {
+    #[serde(default)]
+    pub(crate) key_id: Option<String>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+}

@@ -19,6 +19,7 @@ mod re_encrypt;
 mod rotation;
 mod sign;
 mod tags;
+mod update_key_description;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -57,6 +58,7 @@ pub(super) fn dispatch(
         "DescribeKey" => describe_key::run(kms, parse(body)?, caller),
         "ListKeys" => list_keys::run(kms, parse(body)?),
         "EnableKey" => enable_key::run(kms, parse(body)?, caller, true),
+        "UpdateKeyDescription" => update_key_description::run(kms, parse(body)?, caller),
         "DisableKey" => enable_key::run(kms, parse(body)?, caller, false),
         "PutKeyPolicy" => key_policy::put(kms, parse(body)?, caller),
         "GetKeyPolicy" => key_policy::get(kms, parse(body)?, caller),
