@@ -16,7 +16,11 @@
 //! - `kms/decrypt_loopback_tls/{plain,attested_warm,attested_cold}`: whole Decrypt calls against
 //!   the local KMS over TLS on loopback (keep-alive connection): without Recipient (baseline),
 //!   with a reused key pair, and with a new RSA-2048 key pair and attestation document per call;
-//!   `kms/floor_rsa2048_keygen` is the key generation alone (what "cold" pays).
+//!   `kms/floor_rsa2048_keygen` is the key generation alone (what "cold" pays);
+//! - `kms/local_sign/{handle_p384_raw,handle_p384_digest}`: the local KMS's protocol core
+//!   answering `Sign` with an ECC_NIST_P384 key (what an EIF signer calls: JSON in, key lookup
+//!   through an alias, policy evaluation, ECDSA, JSON out), beside
+//!   `kms/local_sign/floor_ecdsa_p384_sign`, the ECDSA P-384 signature alone.
 
 #![allow(missing_docs)] // criterion macros generate undocumented items
 #![allow(clippy::unwrap_used, clippy::expect_used)] // set-up failures abort the benchmark
@@ -244,5 +248,65 @@ fn loopback(c: &mut Criterion) {
     rt.block_on(async move { drop(server) });
 }
 
-criterion_group!(benches, cms_open, client_overhead, loopback);
+fn local_sign(c: &mut Criterion) {
+    use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair};
+    let kms =
+        LocalKms::new(LocalKmsConfig::new(AttestationTrust::aws()).credentials(creds())).unwrap();
+    let (_, caller) = kms.caller("AKIDBENCH").unwrap();
+    let now = SystemTime::now();
+    let created = kms
+        .handle(
+            "CreateKey",
+            br#"{"KeySpec":"ECC_NIST_P384","KeyUsage":"SIGN_VERIFY"}"#,
+            &caller,
+            now,
+        )
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_slice(&created).unwrap();
+    let id = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    kms.handle(
+        "CreateAlias",
+        format!(r#"{{"AliasName":"alias/eif","TargetKeyId":"{id}"}}"#).as_bytes(),
+        &caller,
+        now,
+    )
+    .unwrap();
+    // A 1 KiB message (RAW) and its SHA-384 (DIGEST), base64.
+    let raw = format!(
+        r#"{{"KeyId":"alias/eif","Message":"{}","SigningAlgorithm":"ECDSA_SHA_384"}}"#,
+        "QUFB".repeat(1024 / 3)
+    );
+    let digest = format!(
+        r#"{{"KeyId":"alias/eif","Message":"{}","MessageType":"DIGEST","SigningAlgorithm":"ECDSA_SHA_384"}}"#,
+        "AAAA".repeat(16)
+    );
+    let mut g = c.benchmark_group("kms/local_sign");
+    g.bench_function("handle_p384_raw", |b| {
+        b.iter(|| {
+            kms.handle("Sign", black_box(raw.as_bytes()), &caller, now)
+                .unwrap()
+                .len()
+        })
+    });
+    g.bench_function("handle_p384_digest", |b| {
+        b.iter(|| {
+            kms.handle("Sign", black_box(digest.as_bytes()), &caller, now)
+                .unwrap()
+                .len()
+        })
+    });
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_ASN1_SIGNING)
+        .unwrap()
+        .to_pkcs8v1()
+        .unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+    let message = vec![b'A'; 1024];
+    g.bench_function("floor_ecdsa_p384_sign", |b| {
+        b.iter(|| pair.sign(&rng, black_box(&message)).unwrap().as_ref().len())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cms_open, client_overhead, loopback, local_sign);
 criterion_main!(benches);

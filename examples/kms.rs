@@ -25,6 +25,12 @@
 //! cargo run --release --example kms -- unseal --endpoint URL --in pw.sealed --recipient sim ...
 //! cargo run --release --example kms -- unseal --endpoint URL --s3 s3://bucket/pw.sealed --s3-endpoint URL ...
 //!
+//! # Any other operation as raw JSON: aliases, signing keys, rotation, deletion, tags.
+//! cargo run --release --example kms -- call CreateKey --endpoint URL \
+//!     --json '{"KeySpec":"ECC_NIST_P384","KeyUsage":"SIGN_VERIFY"}'
+//! cargo run --release --example kms -- call CreateAlias --endpoint URL \
+//!     --json '{"AliasName":"alias/eif","TargetKeyId":"ID"}'
+//!
 //! # Open a CiphertextForRecipient with a PKCS#8 DER private key.
 //! cargo run --release --example kms -- cms-open --key key.pk8.der envelope.ber
 //! ```
@@ -233,6 +239,18 @@ enum Command {
     ListKeys {
         #[command(flatten)]
         client: ClientOpts,
+    },
+    /// Any KMS operation as raw JSON (aliases, ReEncrypt, Sign, Verify, rotation, deletion,
+    /// tags, ...), e.g. `call Sign --json '{"KeyId":"alias/eif","Message":"aGk=",
+    /// "SigningAlgorithm":"ECDSA_SHA_384"}'`. Binary fields are base64.
+    Call {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Operation name (the `X-Amz-Target` suffix), e.g. `CreateAlias`.
+        operation: String,
+        /// Request body (JSON object).
+        #[arg(long, default_value = "{}")]
+        json: String,
     },
     /// Open a CiphertextForRecipient (CMS EnvelopedData) with a PKCS#8 DER RSA key.
     CmsOpen {
@@ -585,6 +603,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .list_keys(ListKeysRequest::new())
                 .await?,
         ),
+        Command::Call {
+            client,
+            operation,
+            json,
+        } => {
+            let request: serde_json::Value =
+                serde_json::from_str(&json).context("--json is not JSON")?;
+            print(&kms_client(&client)?.call_json(&operation, &request).await?)
+        }
         Command::CmsOpen { key, envelope } => {
             let key = RecipientKey::from_pkcs8(&std::fs::read(&key)?)?;
             let env = cms::Envelope::parse(&std::fs::read(&envelope)?)?;

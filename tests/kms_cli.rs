@@ -1,6 +1,7 @@
 //! The `kms` example CLI end to end: `emulator` trusting simulator roots from a watched file,
 //! `create-key` with a PCR0 policy, `encrypt`, attested `decrypt` / `generate-data-key` /
-//! `generate-random` (admitted and refused), `seal` / `unseal`, and `cms-open` on the real KMS
+//! `generate-random` (admitted and refused), `seal` / `unseal`, `call` (a P-384 signing key
+//! behind an alias: `CreateKey`, `CreateAlias`, `Sign`, `Verify`), and `cms-open` on the real KMS
 //! vector. Runs the binary `cargo test` builds for the example.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
@@ -254,6 +255,54 @@ fn cli_end_to_end() {
     .unwrap_err();
     // Without --recipient, unseal uses /dev/nsm (absent here): never a plaintext Decrypt.
     assert!(no_recipient.contains("/dev/nsm"), "{no_recipient}");
+
+    // `call`: any operation as raw JSON, here an EIF-signing style P-384 key behind an alias.
+    let signer = kms(
+        &bin,
+        &[
+            "call",
+            "CreateKey",
+            "--endpoint",
+            ep,
+            "--json",
+            r#"{"KeySpec":"ECC_NIST_P384","KeyUsage":"SIGN_VERIFY"}"#,
+        ],
+    )
+    .unwrap();
+    let signer_id = s(&signer["KeyMetadata"], "KeyId");
+    let alias = serde_json::json!({"AliasName": "alias/cli-signer", "TargetKeyId": signer_id});
+    kms(
+        &bin,
+        &[
+            "call",
+            "CreateAlias",
+            "--endpoint",
+            ep,
+            "--json",
+            &alias.to_string(),
+        ],
+    )
+    .unwrap();
+    let sign =
+        r#"{"KeyId":"alias/cli-signer","Message":"aGk=","SigningAlgorithm":"ECDSA_SHA_384"}"#;
+    let signed = kms(&bin, &["call", "Sign", "--endpoint", ep, "--json", sign]).unwrap();
+    let verify = serde_json::json!({"KeyId": "alias/cli-signer", "Message": "aGk=",
+        "SigningAlgorithm": "ECDSA_SHA_384", "Signature": s(&signed, "Signature")});
+    let verified = kms(
+        &bin,
+        &[
+            "call",
+            "Verify",
+            "--endpoint",
+            ep,
+            "--json",
+            &verify.to_string(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(verified["SignatureValid"], true);
+    let e = kms(&bin, &["call", "NoSuchOperation", "--endpoint", ep]).unwrap_err();
+    assert!(e.contains("UnknownOperationException"), "{e}");
 
     let fixtures = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)

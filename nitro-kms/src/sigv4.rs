@@ -308,6 +308,13 @@ mod verify {
                 "credential should be scoped to correct service: '{service}'"
             )));
         }
+        // The JSON protocols name the operation in `X-Amz-Target`: unsigned, a captured request
+        // could be replayed as another operation.
+        if service == "kms" && !auth.signed_headers.contains(&"x-amz-target") {
+            return Err(incomplete(
+                "'X-Amz-Target' must be among the SignedHeaders of a KMS request",
+            ));
+        }
         if auth.region != region {
             return Err(invalid(format!(
                 "credential should be scoped to a valid region, not '{}' (this endpoint is '{region}')",
@@ -365,10 +372,18 @@ mod verify {
             canonical_headers.push_str(&value);
             canonical_headers.push('\n');
         }
-        let payload_hash = match header("x-amz-content-sha256") {
-            Some(h) if auth.signed_headers.contains(&"x-amz-content-sha256") => h.to_owned(),
-            _ => hex::encode(digest::digest(&digest::SHA256, body)),
-        };
+        // The payload hash is always computed from the body received. A signed
+        // `x-amz-content-sha256` header must state that same hash: otherwise a captured request
+        // would verify with any other body.
+        let payload_hash = hex::encode(digest::digest(&digest::SHA256, body));
+        if let Some(claimed) = header("x-amz-content-sha256")
+            && auth.signed_headers.contains(&"x-amz-content-sha256")
+            && !claimed.eq_ignore_ascii_case(&payload_hash)
+        {
+            return Err(invalid(
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            ));
+        }
         let path = if service == "s3" {
             parts.uri.path().to_owned()
         } else {
@@ -457,6 +472,60 @@ mod verify {
                 );
                 assert!(verify_request(&parts, &body, "eu-west-1", "kms", t, |_| None).is_err());
             }
+        }
+
+        /// Issue 20 item 5: a signed `x-amz-content-sha256` must match the body received.
+        #[test]
+        fn signed_content_hash_is_checked_against_the_body() {
+            let creds = Credentials::new("AKID", "secret", None, None);
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            let body = Bytes::from_static(br#"{"KeyId":"alias/a"}"#);
+            let hash = hex::encode(digest::digest(&digest::SHA256, &body));
+            let mut req = http::Request::builder()
+                .method("POST")
+                .uri("http://localhost:4566/")
+                .header("host", "localhost:4566")
+                .header("x-amz-target", "TrentService.DescribeKey")
+                .header("x-amz-content-sha256", &hash)
+                .body(body.clone())
+                .unwrap();
+            sign_request(&mut req, &creds, "eu-west-1", Service::Kms, t).unwrap();
+            let (parts, body) = req.into_parts();
+            let signed = parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(signed.contains("x-amz-content-sha256"), "{signed}");
+            let lookup = |_: &str| Some(creds.clone());
+            verify_request(&parts, &body, "eu-west-1", "kms", t, lookup).unwrap();
+            let replayed = br#"{"KeyId":"alias/b"}"#;
+            let e = verify_request(&parts, replayed, "eu-west-1", "kms", t, lookup).unwrap_err();
+            assert_eq!(e.code, "InvalidSignatureException");
+        }
+
+        /// Issue 20 item 5: an `X-Amz-Target` outside `SignedHeaders` is refused.
+        #[test]
+        fn target_must_be_signed() {
+            let creds = Credentials::new("AKID", "secret", None, None);
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            let mut req = http::Request::builder()
+                .method("POST")
+                .uri("http://localhost:4566/")
+                .header("host", "localhost:4566")
+                .body(Bytes::from_static(b"{}"))
+                .unwrap();
+            sign_request(&mut req, &creds, "eu-west-1", Service::Kms, t).unwrap();
+            req.headers_mut().insert(
+                "x-amz-target",
+                http::HeaderValue::from_static("TrentService.ScheduleKeyDeletion"),
+            );
+            let (parts, body) = req.into_parts();
+            let e = verify_request(&parts, &body, "eu-west-1", "kms", t, |_| {
+                Some(creds.clone())
+            })
+            .unwrap_err();
+            assert_eq!(e.code, "IncompleteSignatureException");
         }
 
         #[test]

@@ -330,6 +330,94 @@ async fn recipient_admitted_and_refused_by_pcr0_policy() {
     assert_eq!(code(&e), "ValidationException", "{e}");
 }
 
+/// Key policies and `kms:RecipientAttestation` conditions govern the asymmetric key types as
+/// they govern symmetric keys: RSA `ENCRYPT_DECRYPT` (Decrypt with `Recipient`), ECC
+/// `KEY_AGREEMENT` (DeriveSharedSecret with `Recipient`) and `SIGN_VERIFY` keys, through aliases.
+#[tokio::test]
+async fn pcr0_policy_governs_asymmetric_keys() {
+    let good = nsm(5, &PCR0_GOOD);
+    let bad = nsm(50, &PCR0_BAD);
+    let env = env(&[&good, &bad]).await;
+    let admin = client(&env, None);
+    let enclave = client(&env, Some(Recipient::new(good.clone())));
+    let other = client(&env, Some(Recipient::new(bad)));
+
+    let create = |spec: &'static str, usage: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .create_key(
+                    CreateKeyRequest::new()
+                        .key_spec(spec)
+                        .key_usage(usage)
+                        .policy(pcr0_policy(&PCR0_GOOD)),
+                )
+                .await
+                .unwrap()
+                .key_metadata
+                .key_id
+        }
+    };
+
+    // RSA ENCRYPT_DECRYPT: anyone allowed to Encrypt encrypts; only the right image decrypts.
+    let rsa = create("RSA_2048", "ENCRYPT_DECRYPT").await;
+    admin
+        .call_json(
+            "CreateAlias",
+            &serde_json::json!({"AliasName": "alias/enclave-rsa", "TargetKeyId": rsa}),
+        )
+        .await
+        .unwrap();
+    let ct = admin
+        .call_json(
+            "Encrypt",
+            &serde_json::json!({"KeyId": "alias/enclave-rsa", "Plaintext": "c2VjcmV0",
+                                "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+        )
+        .await
+        .unwrap()["CiphertextBlob"]
+        .as_str()
+        .map(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).unwrap())
+        .unwrap();
+    let decrypt = || {
+        DecryptRequest::new(ct.clone())
+            .key_id("alias/enclave-rsa")
+            .encryption_algorithm("RSAES_OAEP_SHA_256")
+    };
+    let resp = enclave.decrypt(decrypt()).await.unwrap();
+    assert!(resp.ciphertext_for_recipient.is_some());
+    assert_eq!(resp.plaintext.unwrap().as_bytes(), b"secret");
+    let e = other.decrypt(decrypt()).await.unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException");
+    let e = admin.decrypt(decrypt()).await.unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException");
+
+    // ECC KEY_AGREEMENT.
+    let ka = create("ECC_NIST_P256", "KEY_AGREEMENT").await;
+    let mine = agreement::PrivateKey::generate(&ECDH_P256).unwrap();
+    let my_public: PublicKeyX509Der<'static> = mine.compute_public_key().unwrap().as_der().unwrap();
+    let derive = || DeriveSharedSecretRequest::new(&ka, my_public.as_ref().to_vec());
+    let resp = enclave.derive_shared_secret(derive()).await.unwrap();
+    assert!(resp.ciphertext_for_recipient.is_some());
+    let e = other.derive_shared_secret(derive()).await.unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException");
+
+    // SIGN_VERIFY: the policy allows GetPublicKey (kms:Get*) but not Sign.
+    let signer = create("ECC_NIST_P384", "SIGN_VERIFY").await;
+    let sign = serde_json::json!({"KeyId": signer, "Message": "aGk=", "SigningAlgorithm": "ECDSA_SHA_384"});
+    let e = admin.call_json("Sign", &sign).await.unwrap_err();
+    assert_eq!(code(&e), "AccessDeniedException");
+    let public = admin
+        .call_json("GetPublicKey", &serde_json::json!({"KeyId": signer}))
+        .await
+        .unwrap();
+    assert_eq!(public["KeySpec"], "ECC_NIST_P384");
+    assert_eq!(
+        public["SigningAlgorithms"],
+        serde_json::json!(["ECDSA_SHA_384"])
+    );
+}
+
 #[tokio::test]
 async fn signatures_are_checked() {
     let sim = nsm(4, &PCR0_GOOD);

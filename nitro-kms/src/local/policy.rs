@@ -2,13 +2,14 @@
 //!
 //! Supported: `Version`, `Id`, `Statement` (object or array) with `Sid`, `Effect`
 //! (`Allow`/`Deny`), `Principal` (`"*"`, `{"AWS": …}` with `*`, an account id, the account's
-//! `:root` ARN or a principal ARN), `Action` (string or list; `*` and `?` wildcards,
+//! `:root` ARN or a principal ARN; as in IAM, a wildcard inside a principal ARN makes the
+//! policy malformed), `Action` (string or list; `*` and `?` wildcards,
 //! case-insensitive), `Resource` (`*` or the key ARN, wildcards allowed), and `Condition` with
 //! the operators `StringEquals`, `StringNotEquals`, `StringEqualsIgnoreCase`,
 //! `StringNotEqualsIgnoreCase`, `StringLike`, `StringNotLike`, `Bool`, `Null`, each also with
 //! the `IfExists` suffix. Condition keys: `kms:RecipientAttestation:ImageSha384`,
 //! `kms:RecipientAttestation:PCR<n>`, `kms:EncryptionContext:<key>`, `kms:CallerAccount`,
-//! `aws:PrincipalArn`. Anything else (`NotAction`, `NotPrincipal`, `NotResource`, unknown
+//! `kms:KeySpec`, `kms:KeyUsage`, `aws:PrincipalArn`. Anything else (`NotAction`, `NotPrincipal`, `NotResource`, unknown
 //! operators, `ForAnyValue:`…) makes the policy malformed, so that a policy never means less
 //! than it says.
 //!
@@ -224,6 +225,16 @@ impl Statement {
                     }
                     out.extend(strings(v, "Principal")?);
                 }
+                // IAM forbids wildcards inside a principal: `arn:aws:iam::*:role/app-*` would
+                // otherwise admit any account's roles.
+                if let Some(p) = out
+                    .iter()
+                    .find(|p| p.as_str() != "*" && (p.contains('*') || p.contains('?')))
+                {
+                    return Err(malformed(format!(
+                        "Principal {p}: a wildcard may only stand for the whole principal (\"*\")"
+                    )));
+                }
                 if out.iter().any(|p| p == "*") {
                     None
                 } else {
@@ -295,7 +306,7 @@ impl Statement {
             Some(ps) => ps.iter().any(|p| {
                 p == &ctx.account_id
                     || *p == format!("arn:aws:iam::{}:root", ctx.account_id)
-                    || glob(p, &ctx.principal_arn, false)
+                    || *p == ctx.principal_arn
             }),
         };
         principal_ok
@@ -528,6 +539,38 @@ mod tests {
         ] {
             assert!(KeyPolicy::parse(text).is_err(), "{text}");
         }
+    }
+
+    /// Issue 20 item 6: partial wildcards in principals are refused, not matched.
+    #[test]
+    fn partial_principal_wildcards_are_malformed() {
+        for principal in [
+            r#""arn:aws:iam::*:role/app-*""#,
+            r#""arn:aws:iam::111122223333:role/app-*""#,
+            r#"["arn:aws:iam::111122223333:root", "arn:aws:iam::?????????????:root"]"#,
+            r#""1111222233*""#,
+        ] {
+            let text = format!(
+                r#"{{"Statement":[{{"Effect":"Allow","Principal":{{"AWS":{principal}}},"Action":"kms:*","Resource":"*"}}]}}"#
+            );
+            assert!(KeyPolicy::parse(&text).is_err(), "{text}");
+        }
+        // The whole-principal wildcard and exact ARNs stay valid; an exact ARN matches only
+        // itself.
+        let p = KeyPolicy::parse(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":["arn:aws:iam::111122223333:user/app"]},"Action":"kms:*","Resource":"*"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.evaluate(&ctx("kms:Decrypt", &[])), Decision::Allow);
+        let mut other = ctx("kms:Decrypt", &[]);
+        other.principal_arn = "arn:aws:iam::111122223333:user/app2".into();
+        assert_eq!(p.evaluate(&other), Decision::ImplicitDeny);
+        assert!(
+            KeyPolicy::parse(
+                r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}"#
+            )
+            .is_ok()
+        );
     }
 
     #[test]
