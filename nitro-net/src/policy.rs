@@ -37,9 +37,14 @@
 //!   may only lead to *public* addresses, unless a `cidr` rule allows the address, or the
 //!   host rule says `private = true` (then RFC 1918, CGNAT and IPv6 ULA addresses are also
 //!   admitted, for VPC endpoints). Loopback, link-local (including the instance metadata
-//!   service `169.254.169.254`), multicast, documentation and other special-purpose ranges are
-//!   only ever reachable through an explicit `cidr` allow rule. Addresses refused this way are
-//!   dropped; the request is refused when none is left.
+//!   service `169.254.169.254` and its IPv6 twin `fd00:ec2::254`, with EC2's DNS and NTP
+//!   addresses), multicast, documentation and other special-purpose ranges are only ever
+//!   reachable through an explicit `cidr` allow rule lying within that range: a wider block
+//!   such as `0.0.0.0/0` does not admit them, for names or IP literals. Addresses refused this
+//!   way are dropped; the request is refused when none is left.
+//! - **Unspecified addresses are never destinations**: `0.0.0.0/8` and `::` (in any spelling,
+//!   or as a resolved address) are refused whatever the rules say; Linux connects them to the
+//!   local host.
 //!
 //! Everything here is pure: [`Policy::check_name`] and [`Policy::check_addresses`] take the
 //! request and the resolved addresses and return the verdict, so the decisions are tested
@@ -50,7 +55,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::{PolicyError, Refusal, RefusalCode};
@@ -265,15 +270,33 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// The IPv4 address embedded in a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address.
 fn embedded_ipv4(ip: &IpAddr) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = ip else { return None };
+    embedded_ipv4_at(v6).map(|(v4, _, _)| v4)
+}
+
+/// The embedded IPv4 address, the translation prefix (as bits) and the bit position of the
+/// IPv4 address's lowest bit.
+fn embedded_ipv4_at(v6: &Ipv6Addr) -> Option<(Ipv4Addr, u128, u32)> {
     let s = v6.segments();
     let o = v6.octets();
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
-        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+        let v4 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+        return Some((v4, 0x0064_ff9b << 96, 0));
     }
     if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+        let v4 = Ipv4Addr::new(o[2], o[3], o[4], o[5]);
+        return Some((v4, 0x2002 << 112, 80));
     }
     None
+}
+
+/// Whether `ip` is an unspecified address (`0.0.0.0/8`, `::`, in any spelling): Linux
+/// connects such a destination to the local host, and RFC 1122 §3.2.1.3 / RFC 4291 §2.5.2
+/// forbid it as a destination, so no rule can admit it.
+pub fn is_unspecified_destination(ip: IpAddr) -> bool {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => v4.octets()[0] == 0,
+        IpAddr::V6(v6) => v6.is_unspecified(),
+    }
 }
 
 /// How an address is classified for names admitted by host rules.
@@ -289,60 +312,134 @@ pub enum AddressClass {
     Special(&'static str),
 }
 
+/// Special-purpose and private IPv4 blocks, most specific first.
+const V4_BLOCKS: &[(u32, u8, AddressClass)] = {
+    use AddressClass::*;
+    &[
+        (0x0000_0000, 8, Special("\"this network\" 0.0.0.0/8")),
+        (0x0a00_0000, 8, Private),
+        (0x6440_0000, 10, Private),
+        (0x7f00_0000, 8, Special("loopback")),
+        (
+            0xa9fe_0000,
+            16,
+            Special("link-local (instance metadata service)"),
+        ),
+        (0xac10_0000, 12, Private),
+        (
+            0xc000_0000,
+            24,
+            Special("IETF protocol assignments 192.0.0.0/24"),
+        ),
+        (0xc000_0200, 24, Special("documentation")),
+        (0xc633_6400, 24, Special("documentation")),
+        (0xcb00_7100, 24, Special("documentation")),
+        (0xc058_6300, 24, Special("6to4 relay anycast")),
+        (0xc0a8_0000, 16, Private),
+        (0xc612_0000, 15, Special("benchmarking 198.18.0.0/15")),
+        (0xffff_ffff, 32, Special("broadcast")),
+        (0xf000_0000, 4, Special("reserved 240.0.0.0/4")),
+        (0xe000_0000, 4, Special("multicast")),
+    ]
+};
+
+/// Special-purpose and private IPv6 blocks (besides `::`, `::1` and the IPv4 translations),
+/// most specific first.
+const V6_BLOCKS: &[(u128, u8, AddressClass)] = {
+    use AddressClass::*;
+    &[
+        // EC2's IPv6 instance metadata service, DNS resolver and NTP server: the twins of
+        // 169.254.169.254, 169.254.169.253 and 169.254.169.123, inside the ULA range.
+        (
+            0xfd00_0ec2_0000_0000_0000_0000_0000_0254,
+            128,
+            Special("EC2 instance metadata service fd00:ec2::254"),
+        ),
+        (
+            0xfd00_0ec2_0000_0000_0000_0000_0000_0253,
+            128,
+            Special("EC2 DNS resolver fd00:ec2::253"),
+        ),
+        (
+            0xfd00_0ec2_0000_0000_0000_0000_0000_0123,
+            128,
+            Special("EC2 time service fd00:ec2::123"),
+        ),
+        (0xfe80 << 112, 10, Special("link-local")),
+        (0xfec0 << 112, 10, Special("site-local (deprecated)")),
+        (0xff00 << 112, 8, Special("multicast")),
+        (0xfc00 << 112, 7, Private),
+        (0x2001_0db8 << 96, 32, Special("documentation")),
+        (
+            0x2001 << 112,
+            23,
+            Special("IETF protocol assignments 2001::/23 (Teredo, ...)"),
+        ),
+        (0x0100 << 112, 64, Special("discard-only 100::/64")),
+        (
+            0x0064_ff9b_0001 << 80,
+            48,
+            Special("local-use NAT64 64:ff9b:1::/48"),
+        ),
+        (0x3fff << 112, 20, Special("documentation")),
+        (0, 8, Special("reserved ::/8")),
+    ]
+};
+
 /// Classifies a (canonical) address.
 pub fn classify(ip: IpAddr) -> AddressClass {
+    classify_block(ip).0
+}
+
+/// The class of an address and the block that gives it (the whole address family for
+/// [`AddressClass::Public`]).
+fn classify_block(ip: IpAddr) -> (AddressClass, IpNet) {
     use AddressClass::*;
+    let net4 =
+        |bits: u32, len: u8| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(bits), len).unwrap_or_default());
+    let net6 = |bits: u128, len: u8| {
+        IpNet::V6(Ipv6Net::new(Ipv6Addr::from(bits), len).unwrap_or_default())
+    };
     match canonical_ip(ip) {
         IpAddr::V4(v4) => {
-            let o = v4.octets();
-            match o {
-                [0, ..] => Special("\"this network\" 0.0.0.0/8"),
-                [10, ..] => Private,
-                [100, b, ..] if (64..128).contains(&b) => Private,
-                [127, ..] => Special("loopback"),
-                [169, 254, ..] => Special("link-local (instance metadata service)"),
-                [172, b, ..] if (16..32).contains(&b) => Private,
-                [192, 0, 0, _] => Special("IETF protocol assignments 192.0.0.0/24"),
-                [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => Special("documentation"),
-                [192, 88, 99, _] => Special("6to4 relay anycast"),
-                [192, 168, ..] => Private,
-                [198, b, ..] if b == 18 || b == 19 => Special("benchmarking 198.18.0.0/15"),
-                [255, 255, 255, 255] => Special("broadcast"),
-                [a, ..] if a >= 240 => Special("reserved 240.0.0.0/4"),
-                [a, ..] if a >= 224 => Special("multicast"),
-                _ => Public,
+            let a = u32::from(v4);
+            for &(bits, len, class) in V4_BLOCKS {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                if a & mask == bits {
+                    return (class, net4(bits, len));
+                }
             }
+            (Public, net4(0, 0))
         }
         IpAddr::V6(v6) => {
-            let s = v6.segments();
             if v6.is_unspecified() {
-                return Special("unspecified");
+                return (Special("unspecified"), net6(0, 128));
             }
             if v6.is_loopback() {
-                return Special("loopback");
+                return (Special("loopback"), net6(1, 128));
             }
-            if let Some(v4) = embedded_ipv4(&IpAddr::V6(v6)) {
-                return match classify(IpAddr::V4(v4)) {
+            if let Some((v4, prefix, shift)) = embedded_ipv4_at(&v6) {
+                let (class, block) = classify_block(IpAddr::V4(v4));
+                let class = match class {
                     Public => Public,
                     Private => Special("translation of a private IPv4 address"),
                     Special(_) => Special("translation of a special-purpose IPv4 address"),
                 };
+                let IpNet::V4(b) = block else {
+                    return (class, net6(0, 0));
+                };
+                let bits = prefix | (u128::from(u32::from(b.network())) << shift);
+                let len = (128 - shift - 32) as u8 + b.prefix_len();
+                return (class, net6(bits, len));
             }
-            match s[0] {
-                0xfe80..=0xfebf => Special("link-local"),
-                0xfec0..=0xfeff => Special("site-local (deprecated)"),
-                0xff00..=0xffff => Special("multicast"),
-                0xfc00..=0xfdff => Private,
-                0x2001 if s[1] == 0x0db8 => Special("documentation"),
-                0x2001 if s[1] < 0x0200 => {
-                    Special("IETF protocol assignments 2001::/23 (Teredo, ...)")
+            let a = u128::from(v6);
+            for &(bits, len, class) in V6_BLOCKS {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                if a & mask == bits {
+                    return (class, net6(bits, len));
                 }
-                0x0100 if s[1..4] == [0, 0, 0] => Special("discard-only 100::/64"),
-                0x0000 => Special("reserved ::/8"),
-                0x0064 if s[1] == 0xff9b => Special("local-use NAT64 64:ff9b:1::/48"),
-                0x3fff if s[1] < 0x1000 => Special("documentation"),
-                _ => Public,
             }
+            (Public, net6(0, 0))
         }
     }
 }
@@ -582,6 +679,13 @@ impl Policy {
     fn check_ip(&self, ip: IpAddr, port: u16, name: Option<(&str, bool)>) -> Result<(), Refusal> {
         let ip = canonical_ip(ip);
         let shown = Host::Ip(ip);
+        if is_unspecified_destination(ip) {
+            let what = "an unspecified address, which Linux connects to the local host; never a destination";
+            return Err(denied(match name {
+                Some((n, _)) => format!("{n} resolved to {shown}, {what}"),
+                None => format!("{shown}:{port} is {what}"),
+            }));
+        }
         let candidates = [Some(ip), embedded_ipv4(&ip).map(IpAddr::V4)];
         for cand in candidates.into_iter().flatten() {
             if let Some(r) = self.deny.iter().find(|r| r.matches_ip(cand, port)) {
@@ -593,10 +697,34 @@ impl Policy {
                 }));
             }
         }
-        if self.allow.iter().any(|r| r.matches_ip(ip, port)) {
+        let (class, block) = classify_block(ip);
+        // A cidr rule admits a special-purpose address only when it lies within that
+        // special-purpose block (`cidr = "169.254.169.254/32"`): a catch-all such as
+        // `0.0.0.0/0` does not reach loopback or the metadata service.
+        let explicit = |r: &Rule| match (&r.target, class) {
+            (Target::Cidr(net), AddressClass::Special(_)) => block.contains(net),
+            _ => true,
+        };
+        if self
+            .allow
+            .iter()
+            .any(|r| r.matches_ip(ip, port) && explicit(r))
+        {
             return Ok(());
         }
-        match (name, classify(ip)) {
+        if let (AddressClass::Special(s), Some(r)) =
+            (class, self.allow.iter().find(|r| r.matches_ip(ip, port)))
+        {
+            let prefix = match name {
+                Some((n, _)) => format!("{n} resolved to {shown},"),
+                None => format!("{shown}:{port} is"),
+            };
+            return Err(denied(format!(
+                "{prefix} a special-purpose address ({s}) that {} covers only as part of a wider block; allow it with a cidr rule within {block}",
+                r.label
+            )));
+        }
+        match (name, class) {
             (Some(_), AddressClass::Public) => Ok(()),
             (Some((_, true)), AddressClass::Private) => Ok(()),
             (Some((n, _)), class) => {
@@ -1422,6 +1550,142 @@ mod tests {
                 proptest::prop_assert_eq!(normalize_host(&n), Ok(Host::Name(n.clone())));
             }
         }
+    }
+
+    /// Issue 20.1: the unspecified addresses reach the parent's own loopback services.
+    #[test]
+    fn unspecified_addresses_are_never_destinations() {
+        let p = Policy::from_toml(
+            r#"
+            [[allow]]
+            cidr = "0.0.0.0/0"
+            [[allow]]
+            cidr = "::/0"
+            [[allow]]
+            cidr = "0.0.0.0/8"
+            [[allow]]
+            cidr = "::/128"
+            [[allow]]
+            host = "*"
+            [[deny]]
+            cidr = "127.0.0.0/8"
+            [[deny]]
+            cidr = "::1/128"
+            "#,
+        )
+        .unwrap();
+        for host in [
+            "0.0.0.0",
+            "0",
+            "0x0",
+            "00",
+            "0.0",
+            "0.1.2.3",
+            "::",
+            "[::]",
+            "0:0:0:0:0:0:0:0",
+            "::ffff:0.0.0.0",
+            "[::ffff:0:0]",
+            "::0.0.0.7",
+        ] {
+            let r = p.check(host, 80, &[]).unwrap_err();
+            assert!(r.message.contains("unspecified"), "{host}: {r:?}");
+            assert_eq!(r.code, RefusalCode::DeniedByPolicy);
+        }
+        for resolved in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+            let r = p
+                .check("rebind.example", 80, &[resolved.parse().unwrap()])
+                .unwrap_err();
+            assert!(r.message.contains("unspecified"), "{resolved}: {r:?}");
+        }
+        // Only the unspecified addresses are dropped from an answer.
+        assert_eq!(
+            p.check("mixed.example", 80, &[v4("0.0.0.0"), v4("8.8.8.8")]),
+            Ok(vec![v4("8.8.8.8")])
+        );
+        assert!(p.check("8.8.8.8", 80, &[]).is_ok());
+    }
+
+    /// Issue 20.1: an allow-cidr match does not skip the special-address classification.
+    #[test]
+    fn catch_all_cidr_does_not_admit_special_addresses() {
+        let p = Policy::builder()
+            .allow_cidr("0.0.0.0/0", &[])
+            .allow_cidr("::/0", &[])
+            .allow_cidr("10.0.0.0/8", &[])
+            .build()
+            .unwrap();
+        for host in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "[::1]",
+            "[fe80::1]",
+            "224.0.0.1",
+            "[64:ff9b::a9fe:a9fe]",
+            "[2002:7f00:1::1]",
+        ] {
+            let r = p.check(host, 80, &[]).unwrap_err();
+            assert!(r.message.contains("special-purpose"), "{host}: {r:?}");
+            assert!(r.message.contains("allow[0]") || r.message.contains("allow[1]"));
+        }
+        let r = p
+            .check("meta.example", 80, &[v4("169.254.169.254")])
+            .unwrap_err();
+        assert!(r.message.contains("special-purpose"), "{r:?}");
+        // Public and private addresses stay admitted by the wide blocks.
+        assert!(p.check("8.8.8.8", 80, &[]).is_ok());
+        assert!(p.check("10.1.1.1", 80, &[]).is_ok());
+        assert!(p.check("[2600::1]", 80, &[]).is_ok());
+        assert!(p.check("[64:ff9b::808:808]", 80, &[]).is_ok());
+        // A rule within the special block is explicit.
+        let p = Policy::builder()
+            .allow_cidr("169.254.169.254/32", &[80])
+            .allow_cidr("127.0.0.0/8", &[])
+            .allow_cidr("::1/128", &[])
+            .allow_cidr("64:ff9b::a9fe:a9fe/128", &[])
+            .build()
+            .unwrap();
+        for host in [
+            "169.254.169.254",
+            "127.0.0.1",
+            "127.9.9.9",
+            "[::1]",
+            "[64:ff9b::a9fe:a9fe]",
+        ] {
+            assert!(p.check(host, 80, &[]).is_ok(), "{host}");
+        }
+        assert!(p.check("169.254.169.253", 80, &[]).is_err());
+    }
+
+    /// Issue 20.4: EC2's IPv6 metadata, DNS and NTP addresses are special, not private.
+    #[test]
+    fn ec2_ipv6_services_are_special() {
+        for s in ["fd00:ec2::254", "fd00:ec2::253", "fd00:ec2::123"] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert!(matches!(classify(ip), AddressClass::Special(_)), "{s}");
+        }
+        assert_eq!(
+            classify("fd00:ec2::252".parse().unwrap()),
+            AddressClass::Private
+        );
+        let p = Policy::builder()
+            .allow_host_private("*.vpc.internal", &[])
+            .allow_cidr("fd00::/8", &[])
+            .build()
+            .unwrap();
+        let meta: IpAddr = "fd00:ec2::254".parse().unwrap();
+        let ula: IpAddr = "fd00::5".parse().unwrap();
+        let r = p.check("kms.vpc.internal", 80, &[meta]).unwrap_err();
+        assert!(r.message.contains("instance metadata"), "{r:?}");
+        assert_eq!(p.check("kms.vpc.internal", 80, &[ula]), Ok(vec![ula]));
+        assert!(p.check("[fd00:ec2::254]", 80, &[]).is_err());
+        assert!(p.check("[fd00:ec2::123]", 123, &[]).is_err());
+        assert!(p.check("[fd00::5]", 80, &[]).is_ok());
+        let p = Policy::builder()
+            .allow_cidr("fd00:ec2::254/128", &[80])
+            .build()
+            .unwrap();
+        assert!(p.check("[fd00:ec2::254]", 80, &[]).is_ok());
     }
 
     #[test]
