@@ -321,7 +321,7 @@ async fn unspecified_destinations_never_reach_the_parent_loopback() {
     .await;
     // A service listening only on the parent's loopback (v4 and v6 on one port when possible).
     let (local, port) = destination().await;
-    let local6 = tokio::net::TcpListener::bind(("::1", port)).await.ok();
+    let local6 = TcpListener::bind(("::1", port)).await.ok();
     tokio::spawn(async move {
         loop {
             let (s, _) = tokio::select! {
