@@ -93,10 +93,26 @@ impl Shutdown {
 
 /// A running server: its counters, its connections, and how to stop it.
 ///
-/// Dropping the handle triggers a graceful shutdown; call [`ServerHandle::shutdown`] to wait
-/// for it.
+/// # Dropping the handle stops the server
+///
+/// **`let _ = server.spawn(listener);` or a handle that goes out of scope shuts the server
+/// down** at once: it stops accepting and drains its connections (as
+/// [`shutdown`](ServerHandle::shutdown) does, without waiting). Keep the handle alive for as
+/// long as the server should run, wait on it with [`join`](ServerHandle::join), or
+/// [`detach`](ServerHandle::detach) it to let the server run on its own until its
+/// [`Shutdown`] signal is triggered.
+///
+/// ```no_run
+/// # async fn f(listener: nitro_net::Listener) -> Result<(), nitro_net::Error> {
+/// use nitro_net::{EgressServer, Policy};
+///
+/// // Runs until the program ends or `stop.trigger()` is called.
+/// let stop = EgressServer::new(Policy::deny_all()).spawn(listener).detach();
+/// # stop.trigger();
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
-#[must_use = "dropping the handle shuts the server down"]
+#[must_use = "dropping a ServerHandle shuts the server down at once: keep it, `.join().await` it or `.detach()` it"]
 pub struct ServerHandle {
     shutdown: Shutdown,
     task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
@@ -135,6 +151,16 @@ impl ServerHandle {
                 .map_err(|e| Error::io("server task", std::io::Error::other(e)))?,
             None => Ok(()),
         }
+    }
+
+    /// Lets the server run without its handle: dropping the handle no longer stops it. It
+    /// runs until the returned signal is triggered (or the runtime ends); its counters are no
+    /// longer reachable.
+    #[must_use = "the returned signal is the only way left to stop the server; `let _ =` it to run forever"]
+    pub fn detach(mut self) -> Shutdown {
+        // Without a task, `Drop` does not trigger the signal; the task keeps running.
+        drop(self.task.take());
+        self.shutdown.clone()
     }
 
     /// Waits until the server stops (after a shutdown signal, or a fatal listener error).

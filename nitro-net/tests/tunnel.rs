@@ -819,6 +819,31 @@ async fn graceful_shutdown_drains_in_flight_transfers() {
     assert!(!c.addr.listen_path().unwrap().exists());
 }
 
+/// Issue 15.6: dropping a handle stops its server; a detached server keeps serving until its
+/// signal is triggered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_handles_stop_servers_and_detached_ones_keep_running() {
+    let echo = echo_server().await;
+    // Dropped: the socket file goes away and connects fail.
+    let c = chain(loopback_policy(), test_limits()).await;
+    drop(c.server);
+    assert!(eventually(5, || !c.addr.listen_path().unwrap().exists()).await);
+    assert!(c.client.connect("127.0.0.1", echo.port()).await.is_err());
+    // Detached: serves without its handle.
+    let c = chain(loopback_policy(), test_limits()).await;
+    let stop = c.server.detach();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut t = c.client.connect("127.0.0.1", echo.port()).await.unwrap();
+    t.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    t.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+    drop(t);
+    stop.trigger();
+    assert!(eventually(5, || !c.addr.listen_path().unwrap().exists()).await);
+    assert!(c.client.connect("127.0.0.1", echo.port()).await.is_err());
+}
+
 async fn write_pattern_from<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     seed: u64,
