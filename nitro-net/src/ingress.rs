@@ -235,7 +235,10 @@ impl IngressServer {
             .connect_timeout(ctx.limits.connect_timeout)
             .await
         {
-            Ok(s) => s,
+            Ok(mut s) => {
+                s.limit_writes(ctx.limits.max_write);
+                s
+            }
             Err(e) => {
                 ctx.registry.counters.refused();
                 tracing::warn!(%peer, target = %self.target, error = %e, "ingress: enclave unreachable");
@@ -279,6 +282,7 @@ pub struct IngressListener {
     listener: Listener,
     proxy_protocol: bool,
     header_timeout: Duration,
+    max_write: Option<usize>,
 }
 
 /// One ingress connection handed to the application.
@@ -300,7 +304,16 @@ impl IngressListener {
             listener,
             proxy_protocol,
             header_timeout: Duration::from_secs(10),
+            max_write: None,
         }
+    }
+
+    /// Caps every write to the accepted streams at `max` bytes (see
+    /// [`Limits::max_write`](crate::Limits::max_write); default `None`, no cap).
+    #[must_use]
+    pub fn max_write(mut self, max: Option<usize>) -> Self {
+        self.max_write = max;
+        self
     }
 
     /// Time allowed for the PROXY header (default 10 s).
@@ -315,6 +328,7 @@ impl IngressListener {
     pub async fn accept(&self) -> Result<IngressConnection, Error> {
         loop {
             let (mut stream, peer) = self.listener.accept().await?;
+            stream.limit_writes(self.max_write);
             if !self.proxy_protocol {
                 return Ok(IngressConnection {
                     stream,

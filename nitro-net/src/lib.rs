@@ -27,7 +27,7 @@ pub use ingress::{IngressConnection, IngressForward, IngressListener, IngressSer
 pub use policy::Policy;
 pub use proxy::{LocalProxy, ProxyKind};
 pub use relay::{BUFFER_SIZE, RelayTotals, relay};
-pub use server::{Limits, ServerHandle, Shutdown};
+pub use server::{EMULATOR_MAX_WRITE, Limits, ServerHandle, Shutdown};
 pub use stats::{ConnectionInfo, CountersSnapshot};
 pub use time::{ClockOffset, TimeClient, TimeConfig, TimeSync};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, Listener, PeerAddr, Stream};

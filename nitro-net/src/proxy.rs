@@ -200,6 +200,7 @@ impl LocalProxy {
             }
         };
         let (mut tunnel, dest) = tunnel;
+        tunnel.limit_writes(ctx.limits.max_write);
         match &self.kind {
             ProxyKind::HttpConnect => {
                 if client
