@@ -362,6 +362,11 @@ impl IngressListener {
     pub fn local_addr(&self) -> &Addr {
         self.listener.local_addr()
     }
+
+    /// The transport listener.
+    pub fn listener(&self) -> &Listener {
+        &self.listener
+    }
 }
 
 /// Reads exactly one PROXY v2 header.

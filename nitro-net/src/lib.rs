@@ -4,6 +4,9 @@
 
 mod addr;
 mod client;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod connector;
 mod egress;
 mod error;
 pub mod ingress;
@@ -14,6 +17,8 @@ pub mod policy;
 pub mod protocol;
 pub mod proxy;
 mod relay;
+#[cfg(feature = "axum")]
+mod serve;
 mod server;
 mod stats;
 pub mod time;
