@@ -172,7 +172,10 @@ mod tests {
         let ok = |u: &str| target(&u.parse().unwrap()).unwrap();
         assert_eq!(ok("http://example.com/x"), ("example.com".into(), 80));
         assert_eq!(ok("https://example.com"), ("example.com".into(), 443));
-        assert_eq!(ok("https://example.com:8443/"), ("example.com".into(), 8443));
+        assert_eq!(
+            ok("https://example.com:8443/"),
+            ("example.com".into(), 8443)
+        );
         assert_eq!(ok("http://[::1]:81/"), ("[::1]".into(), 81));
         assert_eq!(ok("ftp://h:21"), ("h".into(), 21));
         for bad in ["/just/a/path", "ftp://h/"] {
