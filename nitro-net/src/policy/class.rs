@@ -183,3 +183,50 @@ pub(super) fn classify_block(ip: IpAddr) -> (AddressClass, IpNet) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        use AddressClass::*;
+        let table: &[(&str, AddressClass)] = &[
+            ("8.8.8.8", Public),
+            ("10.0.0.1", Private),
+            ("172.16.0.1", Private),
+            ("172.32.0.1", Public),
+            ("192.168.1.1", Private),
+            ("100.64.0.1", Private),
+            ("100.128.0.1", Public),
+            ("::ffff:10.0.0.1", Private),
+            ("fd00::1", Private),
+            ("2600::1", Public),
+        ];
+        for (s, want) in table {
+            assert_eq!(classify(s.parse().unwrap()), *want, "{s}");
+        }
+        for s in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "2002:a9fe:a9fe::1",
+            "::ffff:127.0.0.1",
+            "fec0::1",
+        ] {
+            assert!(matches!(classify(s.parse().unwrap()), Special(_)), "{s}");
+        }
+        assert_eq!(classify("64:ff9b::808:808".parse().unwrap()), Public);
+    }
+}

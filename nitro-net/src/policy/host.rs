@@ -211,3 +211,108 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
         IpAddr::V4(_) => ip,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        IpAddr::V4(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv4_spellings() {
+        let lo = Some(Ipv4Addr::LOCALHOST);
+        let table: &[(&str, Option<Ipv4Addr>)] = &[
+            ("127.0.0.1", lo),
+            ("127.1", lo),
+            ("127.0.1", lo),
+            ("2130706433", lo),
+            ("0x7f000001", lo),
+            ("0X7F000001", lo),
+            ("017700000001", lo),
+            ("0177.0.0.1", lo),
+            ("0x7f.0.0.1", lo),
+            ("0x7f.1", lo),
+            ("0x7f.0x0.0x0.0x1", lo),
+            ("127.0.0.01", lo),
+            ("0", Some(Ipv4Addr::UNSPECIFIED)),
+            ("0x", Some(Ipv4Addr::UNSPECIFIED)),
+            ("4294967295", Some(Ipv4Addr::BROADCAST)),
+            ("4294967296", None),
+            ("1.2.3.256", None),
+            ("1.2.65536", None),
+            ("1.16777216", None),
+            ("256.1", None),
+            ("1.2.3.4.5", None),
+            ("08", None),
+            ("0x1g", None),
+            ("1..2", None),
+            ("", None),
+            ("1.2.3.", None),
+            ("99999999999999999999999999999999999999", None),
+        ];
+        for (s, want) in table {
+            assert_eq!(parse_ipv4_spelling(s), *want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn host_normalisation() {
+        let meta = Host::Ip(v4("169.254.169.254"));
+        let table: &[(&str, Result<Host, ()>)] = &[
+            ("169.254.169.254", Ok(meta.clone())),
+            ("169.254.169.254.", Ok(meta.clone())),
+            ("2852039166", Ok(meta.clone())),
+            ("0xA9FEA9FE", Ok(meta.clone())),
+            ("0251.0376.0251.0376", Ok(meta.clone())),
+            ("169.254.43518", Ok(meta.clone())),
+            ("::ffff:169.254.169.254", Ok(meta.clone())),
+            ("[::ffff:a9fe:a9fe]", Ok(meta.clone())),
+            ("::169.254.169.254", Ok(meta.clone())),
+            ("[0:0:0:0:0:ffff:169.254.169.254]", Ok(meta.clone())),
+            ("１６９．２５４．１６９．２５４", Ok(meta.clone())),
+            ("::1", Ok(Host::Ip("::1".parse().unwrap()))),
+            ("[::]", Ok(Host::Ip("::".parse().unwrap()))),
+            (
+                "[64:ff9b::a9fe:a9fe]",
+                Ok(Host::Ip("64:ff9b::a9fe:a9fe".parse().unwrap())),
+            ),
+            ("Example.COM", Ok(Host::Name("example.com".into()))),
+            ("example.com.", Ok(Host::Name("example.com".into()))),
+            ("EXAMPLE.com.", Ok(Host::Name("example.com".into()))),
+            (
+                "Bücher.example",
+                Ok(Host::Name("xn--bcher-kva.example".into())),
+            ),
+            (
+                "xn--bcher-kva.example",
+                Ok(Host::Name("xn--bcher-kva.example".into())),
+            ),
+            ("_srv.example", Ok(Host::Name("_srv.example".into()))),
+            ("1.2.3.example", Ok(Host::Name("1.2.3.example".into()))),
+            ("localhost", Ok(Host::Name("localhost".into()))),
+            ("example.com..", Err(())),
+            ("a..b", Err(())),
+            (".", Err(())),
+            ("", Err(())),
+            ("ex ample.com", Err(())),
+            ("example.com/x", Err(())),
+            ("user@example.com", Err(())),
+            ("example.com:443", Err(())),
+            ("[::1", Err(())),
+            ("[fe80::1%eth0]", Err(())),
+            ("1.2.3.999", Err(())),
+            ("example.0x1g", Ok(Host::Name("example.0x1g".into()))),
+            ("example.123", Err(())),
+            ("a\u{0}b", Err(())),
+            (&"a".repeat(64), Err(())),
+        ];
+        for (s, want) in table {
+            let got = normalize_host(s).map_err(|_| ());
+            assert_eq!(&got, want, "{s:?}");
+        }
+        let long = ["a"; 127].join(".") + ".bb"; // 256 bytes
+        assert!(normalize_host(&long).is_err());
+    }
+}
