@@ -12,6 +12,9 @@
 //!   enclave side), which opens a tunnel over `uds:DIR:PORT` to the [`EgressServer`] (the
 //!   parent side, policy-checked), which connects to the destination: the full chain an
 //!   enclave program uses, with the vsock hop replaced by a Unix socket;
+//! - `nitro-net chain, copy relay, 16 KiB writes`: the chain with copying relays and every
+//!   write capped at `EMULATOR_MAX_WRITE` (`Limits::max_write`, `ClientConfig::max_write`),
+//!   what the emulator's enclave needs;
 //! - `socat chain`: `socat TCP-LISTEN → UNIX-CONNECT` and `socat UNIX-LISTEN → TCP` over one
 //!   Unix socket, the usual hand-rolled pair of proxies.
 //!
@@ -33,7 +36,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use nitro_net::{Addr, EgressClient, EgressServer, Limits, LocalProxy, Policy, ServerHandle};
+use nitro_net::{
+    Addr, ClientConfig, EMULATOR_MAX_WRITE, EgressClient, EgressServer, Limits, LocalProxy, Policy,
+    ServerHandle,
+};
 
 const MSG: usize = 32;
 const BULK: usize = 16 << 20;
@@ -128,6 +134,8 @@ struct Setup {
     _dir: tempfile::TempDir,
     egress: EgressClient,
     egress_copy: EgressClient,
+    /// Copy relays with every write capped at [`EMULATOR_MAX_WRITE`] (`Limits::max_write`).
+    egress_capped: EgressClient,
     _servers: Vec<ServerHandle>,
     socats: Vec<Child>,
     dir_path: std::path::PathBuf,
@@ -154,20 +162,29 @@ impl Setup {
         let tunnel_copy: Addr = format!("uds:{}:8001", dir.path().display())
             .parse()
             .unwrap();
-        let (server, server_copy) = rt.block_on(async {
+        let tunnel_capped: Addr = format!("uds:{}:8002", dir.path().display())
+            .parse()
+            .unwrap();
+        let (server, server_copy, server_capped) = rt.block_on(async {
             (
                 EgressServer::new(policy.clone()).spawn(tunnel.bind().await.unwrap()),
-                EgressServer::new(policy)
+                EgressServer::new(policy.clone())
                     .limits(copy_limits())
                     .spawn(tunnel_copy.bind().await.unwrap()),
+                EgressServer::new(policy)
+                    .limits(capped_limits())
+                    .spawn(tunnel_capped.bind().await.unwrap()),
             )
         });
+        let mut capped_cfg = ClientConfig::default();
+        capped_cfg.max_write = Some(EMULATOR_MAX_WRITE);
         Setup {
             rt,
             _dir: dir,
             egress: EgressClient::new(tunnel),
             egress_copy: EgressClient::new(tunnel_copy),
-            _servers: vec![server, server_copy],
+            egress_capped: EgressClient::with_config(tunnel_capped, capped_cfg),
+            _servers: vec![server, server_copy, server_capped],
             socats: Vec::new(),
             dir_path,
         }
@@ -180,6 +197,21 @@ impl Setup {
         } else {
             (self.egress_copy.clone(), copy_limits())
         };
+        self.forward_with(dest, egress, limits)
+    }
+
+    /// A local forward to `dest` through copying relays whose writes are capped at 16 KiB.
+    fn forward_capped(&mut self, dest: SocketAddr) -> SocketAddr {
+        let egress = self.egress_capped.clone();
+        self.forward_with(dest, egress, capped_limits())
+    }
+
+    fn forward_with(
+        &mut self,
+        dest: SocketAddr,
+        egress: EgressClient,
+        limits: Limits,
+    ) -> SocketAddr {
         let h = self.rt.block_on(async move {
             let l = "tcp:127.0.0.1:0"
                 .parse::<Addr>()
@@ -242,6 +274,12 @@ impl Drop for Setup {
             let _ = c.wait();
         }
     }
+}
+
+fn capped_limits() -> Limits {
+    let mut l = copy_limits();
+    l.max_write = Some(EMULATOR_MAX_WRITE);
+    l
 }
 
 fn copy_limits() -> Limits {
@@ -380,6 +418,7 @@ fn main() {
         socat: setup.socat(sink, "sink"),
     };
 
+    let sink_capped = setup.forward_capped(sink);
     let (mt, ss) = if quick() { (1, 10) } else { (3, 20) };
     let mut c = Criterion::default()
         .configure_from_args()
@@ -410,6 +449,10 @@ fn main() {
             ("direct", Some(sink_paths.direct)),
             ("nitro-net chain", Some(sink_paths.chain)),
             ("nitro-net chain, copy relay", Some(sink_paths.chain_copy)),
+            (
+                "nitro-net chain, copy relay, 16 KiB writes",
+                Some(sink_capped),
+            ),
             ("socat chain", sink_paths.socat),
         ] {
             let Some(a) = a else { continue };
@@ -466,6 +509,7 @@ fn main() {
             let idest: SocketAddr = format!("127.0.0.1:{iport}").parse().unwrap();
             let ichain = setup.forward(idest, true);
             let icopy = setup.forward(idest, false);
+            let icapped = setup.forward_capped(idest);
             let isocat = setup.socat(idest, "iperf");
             let rounds = if quick() { 1 } else { 3 };
             println!(
@@ -477,6 +521,10 @@ fn main() {
                 ("direct loopback TCP", Some(iport)),
                 ("nitro-net chain", Some(ichain.port())),
                 ("nitro-net chain, copy relay", Some(icopy.port())),
+                (
+                    "nitro-net chain, copy relay, 16 KiB writes",
+                    Some(icapped.port()),
+                ),
                 ("socat chain", isocat.map(|a| a.port())),
             ];
             paths.retain(|(_, p)| p.is_some());

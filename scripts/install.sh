@@ -29,7 +29,7 @@ apt_install \
     ca-certificates curl xz-utils bzip2 cpio pkgconf gcc g++ make \
     musl-tools \
     openssl \
-    socat iperf3 libssl-dev \
+    socat iperf3 libssl-dev strace \
     nbdkit libnbd-bin \
     python3-venv python3-pip
 # qemu-img / qemu-io / qemu-nbd: QEMU 10 from backports.

@@ -33,6 +33,10 @@ pub struct ClientConfig {
     /// the enclave image, this policy is covered by its measurements (attested), unlike the
     /// parent's. The parent still controls the network: authenticate peers with TLS.
     pub policy: Option<Arc<Policy>>,
+    /// Largest single write to the parent (the request and every write through a
+    /// [`TunnelStream`]); `None` (default) means no cap. See
+    /// [`Limits::max_write`](crate::Limits::max_write).
+    pub max_write: Option<usize>,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +46,7 @@ impl Default for ClientConfig {
             response_timeout: Duration::from_secs(20),
             connect_retries: 2,
             policy: None,
+            max_write: None,
         }
     }
 }
@@ -211,7 +216,10 @@ impl EgressClient {
         let mut attempt = 0;
         loop {
             match self.inner.parent.connect_timeout(cfg.connect_timeout).await {
-                Ok(s) => return Ok(s),
+                Ok(mut s) => {
+                    s.limit_writes(cfg.max_write);
+                    return Ok(s);
+                }
                 Err(e) if attempt < cfg.connect_retries => {
                     tracing::debug!(parent = %self.inner.parent, error = %e, "retrying connection to the parent");
                     attempt += 1;

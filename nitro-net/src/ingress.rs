@@ -200,12 +200,18 @@ impl IngressServer {
         self
     }
 
-    /// Serves on `listener` (normally TCP) until the handle is shut down (or dropped).
+    /// Serves on `listener` (normally TCP) until the handle is shut down.
+    ///
+    /// **Dropping the returned [`ServerHandle`] stops the server**: keep it, `join` it or
+    /// [`detach`](ServerHandle::detach) it.
     pub fn spawn(self, listener: Listener) -> ServerHandle {
         self.spawn_with_shutdown(listener, Shutdown::new())
     }
 
     /// Serves on `listener` until `shutdown` is triggered.
+    ///
+    /// **Dropping the returned [`ServerHandle`] triggers `shutdown`**, which stops every
+    /// server sharing it; [`detach`](ServerHandle::detach) the handle to avoid that.
     pub fn spawn_with_shutdown(self, listener: Listener, shutdown: Shutdown) -> ServerHandle {
         let limits = self.limits.clone();
         let this = Arc::new(self);
@@ -229,7 +235,10 @@ impl IngressServer {
             .connect_timeout(ctx.limits.connect_timeout)
             .await
         {
-            Ok(s) => s,
+            Ok(mut s) => {
+                s.limit_writes(ctx.limits.max_write);
+                s
+            }
             Err(e) => {
                 ctx.registry.counters.refused();
                 tracing::warn!(%peer, target = %self.target, error = %e, "ingress: enclave unreachable");
@@ -273,6 +282,7 @@ pub struct IngressListener {
     listener: Listener,
     proxy_protocol: bool,
     header_timeout: Duration,
+    max_write: Option<usize>,
 }
 
 /// One ingress connection handed to the application.
@@ -294,7 +304,16 @@ impl IngressListener {
             listener,
             proxy_protocol,
             header_timeout: Duration::from_secs(10),
+            max_write: None,
         }
+    }
+
+    /// Caps every write to the accepted streams at `max` bytes (see
+    /// [`Limits::max_write`](crate::Limits::max_write); default `None`, no cap).
+    #[must_use]
+    pub fn max_write(mut self, max: Option<usize>) -> Self {
+        self.max_write = max;
+        self
     }
 
     /// Time allowed for the PROXY header (default 10 s).
@@ -309,6 +328,7 @@ impl IngressListener {
     pub async fn accept(&self) -> Result<IngressConnection, Error> {
         loop {
             let (mut stream, peer) = self.listener.accept().await?;
+            stream.limit_writes(self.max_write);
             if !self.proxy_protocol {
                 return Ok(IngressConnection {
                     stream,
@@ -341,6 +361,11 @@ impl IngressListener {
     /// The transport address listened on.
     pub fn local_addr(&self) -> &Addr {
         self.listener.local_addr()
+    }
+
+    /// The transport listener.
+    pub fn listener(&self) -> &Listener {
+        &self.listener
     }
 }
 
@@ -398,12 +423,18 @@ impl IngressForward {
         self
     }
 
-    /// Serves on `listener` until the handle is shut down (or dropped).
+    /// Serves on `listener` until the handle is shut down.
+    ///
+    /// **Dropping the returned [`ServerHandle`] stops the server**: keep it, `join` it or
+    /// [`detach`](ServerHandle::detach) it.
     pub fn spawn(self, listener: Listener) -> ServerHandle {
         self.spawn_with_shutdown(listener, Shutdown::new())
     }
 
     /// Serves on `listener` until `shutdown` is triggered.
+    ///
+    /// **Dropping the returned [`ServerHandle`] triggers `shutdown`**, which stops every
+    /// server sharing it; [`detach`](ServerHandle::detach) the handle to avoid that.
     pub fn spawn_with_shutdown(self, listener: Listener, shutdown: Shutdown) -> ServerHandle {
         let limits = self.limits.clone();
         let this = Arc::new(self);

@@ -4,6 +4,9 @@
 
 mod addr;
 mod client;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod connector;
 mod egress;
 mod error;
 pub mod ingress;
@@ -14,6 +17,8 @@ pub mod policy;
 pub mod protocol;
 pub mod proxy;
 mod relay;
+#[cfg(feature = "axum")]
+mod serve;
 mod server;
 mod stats;
 pub mod time;
@@ -27,7 +32,7 @@ pub use ingress::{IngressConnection, IngressForward, IngressListener, IngressSer
 pub use policy::Policy;
 pub use proxy::{LocalProxy, ProxyKind};
 pub use relay::{BUFFER_SIZE, RelayTotals, relay};
-pub use server::{Limits, ServerHandle, Shutdown};
+pub use server::{EMULATOR_MAX_WRITE, Limits, ServerHandle, Shutdown};
 pub use stats::{ConnectionInfo, CountersSnapshot};
 pub use time::{ClockOffset, TimeClient, TimeConfig, TimeSync};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, Listener, PeerAddr, Stream};

@@ -105,12 +105,18 @@ impl LocalProxy {
         self
     }
 
-    /// Serves on `listener` until the handle is shut down (or dropped).
+    /// Serves on `listener` until the handle is shut down.
+    ///
+    /// **Dropping the returned [`ServerHandle`] stops the server**: keep it, `join` it or
+    /// [`detach`](ServerHandle::detach) it.
     pub fn spawn(self, listener: Listener) -> ServerHandle {
         self.spawn_with_shutdown(listener, Shutdown::new())
     }
 
     /// Serves on `listener` until `shutdown` is triggered.
+    ///
+    /// **Dropping the returned [`ServerHandle`] triggers `shutdown`**, which stops every
+    /// server sharing it; [`detach`](ServerHandle::detach) the handle to avoid that.
     pub fn spawn_with_shutdown(self, listener: Listener, shutdown: Shutdown) -> ServerHandle {
         let name = match self.kind {
             ProxyKind::HttpConnect => "http-proxy",
@@ -194,6 +200,7 @@ impl LocalProxy {
             }
         };
         let (mut tunnel, dest) = tunnel;
+        tunnel.limit_writes(ctx.limits.max_write);
         match &self.kind {
             ProxyKind::HttpConnect => {
                 if client

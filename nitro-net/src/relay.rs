@@ -172,12 +172,14 @@ where
 /// Relays between two transport streams: with `splice(2)` (no copy through user space) when
 /// `zero_copy` is on and both are TCP or Unix sockets, else with [`relay_counted`].
 pub(crate) async fn relay_streams(
-    a: Stream,
-    b: Stream,
+    mut a: Stream,
+    mut b: Stream,
     limits: &crate::Limits,
     conn: &ByteCounters,
     totals: &ByteCounters,
 ) -> io::Result<()> {
+    a.limit_writes(limits.max_write);
+    b.limit_writes(limits.max_write);
     let idle_timeout = limits.idle_timeout;
     if limits.zero_copy && a.splice_capable() && b.splice_capable() {
         SpliceRelay {
@@ -296,7 +298,8 @@ impl<'c> SplicePump<'c> {
                 let Some(pipe) = self.pipe.as_ref() else {
                     return Poll::Ready(Err(io::Error::other("relay pipe missing")));
                 };
-                let want = self.pending;
+                // The stream's write cap holds for spliced bytes too.
+                let want = w.max_write().map_or(self.pending, |m| self.pending.min(m));
                 match w.try_io(Interest::WRITABLE, |fd| {
                     splice(&pipe.r, None, fd, None, want, FLAGS).map_err(io::Error::from)
                 }) {

@@ -11,6 +11,12 @@ use tokio::task::JoinSet;
 use crate::stats::{ConnectionInfo, CountersSnapshot, Registry};
 use crate::{Addr, Error, Listener, PeerAddr, Stream};
 
+/// The write cap to use under the emulator ([`Limits::max_write`],
+/// [`ClientConfig::max_write`](crate::ClientConfig::max_write)): 16 KiB, well below the 32 KiB
+/// above which the guest's virtio-vsock driver splits a packet over several descriptors, which
+/// the emulator's vsock backend (vhost-device-vsock 0.3) drops. Real Nitro Enclaves need no cap.
+pub const EMULATOR_MAX_WRITE: usize = 16 << 10;
+
 /// Limits and timeouts of a server (egress, ingress, local proxies).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -37,6 +43,11 @@ pub struct Limits {
     /// no copy through user space) instead of read/write through a 64 KiB buffer. Default on;
     /// vsock streams always use the buffer.
     pub zero_copy: bool,
+    /// Largest single write to any stream of this server (accepted connections, connections it
+    /// opens, both directions of its relays, `splice(2)` included); `None` (default) means no
+    /// cap. Set [`EMULATOR_MAX_WRITE`](crate::EMULATOR_MAX_WRITE) under the emulator, whose
+    /// vsock backend drops packets above 32 KiB; real Nitro Enclaves need no cap.
+    pub max_write: Option<usize>,
 }
 
 impl Default for Limits {
@@ -49,6 +60,7 @@ impl Default for Limits {
             idle_timeout: Some(Duration::from_secs(3600)),
             shutdown_grace: Duration::from_secs(30),
             zero_copy: true,
+            max_write: None,
         }
     }
 }
@@ -93,10 +105,26 @@ impl Shutdown {
 
 /// A running server: its counters, its connections, and how to stop it.
 ///
-/// Dropping the handle triggers a graceful shutdown; call [`ServerHandle::shutdown`] to wait
-/// for it.
+/// # Dropping the handle stops the server
+///
+/// **`let _ = server.spawn(listener);` or a handle that goes out of scope shuts the server
+/// down** at once: it stops accepting and drains its connections (as
+/// [`shutdown`](ServerHandle::shutdown) does, without waiting). Keep the handle alive for as
+/// long as the server should run, wait on it with [`join`](ServerHandle::join), or
+/// [`detach`](ServerHandle::detach) it to let the server run on its own until its
+/// [`Shutdown`] signal is triggered.
+///
+/// ```no_run
+/// # async fn f(listener: nitro_net::Listener) -> Result<(), nitro_net::Error> {
+/// use nitro_net::{EgressServer, Policy};
+///
+/// // Runs until the program ends or `stop.trigger()` is called.
+/// let stop = EgressServer::new(Policy::deny_all()).spawn(listener).detach();
+/// # stop.trigger();
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
-#[must_use = "dropping the handle shuts the server down"]
+#[must_use = "dropping a ServerHandle shuts the server down at once: keep it, `.join().await` it or `.detach()` it"]
 pub struct ServerHandle {
     shutdown: Shutdown,
     task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
@@ -135,6 +163,16 @@ impl ServerHandle {
                 .map_err(|e| Error::io("server task", std::io::Error::other(e)))?,
             None => Ok(()),
         }
+    }
+
+    /// Lets the server run without its handle: dropping the handle no longer stops it. It
+    /// runs until the returned signal is triggered (or the runtime ends); its counters are no
+    /// longer reachable.
+    #[must_use = "the returned signal is the only way left to stop the server; `let _ =` it to run forever"]
+    pub fn detach(mut self) -> Shutdown {
+        // Without a task, `Drop` does not trigger the signal; the task keeps running.
+        drop(self.task.take());
+        self.shutdown.clone()
     }
 
     /// Waits until the server stops (after a shutdown signal, or a fatal listener error).
@@ -243,7 +281,8 @@ where
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((mut stream, peer)) => {
+                stream.limit_writes(limits.max_write);
                 let ctx = ConnCtx {
                     handshake: Some(permit),
                     slots: slots.clone(),

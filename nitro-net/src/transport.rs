@@ -32,6 +32,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Stream {
     inner: Inner,
+    /// Largest write passed to the socket (`None`: no cap).
+    max_write: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -54,6 +56,32 @@ impl Stream {
                     port: a.port(),
                 }),
         }
+    }
+
+    /// Caps every write to the socket at `max` bytes (at least 1; `None` leaves the current
+    /// cap). Caps combine: the smallest one wins. Every nitro-net path that writes to a stream
+    /// (relays, including the `splice(2)` relay, tunnel clients, proxies, ingress) goes
+    /// through this cap; see [`Limits::max_write`](crate::Limits::max_write).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// use tokio::io::AsyncWriteExt;
+    /// let (a, _b) = tokio::net::UnixStream::pair()?;
+    /// let mut s = nitro_net::Stream::from(a);
+    /// s.limit_writes(Some(16 * 1024));
+    /// assert_eq!(s.write(&[0u8; 100_000]).await?, 16 * 1024);
+    /// # Ok(()) }
+    /// ```
+    pub fn limit_writes(&mut self, max: Option<usize>) {
+        if let Some(m) = max {
+            let m = m.max(1);
+            self.max_write = Some(self.max_write.map_or(m, |cur| cur.min(m)));
+        }
+    }
+
+    /// The write cap set by [`limit_writes`](Self::limit_writes).
+    pub fn max_write(&self) -> Option<usize> {
+        self.max_write
     }
 
     /// The TCP stream, if this is one.
@@ -111,6 +139,7 @@ impl From<TcpStream> for Stream {
         let _ = s.set_nodelay(true);
         Stream {
             inner: Inner::Tcp(s),
+            max_write: None,
         }
     }
 }
@@ -119,6 +148,7 @@ impl From<UnixStream> for Stream {
     fn from(s: UnixStream) -> Self {
         Stream {
             inner: Inner::Unix(s),
+            max_write: None,
         }
     }
 }
@@ -127,6 +157,7 @@ impl From<VsockStream> for Stream {
     fn from(s: VsockStream) -> Self {
         Stream {
             inner: Inner::Vsock(s),
+            max_write: None,
         }
     }
 }
@@ -151,7 +182,12 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().inner {
+        let this = self.get_mut();
+        let buf = match this.max_write {
+            Some(m) if buf.len() > m => &buf[..m],
+            _ => buf,
+        };
+        match &mut this.inner {
             Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Vsock(s) => Pin::new(s).poll_write(cx, buf),
@@ -163,6 +199,14 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.max_write.is_some() {
+            // Capped: the first non-empty slice, through the cap.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         match &mut self.get_mut().inner {
             Inner::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Inner::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
@@ -171,6 +215,9 @@ impl AsyncWrite for Stream {
     }
 
     fn is_write_vectored(&self) -> bool {
+        if self.max_write.is_some() {
+            return false;
+        }
         match &self.inner {
             Inner::Tcp(s) => s.is_write_vectored(),
             Inner::Unix(s) => s.is_write_vectored(),

@@ -290,6 +290,69 @@ async fn a_thousand_concurrent_tunnels() {
     assert_eq!(c.server.stats().connections_total, n as u64);
 }
 
+/// Issue 20.1: Linux connects `0.0.0.0` and `::` to the local host, so a policy allowing
+/// `0.0.0.0/0, ::/0` and denying loopback let the enclave reach the parent's loopback-only
+/// services through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unspecified_destinations_never_reach_the_parent_loopback() {
+    let policy = Policy::from_toml(
+        r#"
+        [[allow]]
+        cidr = "0.0.0.0/0"
+        [[allow]]
+        cidr = "::/0"
+        [[allow]]
+        host = "*"
+        [[deny]]
+        cidr = "127.0.0.0/8"
+        [[deny]]
+        cidr = "::1/128"
+        "#,
+    )
+    .unwrap();
+    let resolver = StaticResolver::new()
+        .with("zero.test", ["0.0.0.0".parse().unwrap()])
+        .with("zero6.test", ["::".parse().unwrap()]);
+    let c = chain_with(
+        EgressServer::new(policy)
+            .limits(test_limits())
+            .resolver(resolver),
+    )
+    .await;
+    // A service listening only on the parent's loopback (v4 and v6 on one port when possible).
+    let (local, port) = destination().await;
+    let local6 = TcpListener::bind(("::1", port)).await.ok();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = tokio::select! {
+                a = local.accept() => a.unwrap(),
+                a = async { match &local6 { Some(l) => l.accept().await, None => std::future::pending().await } } => a.unwrap(),
+            };
+            drop(s);
+        }
+    });
+    for host in [
+        "0.0.0.0",
+        "0",
+        "0.0",
+        "[::]",
+        "::",
+        "[::ffff:0.0.0.0]",
+        "zero.test",
+        "zero6.test",
+    ] {
+        let e = c.client.connect(host, port).await.unwrap_err();
+        let r = e
+            .refusal()
+            .unwrap_or_else(|| panic!("{host}: not a refusal: {e}"));
+        assert_eq!(r.code, RefusalCode::DeniedByPolicy, "{host}: {e}");
+        assert!(r.message.contains("unspecified"), "{host}: {e}");
+    }
+    // The catch-all blocks do not reach loopback either.
+    let e = c.client.connect("127.0.0.1", port).await.unwrap_err();
+    assert!(e.refusal().is_some(), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_destinations_get_the_policy_reason() {
     let policy = Policy::from_toml(
@@ -754,6 +817,31 @@ async fn graceful_shutdown_drains_in_flight_transfers() {
         .unwrap();
     // The listening socket is gone.
     assert!(!c.addr.listen_path().unwrap().exists());
+}
+
+/// Issue 15.6: dropping a handle stops its server; a detached server keeps serving until its
+/// signal is triggered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_handles_stop_servers_and_detached_ones_keep_running() {
+    let echo = echo_server().await;
+    // Dropped: the socket file goes away and connects fail.
+    let c = chain(loopback_policy(), test_limits()).await;
+    drop(c.server);
+    assert!(eventually(5, || !c.addr.listen_path().unwrap().exists()).await);
+    assert!(c.client.connect("127.0.0.1", echo.port()).await.is_err());
+    // Detached: serves without its handle.
+    let c = chain(loopback_policy(), test_limits()).await;
+    let stop = c.server.detach();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut t = c.client.connect("127.0.0.1", echo.port()).await.unwrap();
+    t.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    t.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+    drop(t);
+    stop.trigger();
+    assert!(eventually(5, || !c.addr.listen_path().unwrap().exists()).await);
+    assert!(c.client.connect("127.0.0.1", echo.port()).await.is_err());
 }
 
 async fn write_pattern_from<W: tokio::io::AsyncWrite + Unpin>(

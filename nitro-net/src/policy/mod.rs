@@ -37,315 +37,36 @@
 //!   may only lead to *public* addresses, unless a `cidr` rule allows the address, or the
 //!   host rule says `private = true` (then RFC 1918, CGNAT and IPv6 ULA addresses are also
 //!   admitted, for VPC endpoints). Loopback, link-local (including the instance metadata
-//!   service `169.254.169.254`), multicast, documentation and other special-purpose ranges are
-//!   only ever reachable through an explicit `cidr` allow rule. Addresses refused this way are
-//!   dropped; the request is refused when none is left.
+//!   service `169.254.169.254` and its IPv6 twin `fd00:ec2::254`, with EC2's DNS and NTP
+//!   addresses), multicast, documentation and other special-purpose ranges are only ever
+//!   reachable through an explicit `cidr` allow rule lying within that range: a wider block
+//!   such as `0.0.0.0/0` does not admit them, for names or IP literals. Addresses refused this
+//!   way are dropped; the request is refused when none is left.
+//! - **Unspecified addresses are never destinations**: `0.0.0.0/8` and `::` (in any spelling,
+//!   or as a resolved address) are refused whatever the rules say; Linux connects them to the
+//!   local host.
 //!
 //! Everything here is pure: [`Policy::check_name`] and [`Policy::check_addresses`] take the
 //! request and the resolved addresses and return the verdict, so the decisions are tested
 //! without any network.
 
+mod class;
+mod host;
+mod schema;
+
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
-use serde::Deserialize;
 
 use crate::{PolicyError, Refusal, RefusalCode};
 
-/// A destination host after normalisation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Host {
-    /// A DNS name in canonical ASCII form (lower case, no trailing dot, IDNA-encoded).
-    Name(String),
-    /// An IP address in canonical form (IPv4-mapped and IPv4-compatible IPv6 become IPv4).
-    Ip(IpAddr),
-}
-
-impl fmt::Display for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Host::Name(n) => f.write_str(n),
-            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
-            Host::Ip(ip) => write!(f, "{ip}"),
-        }
-    }
-}
-
-/// Normalises a host as an application wrote it: an IP literal in any spelling (see the
-/// [module documentation](self)) or a DNS name.
-///
-/// ```
-/// use nitro_net::policy::{Host, normalize_host};
-/// use std::net::{IpAddr, Ipv4Addr};
-///
-/// let meta = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254));
-/// for spelling in ["169.254.169.254", "2852039166", "0251.0376.0251.0376", "0xa9.0xfe.0xa9fe",
-///                  "[::ffff:169.254.169.254]", "::ffff:a9fe:a9fe", "169.254.43518"] {
-///     assert_eq!(normalize_host(spelling)?, Host::Ip(meta), "{spelling}");
-/// }
-/// assert_eq!(normalize_host("KMS.us-east-1.AmazonAWS.com.")?,
-///            Host::Name("kms.us-east-1.amazonaws.com".into()));
-/// assert_eq!(normalize_host("bücher.example")?, Host::Name("xn--bcher-kva.example".into()));
-/// assert!(normalize_host("evil.com/x").is_err());
-/// # Ok::<(), nitro_net::PolicyError>(())
-/// ```
-pub fn normalize_host(input: &str) -> Result<Host, PolicyError> {
-    let invalid = |reason: &str| PolicyError::InvalidHost {
-        pattern: input.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if input.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if input.len() > 1024 {
-        return Err(invalid("longer than 1024 bytes"));
-    }
-    let bracketed = input.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
-    if let Some(inner) = bracketed {
-        return inner
-            .parse::<Ipv6Addr>()
-            .map(|ip| Host::Ip(canonical_ip(IpAddr::V6(ip))))
-            .map_err(|_| {
-                invalid("not an IPv6 address between brackets (zone ids are not accepted)")
-            });
-    }
-    if input.contains(':') {
-        return input
-            .parse::<Ipv6Addr>()
-            .map(|ip| Host::Ip(canonical_ip(IpAddr::V6(ip))))
-            .map_err(|_| invalid("contains ':' but is not an IPv6 address"));
-    }
-    // UTS 46 mapping first: it folds case, full-width digits and dots, so an IPv4 address
-    // spelled with them is recognised as one below.
-    let ascii = idna::uts46::Uts46::new()
-        .to_ascii(
-            input.as_bytes(),
-            idna::uts46::AsciiDenyList::URL,
-            idna::uts46::Hyphens::Allow,
-            idna::uts46::DnsLength::Ignore,
-        )
-        .map_err(|_| invalid("not a valid internationalised domain name"))?;
-    // One trailing dot (the DNS root) is dropped; after mapping, so that an ideographic full
-    // stop counts too.
-    let ascii = ascii.strip_suffix('.').unwrap_or(&ascii);
-    if ascii.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if ends_in_number(ascii) {
-        return parse_ipv4_spelling(ascii)
-            .map(|ip| Host::Ip(IpAddr::V4(ip)))
-            .ok_or_else(|| invalid("ends in a number but is not a valid IPv4 address"));
-    }
-    validate_dns_name(ascii).map_err(|r| invalid(&r))?;
-    Ok(Host::Name(ascii.to_owned()))
-}
-
-fn validate_dns_name(name: &str) -> Result<(), String> {
-    if name.len() > 253 {
-        return Err(format!("{} bytes long, above 253", name.len()));
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err("empty label".into());
-        }
-        if label.len() > 63 {
-            return Err(format!("label {label:?} longer than 63 bytes"));
-        }
-        if let Some(c) = label
-            .bytes()
-            .find(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_'))
-        {
-            return Err(format!(
-                "character {:?} not allowed in a host name",
-                char::from(c)
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// WHATWG URL "ends in a number": the last label is all digits or `0x` + hex digits. Such a
-/// host must be an IPv4 address or is invalid (resolvers would take it as one).
-fn ends_in_number(host: &str) -> bool {
-    let last = host.rsplit('.').next().unwrap_or(host);
-    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
-        return true;
-    }
-    match last.strip_prefix("0x").or_else(|| last.strip_prefix("0X")) {
-        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
-        None => false,
-    }
-}
-
-/// Parses the IPv4 spellings `inet_aton(3)` and URL parsers accept: one to four parts, each
-/// decimal, octal (leading `0`) or hexadecimal (`0x`), the last part filling the remaining bytes.
-///
-/// ```
-/// use nitro_net::policy::parse_ipv4_spelling;
-/// use std::net::Ipv4Addr;
-/// assert_eq!(parse_ipv4_spelling("127.1"), Some(Ipv4Addr::LOCALHOST));
-/// assert_eq!(parse_ipv4_spelling("0x7f000001"), Some(Ipv4Addr::LOCALHOST));
-/// assert_eq!(parse_ipv4_spelling("017700000001"), Some(Ipv4Addr::LOCALHOST));
-/// assert_eq!(parse_ipv4_spelling("1.2.3.256"), None);
-/// ```
-pub fn parse_ipv4_spelling(s: &str) -> Option<Ipv4Addr> {
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
-    }
-    let mut nums = Vec::with_capacity(4);
-    for p in &parts {
-        nums.push(parse_ipv4_part(p)?);
-    }
-    let (last, head) = nums.split_last()?;
-    if head.iter().any(|&n| n > 255) {
-        return None;
-    }
-    let shift = 8 * (4 - head.len() as u32);
-    let limit: u64 = if shift >= 32 {
-        u64::from(u32::MAX)
-    } else {
-        (1u64 << shift) - 1
-    };
-    if *last > limit {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for (i, &n) in head.iter().enumerate() {
-        v |= n << (8 * (3 - i as u32));
-    }
-    v |= last;
-    u32::try_from(v).ok().map(Ipv4Addr::from)
-}
-
-fn parse_ipv4_part(p: &str) -> Option<u64> {
-    if p.is_empty() {
-        return None;
-    }
-    let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
-        (h, 16)
-    } else if p.len() > 1 && p.starts_with('0') {
-        (&p[1..], 8)
-    } else {
-        (p, 10)
-    };
-    if digits.is_empty() {
-        // "0x" alone is zero for inet_aton and URL parsers.
-        return (radix == 16).then_some(0);
-    }
-    if digits.len() > 32 || !digits.chars().all(|c| c.is_digit(radix)) {
-        return None;
-    }
-    u64::from_str_radix(digits, radix).ok()
-}
-
-/// Canonical form of an address for matching: IPv4-mapped (`::ffff:a.b.c.d`) and
-/// IPv4-compatible (`::a.b.c.d`, except `::` and `::1`) IPv6 addresses become IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let s = v6.segments();
-            if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
-                let o = v6.octets();
-                return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
-            }
-            ip
-        }
-        IpAddr::V4(_) => ip,
-    }
-}
-
-/// The IPv4 address embedded in a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address.
-fn embedded_ipv4(ip: &IpAddr) -> Option<Ipv4Addr> {
-    let IpAddr::V6(v6) = ip else { return None };
-    let s = v6.segments();
-    let o = v6.octets();
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
-        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
-    }
-    if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
-    }
-    None
-}
-
-/// How an address is classified for names admitted by host rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AddressClass {
-    /// Globally routable.
-    Public,
-    /// Private networks: RFC 1918, CGNAT `100.64.0.0/10`, IPv6 unique local `fc00::/7`.
-    Private,
-    /// A special-purpose range (loopback, link-local, multicast, documentation, ...); the name
-    /// says which.
-    Special(&'static str),
-}
-
-/// Classifies a (canonical) address.
-pub fn classify(ip: IpAddr) -> AddressClass {
-    use AddressClass::*;
-    match canonical_ip(ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            match o {
-                [0, ..] => Special("\"this network\" 0.0.0.0/8"),
-                [10, ..] => Private,
-                [100, b, ..] if (64..128).contains(&b) => Private,
-                [127, ..] => Special("loopback"),
-                [169, 254, ..] => Special("link-local (instance metadata service)"),
-                [172, b, ..] if (16..32).contains(&b) => Private,
-                [192, 0, 0, _] => Special("IETF protocol assignments 192.0.0.0/24"),
-                [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => Special("documentation"),
-                [192, 88, 99, _] => Special("6to4 relay anycast"),
-                [192, 168, ..] => Private,
-                [198, b, ..] if b == 18 || b == 19 => Special("benchmarking 198.18.0.0/15"),
-                [255, 255, 255, 255] => Special("broadcast"),
-                [a, ..] if a >= 240 => Special("reserved 240.0.0.0/4"),
-                [a, ..] if a >= 224 => Special("multicast"),
-                _ => Public,
-            }
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if v6.is_unspecified() {
-                return Special("unspecified");
-            }
-            if v6.is_loopback() {
-                return Special("loopback");
-            }
-            if let Some(v4) = embedded_ipv4(&IpAddr::V6(v6)) {
-                return match classify(IpAddr::V4(v4)) {
-                    Public => Public,
-                    Private => Special("translation of a private IPv4 address"),
-                    Special(_) => Special("translation of a special-purpose IPv4 address"),
-                };
-            }
-            match s[0] {
-                0xfe80..=0xfebf => Special("link-local"),
-                0xfec0..=0xfeff => Special("site-local (deprecated)"),
-                0xff00..=0xffff => Special("multicast"),
-                0xfc00..=0xfdff => Private,
-                0x2001 if s[1] == 0x0db8 => Special("documentation"),
-                0x2001 if s[1] < 0x0200 => {
-                    Special("IETF protocol assignments 2001::/23 (Teredo, ...)")
-                }
-                0x0100 if s[1..4] == [0, 0, 0] => Special("discard-only 100::/64"),
-                0x0000 => Special("reserved ::/8"),
-                0x0064 if s[1] == 0xff9b => Special("local-use NAT64 64:ff9b:1::/48"),
-                0x3fff if s[1] < 0x1000 => Special("documentation"),
-                _ => Public,
-            }
-        }
-    }
-}
+pub use class::{AddressClass, classify, is_unspecified_destination};
+use class::{classify_block, embedded_ipv4};
+pub use host::{Host, canonical_ip, normalize_host, parse_ipv4_spelling};
+use schema::RawPolicy;
 
 /// A set of ports: empty means every port.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -582,6 +303,13 @@ impl Policy {
     fn check_ip(&self, ip: IpAddr, port: u16, name: Option<(&str, bool)>) -> Result<(), Refusal> {
         let ip = canonical_ip(ip);
         let shown = Host::Ip(ip);
+        if is_unspecified_destination(ip) {
+            let what = "an unspecified address, which Linux connects to the local host; never a destination";
+            return Err(denied(match name {
+                Some((n, _)) => format!("{n} resolved to {shown}, {what}"),
+                None => format!("{shown}:{port} is {what}"),
+            }));
+        }
         let candidates = [Some(ip), embedded_ipv4(&ip).map(IpAddr::V4)];
         for cand in candidates.into_iter().flatten() {
             if let Some(r) = self.deny.iter().find(|r| r.matches_ip(cand, port)) {
@@ -593,10 +321,34 @@ impl Policy {
                 }));
             }
         }
-        if self.allow.iter().any(|r| r.matches_ip(ip, port)) {
+        let (class, block) = classify_block(ip);
+        // A cidr rule admits a special-purpose address only when it lies within that
+        // special-purpose block (`cidr = "169.254.169.254/32"`): a catch-all such as
+        // `0.0.0.0/0` does not reach loopback or the metadata service.
+        let explicit = |r: &Rule| match (&r.target, class) {
+            (Target::Cidr(net), AddressClass::Special(_)) => block.contains(net),
+            _ => true,
+        };
+        if self
+            .allow
+            .iter()
+            .any(|r| r.matches_ip(ip, port) && explicit(r))
+        {
             return Ok(());
         }
-        match (name, classify(ip)) {
+        if let (AddressClass::Special(s), Some(r)) =
+            (class, self.allow.iter().find(|r| r.matches_ip(ip, port)))
+        {
+            let prefix = match name {
+                Some((n, _)) => format!("{n} resolved to {shown},"),
+                None => format!("{shown}:{port} is"),
+            };
+            return Err(denied(format!(
+                "{prefix} a special-purpose address ({s}) that {} covers only as part of a wider block; allow it with a cidr rule within {block}",
+                r.label
+            )));
+        }
+        match (name, class) {
             (Some(_), AddressClass::Public) => Ok(()),
             (Some((_, true)), AddressClass::Private) => Ok(()),
             (Some((n, _)), class) => {
@@ -908,204 +660,13 @@ fn parse_cidr(c: &str) -> Result<IpNet, PolicyError> {
     Ok(net)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    #[serde(default)]
-    allow: Vec<RawRule>,
-    #[serde(default)]
-    deny: Vec<RawRule>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    host: Option<String>,
-    cidr: Option<String>,
-    ports: Option<Vec<RawPort>>,
-    private: Option<bool>,
-    #[allow(dead_code)] // Free text for the policy's reader; accepted and ignored.
-    comment: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawPort {
-    Num(i64),
-    Range(String),
-}
-
-impl RawPort {
-    fn range(&self) -> Result<RangeInclusive<u16>, PolicyError> {
-        let port = |v: i64, s: &str| -> Result<u16, PolicyError> {
-            u16::try_from(v)
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| PolicyError::InvalidPorts(s.to_owned()))
-        };
-        match self {
-            RawPort::Num(n) => {
-                let p = port(*n, &n.to_string())?;
-                Ok(p..=p)
-            }
-            RawPort::Range(s) => {
-                let bad = || PolicyError::InvalidPorts(s.clone());
-                let (a, b) = s.split_once('-').ok_or_else(bad)?;
-                let a = port(a.trim().parse().map_err(|_| bad())?, s)?;
-                let b = port(b.trim().parse().map_err(|_| bad())?, s)?;
-                if a > b {
-                    return Err(bad());
-                }
-                Ok(a..=b)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn v4(s: &str) -> IpAddr {
         IpAddr::V4(s.parse().unwrap())
-    }
-
-    #[test]
-    fn ipv4_spellings() {
-        let lo = Some(Ipv4Addr::LOCALHOST);
-        let table: &[(&str, Option<Ipv4Addr>)] = &[
-            ("127.0.0.1", lo),
-            ("127.1", lo),
-            ("127.0.1", lo),
-            ("2130706433", lo),
-            ("0x7f000001", lo),
-            ("0X7F000001", lo),
-            ("017700000001", lo),
-            ("0177.0.0.1", lo),
-            ("0x7f.0.0.1", lo),
-            ("0x7f.1", lo),
-            ("0x7f.0x0.0x0.0x1", lo),
-            ("127.0.0.01", lo),
-            ("0", Some(Ipv4Addr::UNSPECIFIED)),
-            ("0x", Some(Ipv4Addr::UNSPECIFIED)),
-            ("4294967295", Some(Ipv4Addr::BROADCAST)),
-            ("4294967296", None),
-            ("1.2.3.256", None),
-            ("1.2.65536", None),
-            ("1.16777216", None),
-            ("256.1", None),
-            ("1.2.3.4.5", None),
-            ("08", None),
-            ("0x1g", None),
-            ("1..2", None),
-            ("", None),
-            ("1.2.3.", None),
-            ("99999999999999999999999999999999999999", None),
-        ];
-        for (s, want) in table {
-            assert_eq!(parse_ipv4_spelling(s), *want, "{s:?}");
-        }
-    }
-
-    #[test]
-    fn host_normalisation() {
-        let meta = Host::Ip(v4("169.254.169.254"));
-        let table: &[(&str, Result<Host, ()>)] = &[
-            ("169.254.169.254", Ok(meta.clone())),
-            ("169.254.169.254.", Ok(meta.clone())),
-            ("2852039166", Ok(meta.clone())),
-            ("0xA9FEA9FE", Ok(meta.clone())),
-            ("0251.0376.0251.0376", Ok(meta.clone())),
-            ("169.254.43518", Ok(meta.clone())),
-            ("::ffff:169.254.169.254", Ok(meta.clone())),
-            ("[::ffff:a9fe:a9fe]", Ok(meta.clone())),
-            ("::169.254.169.254", Ok(meta.clone())),
-            ("[0:0:0:0:0:ffff:169.254.169.254]", Ok(meta.clone())),
-            ("１６９．２５４．１６９．２５４", Ok(meta.clone())),
-            ("::1", Ok(Host::Ip("::1".parse().unwrap()))),
-            ("[::]", Ok(Host::Ip("::".parse().unwrap()))),
-            (
-                "[64:ff9b::a9fe:a9fe]",
-                Ok(Host::Ip("64:ff9b::a9fe:a9fe".parse().unwrap())),
-            ),
-            ("Example.COM", Ok(Host::Name("example.com".into()))),
-            ("example.com.", Ok(Host::Name("example.com".into()))),
-            ("EXAMPLE.com.", Ok(Host::Name("example.com".into()))),
-            (
-                "Bücher.example",
-                Ok(Host::Name("xn--bcher-kva.example".into())),
-            ),
-            (
-                "xn--bcher-kva.example",
-                Ok(Host::Name("xn--bcher-kva.example".into())),
-            ),
-            ("_srv.example", Ok(Host::Name("_srv.example".into()))),
-            ("1.2.3.example", Ok(Host::Name("1.2.3.example".into()))),
-            ("localhost", Ok(Host::Name("localhost".into()))),
-            ("example.com..", Err(())),
-            ("a..b", Err(())),
-            (".", Err(())),
-            ("", Err(())),
-            ("ex ample.com", Err(())),
-            ("example.com/x", Err(())),
-            ("user@example.com", Err(())),
-            ("example.com:443", Err(())),
-            ("[::1", Err(())),
-            ("[fe80::1%eth0]", Err(())),
-            ("1.2.3.999", Err(())),
-            ("example.0x1g", Ok(Host::Name("example.0x1g".into()))),
-            ("example.123", Err(())),
-            ("a\u{0}b", Err(())),
-            (&"a".repeat(64), Err(())),
-        ];
-        for (s, want) in table {
-            let got = normalize_host(s).map_err(|_| ());
-            assert_eq!(&got, want, "{s:?}");
-        }
-        let long = ["a"; 127].join(".") + ".bb"; // 256 bytes
-        assert!(normalize_host(&long).is_err());
-    }
-
-    #[test]
-    fn classification() {
-        use AddressClass::*;
-        let table: &[(&str, AddressClass)] = &[
-            ("8.8.8.8", Public),
-            ("10.0.0.1", Private),
-            ("172.16.0.1", Private),
-            ("172.32.0.1", Public),
-            ("192.168.1.1", Private),
-            ("100.64.0.1", Private),
-            ("100.128.0.1", Public),
-            ("::ffff:10.0.0.1", Private),
-            ("fd00::1", Private),
-            ("2600::1", Public),
-        ];
-        for (s, want) in table {
-            assert_eq!(classify(s.parse().unwrap()), *want, "{s}");
-        }
-        for s in [
-            "127.0.0.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "240.0.0.1",
-            "192.0.2.1",
-            "::1",
-            "::",
-            "fe80::1",
-            "ff02::1",
-            "2001:db8::1",
-            "64:ff9b::a9fe:a9fe",
-            "64:ff9b::7f00:1",
-            "2002:a9fe:a9fe::1",
-            "::ffff:127.0.0.1",
-            "fec0::1",
-        ] {
-            assert!(matches!(classify(s.parse().unwrap()), Special(_)), "{s}");
-        }
-        assert_eq!(classify("64:ff9b::808:808".parse().unwrap()), Public);
     }
 
     fn sample() -> Policy {
@@ -1422,6 +983,142 @@ mod tests {
                 proptest::prop_assert_eq!(normalize_host(&n), Ok(Host::Name(n.clone())));
             }
         }
+    }
+
+    /// Issue 20.1: the unspecified addresses reach the parent's own loopback services.
+    #[test]
+    fn unspecified_addresses_are_never_destinations() {
+        let p = Policy::from_toml(
+            r#"
+            [[allow]]
+            cidr = "0.0.0.0/0"
+            [[allow]]
+            cidr = "::/0"
+            [[allow]]
+            cidr = "0.0.0.0/8"
+            [[allow]]
+            cidr = "::/128"
+            [[allow]]
+            host = "*"
+            [[deny]]
+            cidr = "127.0.0.0/8"
+            [[deny]]
+            cidr = "::1/128"
+            "#,
+        )
+        .unwrap();
+        for host in [
+            "0.0.0.0",
+            "0",
+            "0x0",
+            "00",
+            "0.0",
+            "0.1.2.3",
+            "::",
+            "[::]",
+            "0:0:0:0:0:0:0:0",
+            "::ffff:0.0.0.0",
+            "[::ffff:0:0]",
+            "::0.0.0.7",
+        ] {
+            let r = p.check(host, 80, &[]).unwrap_err();
+            assert!(r.message.contains("unspecified"), "{host}: {r:?}");
+            assert_eq!(r.code, RefusalCode::DeniedByPolicy);
+        }
+        for resolved in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+            let r = p
+                .check("rebind.example", 80, &[resolved.parse().unwrap()])
+                .unwrap_err();
+            assert!(r.message.contains("unspecified"), "{resolved}: {r:?}");
+        }
+        // Only the unspecified addresses are dropped from an answer.
+        assert_eq!(
+            p.check("mixed.example", 80, &[v4("0.0.0.0"), v4("8.8.8.8")]),
+            Ok(vec![v4("8.8.8.8")])
+        );
+        assert!(p.check("8.8.8.8", 80, &[]).is_ok());
+    }
+
+    /// Issue 20.1: an allow-cidr match does not skip the special-address classification.
+    #[test]
+    fn catch_all_cidr_does_not_admit_special_addresses() {
+        let p = Policy::builder()
+            .allow_cidr("0.0.0.0/0", &[])
+            .allow_cidr("::/0", &[])
+            .allow_cidr("10.0.0.0/8", &[])
+            .build()
+            .unwrap();
+        for host in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "[::1]",
+            "[fe80::1]",
+            "224.0.0.1",
+            "[64:ff9b::a9fe:a9fe]",
+            "[2002:7f00:1::1]",
+        ] {
+            let r = p.check(host, 80, &[]).unwrap_err();
+            assert!(r.message.contains("special-purpose"), "{host}: {r:?}");
+            assert!(r.message.contains("allow[0]") || r.message.contains("allow[1]"));
+        }
+        let r = p
+            .check("meta.example", 80, &[v4("169.254.169.254")])
+            .unwrap_err();
+        assert!(r.message.contains("special-purpose"), "{r:?}");
+        // Public and private addresses stay admitted by the wide blocks.
+        assert!(p.check("8.8.8.8", 80, &[]).is_ok());
+        assert!(p.check("10.1.1.1", 80, &[]).is_ok());
+        assert!(p.check("[2600::1]", 80, &[]).is_ok());
+        assert!(p.check("[64:ff9b::808:808]", 80, &[]).is_ok());
+        // A rule within the special block is explicit.
+        let p = Policy::builder()
+            .allow_cidr("169.254.169.254/32", &[80])
+            .allow_cidr("127.0.0.0/8", &[])
+            .allow_cidr("::1/128", &[])
+            .allow_cidr("64:ff9b::a9fe:a9fe/128", &[])
+            .build()
+            .unwrap();
+        for host in [
+            "169.254.169.254",
+            "127.0.0.1",
+            "127.9.9.9",
+            "[::1]",
+            "[64:ff9b::a9fe:a9fe]",
+        ] {
+            assert!(p.check(host, 80, &[]).is_ok(), "{host}");
+        }
+        assert!(p.check("169.254.169.253", 80, &[]).is_err());
+    }
+
+    /// Issue 20.4: EC2's IPv6 metadata, DNS and NTP addresses are special, not private.
+    #[test]
+    fn ec2_ipv6_services_are_special() {
+        for s in ["fd00:ec2::254", "fd00:ec2::253", "fd00:ec2::123"] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert!(matches!(classify(ip), AddressClass::Special(_)), "{s}");
+        }
+        assert_eq!(
+            classify("fd00:ec2::252".parse().unwrap()),
+            AddressClass::Private
+        );
+        let p = Policy::builder()
+            .allow_host_private("*.vpc.internal", &[])
+            .allow_cidr("fd00::/8", &[])
+            .build()
+            .unwrap();
+        let meta: IpAddr = "fd00:ec2::254".parse().unwrap();
+        let ula: IpAddr = "fd00::5".parse().unwrap();
+        let r = p.check("kms.vpc.internal", 80, &[meta]).unwrap_err();
+        assert!(r.message.contains("instance metadata"), "{r:?}");
+        assert_eq!(p.check("kms.vpc.internal", 80, &[ula]), Ok(vec![ula]));
+        assert!(p.check("[fd00:ec2::254]", 80, &[]).is_err());
+        assert!(p.check("[fd00:ec2::123]", 123, &[]).is_err());
+        assert!(p.check("[fd00::5]", 80, &[]).is_ok());
+        let p = Policy::builder()
+            .allow_cidr("fd00:ec2::254/128", &[80])
+            .build()
+            .unwrap();
+        assert!(p.check("[fd00:ec2::254]", 80, &[]).is_ok());
     }
 
     #[test]
