@@ -34,9 +34,11 @@
 //! - `[ingress]` accepts one connection on a vsock port (forwarded by the parent from TCP) and
 //!   answers each line with `echo: LINE`.
 //!
-//! Every stream to the parent goes through `CappedWrites` (writes of at most 16 KiB): the
-//! emulator's vsock backend drops the multi-descriptor packets a 6.12 guest kernel makes of
-//! larger writes (see `nitro_workspace::emulator::guest`).
+//! Every stream to the parent keeps its writes at or below nitro-net's
+//! [`EMULATOR_MAX_WRITE`](nitro_net::EMULATOR_MAX_WRITE) (16 KiB): the emulator's vsock backend
+//! drops the multi-descriptor packets a 6.12 guest kernel makes of larger writes (see
+//! `nitro_workspace::emulator::guest`). The cap comes from nitro-net's own configuration
+//! (`ClientConfig::max_write`, `Stream::limit_writes`), not from a wrapper of this application.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,8 +54,7 @@ use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
 use nitro_kms::model::{CreateKeyRequest, GenerateDataKeyRequest};
 use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
 use nitro_net::time::{StepPolicy, TimeConfig};
-use nitro_net::{Addr, EgressClient, TimeClient};
-use nitro_workspace::emulator::guest::CappedWrites;
+use nitro_net::{Addr, ClientConfig as EgressConfig, EMULATOR_MAX_WRITE, EgressClient, TimeClient};
 use nitro_workspace::emulator::parent::{EmulatorInfo, INFO_PORT, image_key_policy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -187,7 +188,13 @@ async fn main() -> Result<()> {
         .await;
     let egress = info
         .as_ref()
-        .map(|i| EgressClient::new(parent(i.egress_port)));
+        .map(|i| {
+            let config = EgressConfig {
+                max_write: Some(EMULATOR_MAX_WRITE),
+                ..EgressConfig::default()
+            };
+            EgressClient::with_config(parent(i.egress_port), config)
+        });
 
     if let Some(info) = &info {
         let tunnel = parent(info.egress_port);
@@ -409,12 +416,10 @@ async fn http_get(egress: &EgressClient, url: &str, expect: Option<&str>) -> Res
         Err(_) => "timed out".to_owned(),
     };
 
-    let mut stream = CappedWrites::new(
-        egress
-            .connect(&host, port)
-            .await
-            .with_context(|| format!("tunnel to {host}:{port}"))?,
-    );
+    let mut stream = egress
+        .connect(&host, port)
+        .await
+        .with_context(|| format!("tunnel to {host}:{port}"))?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: nitro-enclave-app\r\nConnection: close\r\n\r\n"
     );
@@ -482,7 +487,11 @@ async fn data_key(
     let creds_addr = parent(kms.credentials_port);
     let credentials = RefreshingCredentials::new(ParentCredentials::new(move || {
         let addr = creds_addr.clone();
-        async move { addr.connect().await.map_err(std::io::Error::other) }
+        async move {
+            let mut stream = addr.connect().await.map_err(std::io::Error::other)?;
+            stream.limit_writes(Some(EMULATOR_MAX_WRITE));
+            Ok(stream)
+        }
     }));
     let client = KmsClient::builder(&kms.region)
         .endpoint(&kms.endpoint)
@@ -490,11 +499,10 @@ async fn data_key(
         .connector(move |host: String, port: u16| {
             let egress = egress.clone();
             async move {
-                let stream = egress
+                egress
                     .connect(&host, port)
                     .await
-                    .map_err(std::io::Error::from)?;
-                Ok(CappedWrites::new(stream))
+                    .map_err(std::io::Error::from)
             }
         })
         .credentials(credentials)
@@ -568,8 +576,9 @@ async fn nbd_client(addr: &Addr, export: &str) -> Result<NbdClient> {
         move || {
             let addr = addr.clone();
             async move {
-                let stream = addr.connect().await.map_err(std::io::Error::other)?;
-                Ok(CappedWrites::new(stream))
+                let mut stream = addr.connect().await.map_err(std::io::Error::other)?;
+                stream.limit_writes(Some(EMULATOR_MAX_WRITE));
+                Ok(stream)
             }
         },
         ClientConfig::new(export),
@@ -793,7 +802,8 @@ async fn ingress_once(addr: Addr) -> Result<String> {
         .await
         .with_context(|| format!("listening on {addr}"))?;
     say(format_args!("[ingress] listening on {addr}"));
-    let (stream, peer) = listener.accept().await?;
+    let (mut stream, peer) = listener.accept().await?;
+    stream.limit_writes(Some(EMULATOR_MAX_WRITE));
     let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read.take(1 << 16)).lines();
     let mut count = 0;
