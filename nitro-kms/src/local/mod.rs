@@ -528,7 +528,7 @@ impl LocalKms {
         let Some(r) = recipient else {
             return Ok(None);
         };
-        match r.key_encryption_algorithm.as_deref() {
+        match r.key_encryption_algorithm.as_ref().map(|a| a.as_str()) {
             Some(RSAES_OAEP_SHA_256) => {}
             other => {
                 return Err(validation(format!(
@@ -671,7 +671,7 @@ impl LocalKms {
     fn encrypt(&self, req: EncryptRequest, caller: &Caller) -> Result<Vec<u8>, ServiceError> {
         let plaintext = req.plaintext.unwrap_or_default();
         check_len("plaintext", plaintext.len(), 1, 4096)?;
-        check_algorithm(req.encryption_algorithm.as_deref())?;
+        check_algorithm(req.encryption_algorithm.as_ref().map(|a| a.as_str()))?;
         let store = self.lock()?;
         let key = self.find(&store, &req.key_id)?;
         self.authorize(
@@ -697,7 +697,7 @@ impl LocalKms {
         now: SystemTime,
     ) -> Result<Vec<u8>, ServiceError> {
         check_len("ciphertextBlob", req.ciphertext_blob.len(), 1, 6144)?;
-        check_algorithm(req.encryption_algorithm.as_deref())?;
+        check_algorithm(req.encryption_algorithm.as_ref().map(|a| a.as_str()))?;
         let recipient = self.verify_recipient(req.recipient.as_ref(), now)?;
         let (id, nonce, sealed) = Self::split_blob(&req.ciphertext_blob)
             .ok_or_else(|| err(400, "InvalidCiphertextException", ""))?;
@@ -732,7 +732,7 @@ impl LocalKms {
         resp.encryption_algorithm = Some("SYMMETRIC_DEFAULT".into());
         match &recipient {
             Some(r) => resp.ciphertext_for_recipient = Some(Self::seal_for(r, &plaintext)?),
-            None => resp.plaintext = Some(plaintext),
+            None => resp.plaintext = plaintext,
         }
         json(&resp)
     }
@@ -744,8 +744,10 @@ impl LocalKms {
         now: SystemTime,
         with_plaintext: bool,
     ) -> Result<Vec<u8>, ServiceError> {
-        let len = match (req.key_spec, req.number_of_bytes) {
-            (Some(spec), None) => spec.key_len(),
+        let len = match (&req.key_spec, req.number_of_bytes) {
+            (Some(spec), None) => spec
+                .key_len()
+                .ok_or_else(|| validation(format!("unsupported KeySpec {spec}")))?,
             (None, Some(n)) if (1..=1024).contains(&n) => n as usize,
             (None, Some(_)) => return Err(validation("NumberOfBytes must be between 1 and 1024")),
             (None, None) => {
@@ -790,7 +792,7 @@ impl LocalKms {
         if with_plaintext {
             match &recipient {
                 Some(r) => resp.ciphertext_for_recipient = Some(Self::seal_for(r, &data_key)?),
-                None => resp.plaintext = Some(data_key),
+                None => resp.plaintext = data_key,
             }
         }
         json(&resp)
@@ -803,7 +805,7 @@ impl LocalKms {
         now: SystemTime,
     ) -> Result<Vec<u8>, ServiceError> {
         let recipient = self.verify_recipient(req.recipient.as_ref(), now)?;
-        let (private, public) = store::generate_key_pair(&req.key_pair_spec)?;
+        let (private, public) = store::generate_key_pair(req.key_pair_spec.as_str())?;
         let store = self.lock()?;
         let key = self.find(&store, &req.key_id)?;
         let condition_keys = recipient
@@ -826,7 +828,7 @@ impl LocalKms {
         resp.key_pair_spec = Some(req.key_pair_spec.clone());
         match &recipient {
             Some(r) => resp.ciphertext_for_recipient = Some(Self::seal_for(r, &private)?),
-            None => resp.private_key_plaintext = Some(private),
+            None => resp.private_key_plaintext = private,
         }
         json(&resp)
     }
@@ -852,7 +854,7 @@ impl LocalKms {
         let mut resp = GenerateRandomResponse::default();
         match &recipient {
             Some(r) => resp.ciphertext_for_recipient = Some(Self::seal_for(r, &bytes)?),
-            None => resp.plaintext = Some(bytes),
+            None => resp.plaintext = bytes,
         }
         json(&resp)
     }
@@ -883,7 +885,7 @@ impl LocalKms {
         resp.key_origin = Some("AWS_KMS".into());
         match &recipient {
             Some(r) => resp.ciphertext_for_recipient = Some(Self::seal_for(r, &secret)?),
-            None => resp.shared_secret = Some(secret),
+            None => resp.shared_secret = secret,
         }
         json(&resp)
     }
@@ -921,10 +923,10 @@ impl LocalKms {
         caller: &Caller,
         now: SystemTime,
     ) -> Result<Vec<u8>, ServiceError> {
-        let spec = req.key_spec.as_deref().unwrap_or("SYMMETRIC_DEFAULT");
+        let spec = req.key_spec.as_ref().map_or("SYMMETRIC_DEFAULT", |s| s.as_str());
         let usage = req
             .key_usage
-            .as_deref()
+            .as_ref().map(|u| u.as_str())
             .unwrap_or(if spec == "SYMMETRIC_DEFAULT" {
                 "ENCRYPT_DECRYPT"
             } else {
