@@ -122,7 +122,7 @@ fn client_overhead(c: &mut Criterion) {
         b.iter(|| {
             let body = serde_json::to_vec(black_box(&plain_req)).unwrap();
             let resp: DecryptResponse = serde_json::from_slice(black_box(&plain_resp)).unwrap();
-            (body.len(), resp.plaintext.unwrap().len())
+            (body.len(), resp.plaintext.len())
         })
     });
     g.bench_function("attested", |b| {

@@ -539,7 +539,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key_spec,
             context: ctx,
         } => {
-            let spec = KeySpec::from_name(&key_spec)
+            let spec = DataKeySpec::from_name(&key_spec)
                 .ok_or_else(|| anyhow!("unknown key spec {key_spec}"))?;
             let mut req = GenerateDataKeyRequest::new(key_id).key_spec(spec);
             req.encryption_context = context(&ctx);

@@ -193,7 +193,7 @@ impl KmsProxy {
                 StatusCode::BAD_REQUEST,
                 "ValidationException",
                 "the KMS proxy adds Recipient itself and answers in plaintext; \
-                 send Recipient to KMS directly to receive CiphertextForRecipient",
+                 send requests with your own Recipient to KMS directly",
             );
         }
         let Some(recipient) = self.client.recipient() else {
