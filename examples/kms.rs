@@ -248,7 +248,9 @@ enum Command {
         client: ClientOpts,
         #[arg(long)]
         key_id: String,
-        #[arg(long = "context", value_parser = parse_kv)]
+        /// Encryption context pair K=V (repeatable; at least one: it binds the secret to its
+        /// purpose, see nitro_kms::sealed).
+        #[arg(long = "context", value_parser = parse_kv, required = true)]
         context: Vec<(String, String)>,
         /// The secret.
         #[arg(long = "in")]
@@ -282,8 +284,9 @@ enum Command {
         /// Name of the document at the parent.
         #[arg(long)]
         name: Option<String>,
-        /// Required encryption context pair K=V (repeatable).
-        #[arg(long = "context", value_parser = parse_kv)]
+        /// Expected encryption context pair K=V (repeatable; at least one; must equal the
+        /// sealed document's context exactly).
+        #[arg(long = "context", value_parser = parse_kv, required = true)]
         context: Vec<(String, String)>,
     },
     /// Serve sealed documents from a directory to enclaves (parent side).

@@ -249,7 +249,15 @@ fn cli_end_to_end() {
     );
     let no_recipient = kms(
         &bin,
-        &["unseal", "--endpoint", ep, "--in", sealed.to_str().unwrap()],
+        &[
+            "unseal",
+            "--endpoint",
+            ep,
+            "--in",
+            sealed.to_str().unwrap(),
+            "--context",
+            "app=cli",
+        ],
     )
     .unwrap_err();
     // Without --recipient, unseal uses /dev/nsm (absent here): never a plaintext Decrypt.

@@ -141,16 +141,13 @@ pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
                 )
                 .await?;
             let cold = t0.elapsed();
-            let data_key = dk.plaintext.ok_or_else(|| anyhow!("no data key"))?;
+            let data_key = dk.plaintext;
             let t1 = Instant::now();
             let again = kms
                 .decrypt(DecryptRequest::new(dk.ciphertext_blob).context("app", "quickstart"))
                 .await?;
             let warm = t1.elapsed();
-            anyhow::ensure!(
-                again.plaintext.as_ref() == Some(&data_key),
-                "data key mismatch"
-            );
+            anyhow::ensure!(again.plaintext == data_key, "data key mismatch");
             println!(
                 "    enclave: data key of {} bytes from CiphertextForRecipient ({} bytes of CMS); \
                  GenerateDataKey {} ms (new RSA key pair + attestation), Decrypt {} ms (reused)",

@@ -352,8 +352,8 @@ impl KmsClient {
         {
             return Err(Error::Config(format!("invalid region {region:?}")));
         }
-        let fips = lookup("AWS_USE_FIPS_ENDPOINT")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let fips =
+            lookup("AWS_USE_FIPS_ENDPOINT").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         Ok(Self::builder(region).fips(fips))
     }
 
@@ -450,6 +450,7 @@ impl KmsClient {
     /// Sends `body` as `operation`, signed with this client's credentials, and returns the HTTP
     /// response whatever its status (for the proxy, which passes KMS errors through verbatim).
     /// Only failures below HTTP (connecting, TLS, timeouts) are retried, per the retry policy.
+    #[cfg(feature = "proxy")]
     pub(crate) async fn send_raw(&self, operation: &str, body: Bytes) -> Result<Response, Error> {
         let retry = &self.inner.retry;
         let mut attempt = 1;

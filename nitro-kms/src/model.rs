@@ -537,7 +537,11 @@ pub struct DecryptResponse {
     pub key_id: Option<String>,
     /// The plaintext: from `Plaintext`, or, with a `Recipient`, recovered from
     /// `CiphertextForRecipient` by the client.
-    #[serde(default, with = "b64::secret_or_empty", skip_serializing_if = "Plaintext::is_empty")]
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
     pub plaintext: Plaintext,
     /// Algorithm used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -674,7 +678,11 @@ pub struct GenerateDataKeyResponse {
     #[serde(default, with = "b64")]
     pub ciphertext_blob: Vec<u8>,
     /// The data key in plaintext (from `Plaintext`, or recovered from `CiphertextForRecipient`).
-    #[serde(default, with = "b64::secret_or_empty", skip_serializing_if = "Plaintext::is_empty")]
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
     pub plaintext: Plaintext,
     /// ARN of the key used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -743,7 +751,11 @@ pub struct GenerateDataKeyPairResponse {
     #[serde(default, with = "b64")]
     pub private_key_ciphertext_blob: Vec<u8>,
     /// The private key (PKCS#8 DER) in plaintext (or recovered from `CiphertextForRecipient`).
-    #[serde(default, with = "b64::secret_or_empty", skip_serializing_if = "Plaintext::is_empty")]
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
     pub private_key_plaintext: Plaintext,
     /// The public key (DER SubjectPublicKeyInfo).
     #[serde(default, with = "b64")]
@@ -794,7 +806,11 @@ impl GenerateRandomRequest {
 #[non_exhaustive]
 pub struct GenerateRandomResponse {
     /// The random bytes (or recovered from `CiphertextForRecipient`).
-    #[serde(default, with = "b64::secret_or_empty", skip_serializing_if = "Plaintext::is_empty")]
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
     pub plaintext: Plaintext,
     /// The CMS envelope for the recipient (only with a `Recipient`).
     #[serde(default, with = "b64::opt", skip_serializing_if = "Option::is_none")]
@@ -845,7 +861,11 @@ pub struct DeriveSharedSecretResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     /// The raw shared secret (or recovered from `CiphertextForRecipient`).
-    #[serde(default, with = "b64::secret_or_empty", skip_serializing_if = "Plaintext::is_empty")]
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
     pub shared_secret: Plaintext,
     /// The CMS envelope for the recipient (only with a `Recipient`).
     #[serde(default, with = "b64::opt", skip_serializing_if = "Option::is_none")]
@@ -1145,13 +1165,22 @@ mod tests {
         for v in EncryptionAlgorithm::KNOWN {
             let json = serde_json::to_string(v).unwrap();
             assert_eq!(json, format!("\"{}\"", v.as_str()));
-            assert_eq!(&serde_json::from_str::<EncryptionAlgorithm>(&json).unwrap(), v);
+            assert_eq!(
+                &serde_json::from_str::<EncryptionAlgorithm>(&json).unwrap(),
+                v
+            );
         }
         assert_eq!(KeySpec::from("ML_DSA_65"), KeySpec::MlDsa65);
         let future: SigningAlgorithm = serde_json::from_str(r#""SLH_DSA_SHA2_128S""#).unwrap();
-        assert_eq!(future, SigningAlgorithm::Unknown("SLH_DSA_SHA2_128S".into()));
+        assert_eq!(
+            future,
+            SigningAlgorithm::Unknown("SLH_DSA_SHA2_128S".into())
+        );
         assert!(!future.is_known());
-        assert_eq!(serde_json::to_string(&future).unwrap(), r#""SLH_DSA_SHA2_128S""#);
+        assert_eq!(
+            serde_json::to_string(&future).unwrap(),
+            r#""SLH_DSA_SHA2_128S""#
+        );
         assert_eq!(KeyAgreementAlgorithm::Ecdh, "ECDH");
         let req = GenerateDataKeyPairRequest::new("k", "ECC_NIST_P256");
         assert_eq!(req.key_pair_spec, DataKeyPairSpec::EccNistP256);
@@ -1162,7 +1191,10 @@ mod tests {
         assert_eq!(meta.key_usage, Some(KeyUsage::SignVerify));
         assert_eq!(
             meta.signing_algorithms.unwrap(),
-            [SigningAlgorithm::RsassaPssSha256, SigningAlgorithm::Unknown("NEW_ALG".into())]
+            [
+                SigningAlgorithm::RsassaPssSha256,
+                SigningAlgorithm::Unknown("NEW_ALG".into())
+            ]
         );
         assert!(serde_json::from_str::<KeyUsage>("3").is_err());
     }

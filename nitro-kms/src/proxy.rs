@@ -407,10 +407,8 @@ fn pass_through(resp: crate::http::Response) -> http::Response<Bytes> {
         http::header::DATE.as_str(),
     ] {
         if let Some(v) = resp.headers.get(name) {
-            out.headers_mut().insert(
-                http::HeaderName::from_static(name),
-                v.clone(),
-            );
+            out.headers_mut()
+                .insert(http::HeaderName::from_static(name), v.clone());
         }
     }
     out.headers_mut()

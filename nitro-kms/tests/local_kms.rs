@@ -127,10 +127,7 @@ async fn plain_operations() {
         .await
         .unwrap();
     let key_id = key.key_metadata.key_id.clone();
-    assert_eq!(
-        key.key_metadata.key_spec,
-        Some(KeySpec::SymmetricDefault)
-    );
+    assert_eq!(key.key_metadata.key_spec, Some(KeySpec::SymmetricDefault));
 
     let enc = kms
         .encrypt(

@@ -252,7 +252,9 @@ async fn boto3_and_aws_cli_through_the_proxy() {
         .key_metadata
         .key_id;
     let sealed = admin
-        .encrypt(EncryptRequest::new(&key_id, b"sealed by the operator".to_vec()).context("app", "x"))
+        .encrypt(
+            EncryptRequest::new(&key_id, b"sealed by the operator".to_vec()).context("app", "x"),
+        )
         .await
         .unwrap()
         .ciphertext_blob;
@@ -312,11 +314,23 @@ async fn boto3_and_aws_cli_through_the_proxy() {
         out["Plaintext"].as_str().unwrap(),
         b64(b"sealed by the operator")
     );
-    let out = json(&run(aws_cmd(&["generate-random", "--number-of-bytes", "16"]), &good_proxy).await);
+    let out = json(
+        &run(
+            aws_cmd(&["generate-random", "--number-of-bytes", "16"]),
+            &good_proxy,
+        )
+        .await,
+    );
     assert_eq!(out["Plaintext"].as_str().unwrap().len(), 24); // 16 bytes in base64
     let out = json(
         &run(
-            aws_cmd(&["generate-data-key", "--key-id", &key_id, "--key-spec", "AES_128"]),
+            aws_cmd(&[
+                "generate-data-key",
+                "--key-id",
+                &key_id,
+                "--key-spec",
+                "AES_128",
+            ]),
             &good_proxy,
         )
         .await,
@@ -338,13 +352,7 @@ async fn boto3_and_aws_cli_through_the_proxy() {
     assert!(out["PrivateKeyPlaintext"].as_str().unwrap().len() > 40);
     let out = json(
         &run(
-            aws_cmd(&[
-                "encrypt",
-                "--key-id",
-                &key_id,
-                "--plaintext",
-                &b64(b"cli"),
-            ]),
+            aws_cmd(&["encrypt", "--key-id", &key_id, "--plaintext", &b64(b"cli")]),
             &bad_proxy,
         )
         .await,
@@ -395,10 +403,8 @@ async fn protocol_edges() {
 /// A minimal HTTP/1.1 client (hyper) posting KMS requests to the proxy.
 fn reqwest_like(
     running: &RunningProxy,
-) -> impl Fn(
-    &'static str,
-    &'static str,
-) -> Pin<Box<dyn Future<Output = (u16, serde_json::Value)>>> {
+) -> impl Fn(&'static str, &'static str) -> Pin<Box<dyn Future<Output = (u16, serde_json::Value)>>>
+{
     let addr = running.local_addr();
     move |target, body| {
         Box::pin(async move {

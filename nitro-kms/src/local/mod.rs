@@ -923,15 +923,19 @@ impl LocalKms {
         caller: &Caller,
         now: SystemTime,
     ) -> Result<Vec<u8>, ServiceError> {
-        let spec = req.key_spec.as_ref().map_or("SYMMETRIC_DEFAULT", |s| s.as_str());
-        let usage = req
-            .key_usage
-            .as_ref().map(|u| u.as_str())
-            .unwrap_or(if spec == "SYMMETRIC_DEFAULT" {
-                "ENCRYPT_DECRYPT"
-            } else {
-                "KEY_AGREEMENT"
-            });
+        let spec = req
+            .key_spec
+            .as_ref()
+            .map_or("SYMMETRIC_DEFAULT", |s| s.as_str());
+        let usage =
+            req.key_usage
+                .as_ref()
+                .map(|u| u.as_str())
+                .unwrap_or(if spec == "SYMMETRIC_DEFAULT" {
+                    "ENCRYPT_DECRYPT"
+                } else {
+                    "KEY_AGREEMENT"
+                });
         let kind = KeyKind::from_spec(spec, usage)?;
         let policy = match req.policy {
             Some(p) => {
