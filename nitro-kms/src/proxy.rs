@@ -459,6 +459,73 @@ mod tests {
         }
     }
 
+    fn attested_key() -> AttestedKey {
+        let nsm = nitro_attest::SimulatedNsm::builder()
+            .seed(3)
+            .build()
+            .unwrap();
+        AttestedKey::generate(&nsm, None, None, std::time::Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn envelope_replaced_by_plaintext() {
+        let key = attested_key();
+        let envelope = crate::cms::seal(key.key().public_key_der(), b"secret").unwrap();
+        let body = serde_json::json!({
+            "KeyId": "arn:k", "EncryptionAlgorithm": "SYMMETRIC_DEFAULT", "Plaintext": null,
+            "CiphertextForRecipient": STANDARD.encode(&envelope), "Extra": 1,
+        });
+        let out = open_response("Decrypt", "Plaintext", &key, body.to_string().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["Plaintext"], STANDARD.encode(b"secret"));
+        assert_eq!(v["KeyId"], "arn:k");
+        assert_eq!(v["Extra"], 1);
+        assert!(v.get("CiphertextForRecipient").is_none());
+        let out = open_response(
+            "GenerateDataKeyPair",
+            "PrivateKeyPlaintext",
+            &key,
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["PrivateKeyPlaintext"], STANDARD.encode(b"secret"));
+    }
+
+    #[test]
+    fn hostile_responses_fail_closed() {
+        let key = attested_key();
+        let other = attested_key();
+        let foreign = crate::cms::seal(other.key().public_key_der(), b"secret").unwrap();
+        for (body, what) in [
+            (r#"{"KeyId":"k"}"#.to_owned(), "no envelope"),
+            (
+                r#"{"Plaintext":"c2VjcmV0"}"#.to_owned(),
+                "plaintext instead of envelope",
+            ),
+            (
+                r#"{"CiphertextForRecipient":"!!"}"#.to_owned(),
+                "not base64",
+            ),
+            (r#"{"CiphertextForRecipient":7}"#.to_owned(), "not a string"),
+            (r#"{"CiphertextForRecipient":"AAAA"}"#.to_owned(), "not CMS"),
+            (
+                format!(
+                    r#"{{"CiphertextForRecipient":"{}"}}"#,
+                    STANDARD.encode(&foreign)
+                ),
+                "another recipient",
+            ),
+            ("[]".to_owned(), "not an object"),
+            ("".to_owned(), "empty"),
+        ] {
+            assert!(
+                open_response("Decrypt", "Plaintext", &key, body.as_bytes()).is_err(),
+                "{what}"
+            );
+        }
+    }
+
     #[test]
     fn errors_are_kms_shaped() {
         let r = error_response(StatusCode::BAD_REQUEST, "ValidationException", "no");

@@ -12,9 +12,7 @@
 
 mod common;
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -371,10 +369,10 @@ async fn protocol_edges() {
     let good = nsm(43, &PCR0_GOOD);
     let env = local_kms(&[&good]).await;
     let running = proxy(&env, good.clone()).await;
-    let http = reqwest_like(&running);
 
     // A caller's own Recipient is refused: it would expect CiphertextForRecipient back.
-    let (status, body) = http(
+    let (status, body) = post(
+        &running,
         "TrentService.Decrypt",
         r#"{"CiphertextBlob":"AQ==","Recipient":{"AttestationDocument":"AQ==","KeyEncryptionAlgorithm":"RSAES_OAEP_SHA_256"}}"#,
     )
@@ -384,14 +382,19 @@ async fn protocol_edges() {
 
     // KMS errors pass through (status, code, message), for attested and plain operations.
     for target in ["TrentService.GenerateDataKey", "TrentService.DescribeKey"] {
-        let (status, body) = http(target, r#"{"KeyId":"alias/none","KeySpec":"AES_256"}"#).await;
+        let (status, body) = post(
+            &running,
+            target,
+            r#"{"KeyId":"alias/none","KeySpec":"AES_256"}"#,
+        )
+        .await;
         assert_eq!(status, 400, "{target}: {body}");
         assert_eq!(body["__type"], "NotFoundException", "{target}: {body}");
     }
-    let (status, body) = http("TrentService.Decrypt", "not json").await;
+    let (status, body) = post(&running, "TrentService.Decrypt", "not json").await;
     assert_eq!(status, 400);
     assert_eq!(body["__type"], "SerializationException");
-    let (status, body) = http("Foreign.Operation", "{}").await;
+    let (status, body) = post(&running, "Foreign.Operation", "{}").await;
     assert_eq!(status, 400);
     assert_eq!(body["__type"], "UnknownOperationException");
 
@@ -400,32 +403,29 @@ async fn protocol_edges() {
     assert!(KmsProxy::new(client(&env, None)).is_err());
 }
 
-/// A minimal HTTP/1.1 client (hyper) posting KMS requests to the proxy.
-fn reqwest_like(
+/// Posts one KMS request to the proxy with a minimal HTTP/1.1 client (hyper).
+async fn post(
     running: &RunningProxy,
-) -> impl Fn(&'static str, &'static str) -> Pin<Box<dyn Future<Output = (u16, serde_json::Value)>>>
-{
+    target: &str,
+    body: &'static str,
+) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
     let addr = running.local_addr();
-    move |target, body| {
-        Box::pin(async move {
-            use http_body_util::BodyExt;
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
-            let req = http::Request::post("/")
-                .header("host", addr.to_string())
-                .header("x-amz-target", target)
-                .header("content-type", "application/x-amz-json-1.1")
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert!(!body.windows(22).any(|w| w == b"CiphertextForRecipient"));
-            (status, serde_json::from_slice(&body).unwrap())
-        })
-    }
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/")
+        .header("host", addr.to_string())
+        .header("x-amz-target", target)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(!body.windows(22).any(|w| w == b"CiphertextForRecipient"));
+    (status, serde_json::from_slice(&body).unwrap())
 }
