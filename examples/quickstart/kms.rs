@@ -95,6 +95,7 @@ async fn boto3_through_proxy(
         .args(["-c", BOTO3_SCRIPT, &b64.encode(blob)])
         .env("AWS_ENDPOINT_URL_KMS", proxy.url())
         .env("AWS_REGION", REGION)
+        .env("AWS_DEFAULT_REGION", REGION) // what botocore reads
         .env("AWS_ACCESS_KEY_ID", "unused")
         .env("AWS_SECRET_ACCESS_KEY", "unused")
         .env_remove("AWS_SESSION_TOKEN")
