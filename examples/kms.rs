@@ -25,6 +25,10 @@
 //! cargo run --release --example kms -- unseal --endpoint URL --in pw.sealed --recipient sim ...
 //! cargo run --release --example kms -- unseal --endpoint URL --s3 s3://bucket/pw.sealed --s3-endpoint URL ...
 //!
+//! # Inside the enclave: the attesting KMS proxy for AWS SDKs and tools
+//! # (AWS_ENDPOINT_URL_KMS=http://127.0.0.1:8000 aws kms decrypt ...).
+//! cargo run --release --example kms -- proxy --listen 127.0.0.1:8000 --egress vsock:3:8000 --recipient nsm
+//!
 //! # Open a CiphertextForRecipient with a PKCS#8 DER private key.
 //! cargo run --release --example kms -- cms-open --key key.pk8.der envelope.ber
 //! ```
@@ -295,6 +299,16 @@ enum Command {
         listen: nitro_net::Addr,
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Run the attesting KMS proxy on loopback (enclave side): AWS SDKs and tools pointed at it
+    /// with AWS_ENDPOINT_URL_KMS=http://ADDR get attested calls (always with Recipient:
+    /// --recipient nsm unless told otherwise). Prints {"Listening": "http://ADDR"}.
+    Proxy {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Loopback address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
     },
     /// Serve the AWS_* environment credentials to enclaves (parent side).
     ServeCredentials {
@@ -655,6 +669,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let plaintext = sealed::unseal(&kms_client(&client)?, &doc, &opts).await?;
             print(&json!({ "Plaintext": B64.encode(plaintext.as_bytes()) }))
+        }
+        Command::Proxy { client, listen } => {
+            let mut client = client;
+            client.recipient.get_or_insert(RecipientKind::Nsm);
+            let running = nitro_kms::proxy::KmsProxy::new(kms_client(&client)?)?
+                .spawn(listen.as_str())
+                .await?;
+            print(&json!({ "Listening": running.url() }))?;
+            tokio::signal::ctrl_c().await?;
+            Ok(())
         }
         Command::ServeSealed { listen, dir } => {
             let listener = listen.bind().await?;
