@@ -3,8 +3,8 @@
 //! `KmsClient` with a `Recipient` (simulated NSM) over a Unix-socket transport, TLS to the
 //! local KMS, whose key policy admits one PCR0.
 //!
-//! Checked: Decrypt / GenerateDataKey / GenerateDataKeyPair succeed for the admitted PCR0 and
-//! fail with `AccessDeniedException` for another; Encrypt and GenerateRandom (no key policy
+//! Checked: Decrypt / GenerateDataKey / GenerateDataKeyPair / DeriveSharedSecret succeed for the
+//! admitted PCR0 and fail with `AccessDeniedException` for another; Encrypt and GenerateRandom (no key policy
 //! can name an attestation for them: Encrypt takes no `Recipient`, GenerateRandom uses no key)
 //! succeed for both; no response ever carries `CiphertextForRecipient`; KMS errors pass
 //! through; a `Recipient` from the caller is refused.
@@ -129,7 +129,7 @@ fn pcr0_policy(pcr0: &[u8]) -> String {
             {"Sid": "admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
              "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*", "kms:Encrypt", "kms:List*"], "Resource": "*"},
             {"Sid": "enclave", "Effect": "Allow", "Principal": {"AWS": "*"},
-             "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair"], "Resource": "*",
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair", "kms:DeriveSharedSecret"], "Resource": "*",
              "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": hex::encode(pcr0)}}}
         ]
     })
@@ -173,8 +173,10 @@ async fn run(mut cmd: Command, proxy: &RunningProxy) -> std::process::Output {
 const BOTO3: &str = r#"
 import base64, sys
 import boto3, botocore
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-mode, key_id, sealed_b64 = sys.argv[1], sys.argv[2], sys.argv[3]
+mode, key_id, sealed_b64, ecc_key_id = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 sealed = base64.b64decode(sealed_b64)
 kms = boto3.client("kms")  # endpoint, region and (dummy) credentials from the environment
 raw = []
@@ -211,6 +213,14 @@ if mode == "good":
     assert kp["KeyPairSpec"] == "ECC_NIST_P256", kp
     assert len(kp["PrivateKeyPlaintext"]) > 32 and len(kp["PublicKey"]) > 32, kp
     assert "CiphertextForRecipient" not in kp
+    # ECDH with a KEY_AGREEMENT key: the shared secret matches one computed locally.
+    mine = ec.generate_private_key(ec.SECP256R1())
+    mine_der = mine.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    theirs = serialization.load_der_public_key(kms.get_public_key(KeyId=ecc_key_id)["PublicKey"])
+    shared = kms.derive_shared_secret(KeyId=ecc_key_id, KeyAgreementAlgorithm="ECDH", PublicKey=mine_der)
+    assert shared["SharedSecret"] == mine.exchange(ec.ECDH(), theirs), shared
+    assert shared["KeyAgreementAlgorithm"] == "ECDH", shared
+    assert "CiphertextForRecipient" not in shared
     # KMS errors pass through with their code.
     try:
         kms.decrypt(CiphertextBlob=ct, EncryptionContext={"app": "other"})
@@ -222,6 +232,9 @@ else:
     denied(lambda: kms.decrypt(CiphertextBlob=sealed, EncryptionContext={"app": "x"}))
     denied(lambda: kms.generate_data_key(KeyId=key_id, KeySpec="AES_256"))
     denied(lambda: kms.generate_data_key_pair(KeyId=key_id, KeyPairSpec="RSA_2048"))
+    mine = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    denied(lambda: kms.derive_shared_secret(KeyId=ecc_key_id, KeyAgreementAlgorithm="ECDH", PublicKey=mine))
 
 assert raw, "no response seen"
 for body in raw:
@@ -256,12 +269,23 @@ async fn boto3_and_aws_cli_through_the_proxy() {
         .await
         .unwrap()
         .ciphertext_blob;
+    let ecc_key_id = admin
+        .create_key(
+            CreateKeyRequest::new()
+                .policy(pcr0_policy(&PCR0_GOOD))
+                .key_spec(KeySpec::EccNistP256)
+                .key_usage(KeyUsage::KeyAgreement),
+        )
+        .await
+        .unwrap()
+        .key_metadata
+        .key_id;
     let good_proxy = proxy(&env, good).await;
     let bad_proxy = proxy(&env, bad).await;
 
     for (mode, proxy) in [("good", &good_proxy), ("bad", &bad_proxy)] {
         let mut cmd = Command::new(&python);
-        cmd.args(["-c", BOTO3, mode, &key_id, &b64(&sealed)]);
+        cmd.args(["-c", BOTO3, mode, &key_id, &b64(&sealed), &ecc_key_id]);
         let out = run(cmd, proxy).await;
         assert!(
             out.status.success() && out.stdout.starts_with(b"ok"),
