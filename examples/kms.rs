@@ -31,6 +31,10 @@
 //! cargo run --release --example kms -- call CreateAlias --endpoint URL \
 //!     --json '{"AliasName":"alias/eif","TargetKeyId":"ID"}'
 //!
+//! # Inside the enclave: the attesting KMS proxy for AWS SDKs and tools
+//! # (AWS_ENDPOINT_URL_KMS=http://127.0.0.1:8000 aws kms decrypt ...).
+//! cargo run --release --example kms -- proxy --listen 127.0.0.1:8000 --egress vsock:3:8000 --recipient nsm
+//!
 //! # Open a CiphertextForRecipient with a PKCS#8 DER private key.
 //! cargo run --release --example kms -- cms-open --key key.pk8.der envelope.ber
 //! ```
@@ -266,7 +270,9 @@ enum Command {
         client: ClientOpts,
         #[arg(long)]
         key_id: String,
-        #[arg(long = "context", value_parser = parse_kv)]
+        /// Encryption context pair K=V (repeatable; at least one: it binds the secret to its
+        /// purpose, see nitro_kms::sealed).
+        #[arg(long = "context", value_parser = parse_kv, required = true)]
         context: Vec<(String, String)>,
         /// The secret.
         #[arg(long = "in")]
@@ -300,8 +306,9 @@ enum Command {
         /// Name of the document at the parent.
         #[arg(long)]
         name: Option<String>,
-        /// Required encryption context pair K=V (repeatable).
-        #[arg(long = "context", value_parser = parse_kv)]
+        /// Expected encryption context pair K=V (repeatable; at least one; must equal the
+        /// sealed document's context exactly).
+        #[arg(long = "context", value_parser = parse_kv, required = true)]
         context: Vec<(String, String)>,
     },
     /// Serve sealed documents from a directory to enclaves (parent side).
@@ -310,6 +317,16 @@ enum Command {
         listen: nitro_net::Addr,
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Run the attesting KMS proxy on loopback (enclave side): AWS SDKs and tools pointed at it
+    /// with AWS_ENDPOINT_URL_KMS=http://ADDR get attested calls (always with Recipient:
+    /// --recipient nsm unless told otherwise). Prints {"Listening": "http://ADDR"}.
+    Proxy {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Loopback address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
     },
     /// Serve the AWS_* environment credentials to enclaves (parent side).
     ServeCredentials {
@@ -557,7 +574,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key_spec,
             context: ctx,
         } => {
-            let spec = KeySpec::from_name(&key_spec)
+            let spec = DataKeySpec::from_name(&key_spec)
                 .ok_or_else(|| anyhow!("unknown key spec {key_spec}"))?;
             let mut req = GenerateDataKeyRequest::new(key_id).key_spec(spec);
             req.encryption_context = context(&ctx);
@@ -679,6 +696,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let plaintext = sealed::unseal(&kms_client(&client)?, &doc, &opts).await?;
             print(&json!({ "Plaintext": B64.encode(plaintext.as_bytes()) }))
+        }
+        Command::Proxy { client, listen } => {
+            let mut client = client;
+            client.recipient.get_or_insert(RecipientKind::Nsm);
+            let running = nitro_kms::proxy::KmsProxy::new(kms_client(&client)?)?
+                .spawn(listen.as_str())
+                .await?;
+            print(&json!({ "Listening": running.url() }))?;
+            tokio::signal::ctrl_c().await?;
+            Ok(())
         }
         Command::ServeSealed { listen, dir } => {
             let listener = listen.bind().await?;

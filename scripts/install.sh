@@ -42,6 +42,12 @@ if ! "$NITRO_VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ !=
     python3 -m venv "$NITRO_VENV"
     "$NITRO_VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
 fi
+# The aws CLI (v1, botocore underneath) for the KMS proxy test (nitro-kms/tests/proxy.rs).
+AWSCLI_VERSION=1.46.3
+if ! "$NITRO_VENV/bin/python" -c "import awscli, sys; sys.exit(awscli.__version__ != '$AWSCLI_VERSION')" 2>/dev/null; then
+    log "pip install awscli==$AWSCLI_VERSION"
+    "$NITRO_VENV/bin/pip" install --quiet "awscli==$AWSCLI_VERSION"
+fi
 
 # --- Rust targets and toolchains -------------------------------------------------------------
 # Static enclave binaries (PID 1, the enclave application) are built for musl.

@@ -1,8 +1,9 @@
 //! The `kms` example CLI end to end: `emulator` trusting simulator roots from a watched file,
 //! `create-key` with a PCR0 policy, `encrypt`, attested `decrypt` / `generate-data-key` /
 //! `generate-random` (admitted and refused), `seal` / `unseal`, `call` (a P-384 signing key
-//! behind an alias: `CreateKey`, `CreateAlias`, `Sign`, `Verify`), and `cms-open` on the real KMS
-//! vector. Runs the binary `cargo test` builds for the example.
+//! behind an alias: `CreateKey`, `CreateAlias`, `Sign`, `Verify`), `cms-open` on the real KMS
+//! vector, and `proxy` (the CLI's plain decrypt through it). Runs the binary `cargo test` builds
+//! for the example.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
 use std::io::{BufRead, BufReader};
@@ -181,6 +182,44 @@ fn cli_end_to_end() {
     .unwrap_err();
     assert!(refused.contains("AccessDeniedException"), "{refused}");
 
+    // `kms proxy` (a simulated NSM with the admitted PCR0): the CLI's own decrypt, without
+    // --recipient, through the proxy gets the plaintext; the proxy attested the call.
+    let mut proxy = Killed(
+        env(&mut Command::new(&bin))
+            .args(with(
+                &["proxy", "--listen", "127.0.0.1:0", "--endpoint", ep],
+                &sim(&good),
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(proxy.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let proxy_url = s(&serde_json::from_str(&line).unwrap(), "Listening");
+    let via_proxy = kms(
+        &bin,
+        &[
+            "decrypt",
+            "--endpoint",
+            &proxy_url,
+            "--ciphertext-b64",
+            &blob,
+            "--context",
+            "app=cli",
+        ],
+    )
+    .unwrap();
+    assert_eq!(s(&via_proxy, "Plaintext"), "czNjcjN0");
+    assert!(
+        via_proxy.get("CiphertextForRecipient").is_none(),
+        "{via_proxy}"
+    );
+    drop(proxy);
+
     let dk = run(with(
         &["generate-data-key", "--endpoint", ep, "--key-id", &key_id],
         &sim(&good),
@@ -250,7 +289,15 @@ fn cli_end_to_end() {
     );
     let no_recipient = kms(
         &bin,
-        &["unseal", "--endpoint", ep, "--in", sealed.to_str().unwrap()],
+        &[
+            "unseal",
+            "--endpoint",
+            ep,
+            "--in",
+            sealed.to_str().unwrap(),
+            "--context",
+            "app=cli",
+        ],
     )
     .unwrap_err();
     // Without --recipient, unseal uses /dev/nsm (absent here): never a plaintext Decrypt.

@@ -4,7 +4,9 @@
 //! seals a secret under it; the "enclave" task, whose only way out is the parent's egress
 //! tunnel, gets a data key with `Recipient` (TLS ends inside the enclave, the key arrives in a
 //! CMS envelope only its attested RSA key opens) and unseals the secret the parent hands it; a
-//! second task with another PCR0 is refused by the key policy.
+//! second task with another PCR0 is refused by the key policy. When a Python with boto3 is
+//! around, the enclave also runs the KMS proxy on loopback and an unmodified boto3 script
+//! decrypts the data key through it (`AWS_ENDPOINT_URL_KMS`, dummy credentials).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +38,92 @@ fn enclave_client(
         .recipient(Recipient::new(nsm))
         .retry(RetryConfig::new(1))
         .build()?)
+}
+
+/// A Python interpreter that can `import boto3`: the test venv's (`$NITRO_VENV`,
+/// `$NITRO_CACHE/venv`, `~/.cache/nitro-rs/venv`), else `python3` on `PATH`.
+fn python_with_boto3() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let venvs = [
+        std::env::var_os("NITRO_VENV").map(std::path::PathBuf::from),
+        std::env::var_os("NITRO_CACHE").map(|c| std::path::PathBuf::from(c).join("venv")),
+        home.map(|h| h.join(".cache/nitro-rs/venv")),
+    ];
+    venvs
+        .into_iter()
+        .flatten()
+        .map(|v| v.join("bin/python3"))
+        .filter(|p| p.is_file())
+        .chain(std::iter::once(std::path::PathBuf::from("python3")))
+        .find(|p| {
+            std::process::Command::new(p)
+                .args(["-c", "import boto3"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+}
+
+const BOTO3_SCRIPT: &str = r#"
+import base64, sys, boto3
+kms = boto3.client("kms")  # endpoint, region, dummy credentials: all from the environment
+out = kms.decrypt(CiphertextBlob=base64.b64decode(sys.argv[1]), EncryptionContext={"app": "quickstart"})
+assert "CiphertextForRecipient" not in out
+print(base64.b64encode(out["Plaintext"]).decode())
+"#;
+
+/// Inside the enclave: the KMS proxy on loopback, and an unmodified boto3 script pointed at it
+/// with `AWS_ENDPOINT_URL_KMS`. Skipped (and said so) without a Python that has boto3.
+async fn boto3_through_proxy(
+    kms: &KmsClient,
+    blob: &[u8],
+    data_key: &nitro_kms::Plaintext,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let Some(python) = python_with_boto3() else {
+        println!(
+            "    boto3 through the KMS proxy: skipped (no Python with boto3; `pip install boto3` to see it)"
+        );
+        return Ok(());
+    };
+    let proxy = nitro_kms::proxy::KmsProxy::new(kms.clone())?
+        .spawn("127.0.0.1:0")
+        .await?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", BOTO3_SCRIPT, &b64.encode(blob)])
+        .env("AWS_ENDPOINT_URL_KMS", proxy.url())
+        .env("AWS_REGION", REGION)
+        .env("AWS_DEFAULT_REGION", REGION) // what botocore reads
+        .env("AWS_ACCESS_KEY_ID", "unused")
+        .env("AWS_SECRET_ACCESS_KEY", "unused")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .await
+        .context("running boto3")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "boto3 through the KMS proxy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plaintext = b64
+        .decode(String::from_utf8_lossy(&out.stdout).trim())
+        .context("boto3 output")?;
+    anyhow::ensure!(
+        plaintext == data_key.as_bytes(),
+        "boto3 got another data key"
+    );
+    println!(
+        "    boto3 through the KMS proxy ({}): Decrypt returned the {}-byte data key; \
+         the proxy added Recipient and opened the envelope",
+        proxy.url(),
+        plaintext.len()
+    );
+    Ok(())
 }
 
 pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
@@ -141,16 +229,15 @@ pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
                 )
                 .await?;
             let cold = t0.elapsed();
-            let data_key = dk.plaintext.ok_or_else(|| anyhow!("no data key"))?;
+            let data_key = dk.plaintext;
             let t1 = Instant::now();
             let again = kms
-                .decrypt(DecryptRequest::new(dk.ciphertext_blob).context("app", "quickstart"))
+                .decrypt(
+                    DecryptRequest::new(dk.ciphertext_blob.clone()).context("app", "quickstart"),
+                )
                 .await?;
             let warm = t1.elapsed();
-            anyhow::ensure!(
-                again.plaintext.as_ref() == Some(&data_key),
-                "data key mismatch"
-            );
+            anyhow::ensure!(again.plaintext == data_key, "data key mismatch");
             println!(
                 "    enclave: data key of {} bytes from CiphertextForRecipient ({} bytes of CMS); \
                  GenerateDataKey {} ms (new RSA key pair + attestation), Decrypt {} ms (reused)",
@@ -159,6 +246,8 @@ pub(crate) async fn run(ctx: &mut Context) -> anyhow::Result<()> {
                 cold.as_millis(),
                 warm.as_millis()
             );
+            let blob = dk.ciphertext_blob.clone();
+            boto3_through_proxy(&kms, &blob, &data_key).await?;
             let mut parent = secrets.connect().await?;
             let sealed_doc = sealed::fetch_sealed(&mut parent, "db.sealed").await?;
             let secret = sealed::unseal(

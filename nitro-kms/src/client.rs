@@ -253,7 +253,8 @@ struct Inner {
 /// Cheap to clone; clones share connections. With a [`Recipient`], the five
 /// attestation-capable operations send it, open `CiphertextForRecipient` with the enclave's
 /// private key, and put the recovered secret in the usual plaintext field of the response
-/// (`plaintext`, `private_key_plaintext`, `shared_secret`) — the raw envelope stays in
+/// (`plaintext`, `private_key_plaintext`, `shared_secret`; never empty when the call succeeds,
+/// with or without a `Recipient`) — the raw envelope stays in
 /// `ciphertext_for_recipient`. A response that lacks the envelope is an error
 /// ([`Error::MissingCiphertextForRecipient`], [`Error::RecipientIgnored`]): the plaintext path is
 /// never taken silently.
@@ -271,7 +272,7 @@ struct Inner {
 ///     .recipient(Recipient::new(nsm))
 ///     .build()?;
 /// let secret = kms.decrypt(DecryptRequest::new(std::fs::read("secret.bin")?)).await?;
-/// let plaintext = secret.plaintext.expect("always set with a Recipient");
+/// let plaintext = secret.plaintext; // opened from CiphertextForRecipient
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -307,6 +308,53 @@ impl KmsClient {
             allow_plain_http: false,
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// A builder for the region named by the environment, as the AWS SDKs read it: `AWS_REGION`,
+    /// else `AWS_DEFAULT_REGION`; `AWS_USE_FIPS_ENDPOINT=true` selects the FIPS endpoint.
+    ///
+    /// `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` are deliberately **not** read: inside an
+    /// enclave they typically point the application's AWS SDKs at the local
+    /// KMS proxy (`proxy::KmsProxy`, feature `proxy`), whereas this client must reach KMS itself (with TLS
+    /// ending in the enclave). Set [`endpoint`](KmsClientBuilder::endpoint) explicitly instead.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), nitro_kms::Error> {
+    /// use nitro_kms::KmsClient;
+    ///
+    /// let env = |name: &str| (name == "AWS_DEFAULT_REGION").then(|| "eu-central-1".to_owned());
+    /// let kms = KmsClient::builder_from_lookup(env)?.build()?;
+    /// assert_eq!(kms.region(), "eu-central-1");
+    /// assert_eq!(kms.endpoint(), "https://kms.eu-central-1.amazonaws.com");
+    /// assert!(KmsClient::builder_from_lookup(|_| None).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn builder_from_env() -> Result<KmsClientBuilder, Error> {
+        Self::builder_from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`builder_from_env`](Self::builder_from_env) with variables looked up by `lookup` (pure:
+    /// for tests, or a configuration source other than the process environment).
+    pub fn builder_from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<KmsClientBuilder, Error> {
+        let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .iter()
+            .filter_map(|name| lookup(name))
+            .map(|r| r.trim().to_owned())
+            .find(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Error::Config("no region: set AWS_REGION (or AWS_DEFAULT_REGION)".into())
+            })?;
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(Error::Config(format!("invalid region {region:?}")));
+        }
+        let fips =
+            lookup("AWS_USE_FIPS_ENDPOINT").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        Ok(Self::builder(region).fips(fips))
     }
 
     /// The region requests are signed for.
@@ -391,6 +439,36 @@ impl KmsClient {
     }
 
     async fn send_once(&self, operation: &str, body: Bytes) -> Result<Bytes, Error> {
+        let resp = self.send_raw_once(operation, body).await?;
+        if resp.status.is_success() {
+            Ok(resp.body)
+        } else {
+            Err(Error::Service(parse_error(&resp)))
+        }
+    }
+
+    /// Sends `body` as `operation`, signed with this client's credentials, and returns the HTTP
+    /// response whatever its status (for the proxy, which passes KMS errors through verbatim).
+    /// Only failures below HTTP (connecting, TLS, timeouts) are retried, per the retry policy.
+    #[cfg(feature = "proxy")]
+    pub(crate) async fn send_raw(&self, operation: &str, body: Bytes) -> Result<Response, Error> {
+        let retry = &self.inner.retry;
+        let mut attempt = 1;
+        loop {
+            match self.send_raw_once(operation, body.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
+                    let delay = retry.backoff(attempt, random_unit());
+                    tracing::debug!(operation, attempt, ?delay, "retrying after: {e}");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn send_raw_once(&self, operation: &str, body: Bytes) -> Result<Response, Error> {
         let inner = &self.inner;
         let creds = inner.credentials.provide_credentials().await?;
         let mut req = http::Request::builder()
@@ -426,11 +504,7 @@ impl KmsClient {
         {
             *d = Some(date);
         }
-        if resp.status.is_success() {
-            Ok(resp.body)
-        } else {
-            Err(Error::Service(parse_error(&resp)))
-        }
+        Ok(resp)
     }
 
     async fn attest(&self) -> Result<Option<Arc<AttestedKey>>, Error> {
@@ -448,12 +522,14 @@ impl KmsClient {
         }
         let mut resp: DecryptResponse = self.call("Decrypt", &request).await?;
         if let Some(k) = key {
-            resp.plaintext = Some(open_for_recipient(
+            resp.plaintext = open_for_recipient(
                 "Decrypt",
                 &k,
-                resp.plaintext.take(),
+                &resp.plaintext,
                 resp.ciphertext_for_recipient.as_deref(),
-            )?);
+            )?;
+        } else {
+            require_plaintext("Decrypt", &resp.plaintext)?;
         }
         Ok(resp)
     }
@@ -469,7 +545,7 @@ impl KmsClient {
         mut request: GenerateDataKeyRequest,
     ) -> Result<GenerateDataKeyResponse, Error> {
         if request.key_spec.is_none() && request.number_of_bytes.is_none() {
-            request.key_spec = Some(KeySpec::Aes256);
+            request.key_spec = Some(DataKeySpec::Aes256);
         }
         let key = self.attest().await?;
         if let Some(k) = &key {
@@ -477,12 +553,14 @@ impl KmsClient {
         }
         let mut resp: GenerateDataKeyResponse = self.call("GenerateDataKey", &request).await?;
         if let Some(k) = key {
-            resp.plaintext = Some(open_for_recipient(
+            resp.plaintext = open_for_recipient(
                 "GenerateDataKey",
                 &k,
-                resp.plaintext.take(),
+                &resp.plaintext,
                 resp.ciphertext_for_recipient.as_deref(),
-            )?);
+            )?;
+        } else {
+            require_plaintext("GenerateDataKey", &resp.plaintext)?;
         }
         Ok(resp)
     }
@@ -494,7 +572,7 @@ impl KmsClient {
         mut request: GenerateDataKeyRequest,
     ) -> Result<GenerateDataKeyResponse, Error> {
         if request.key_spec.is_none() && request.number_of_bytes.is_none() {
-            request.key_spec = Some(KeySpec::Aes256);
+            request.key_spec = Some(DataKeySpec::Aes256);
         }
         request.recipient = None;
         self.call("GenerateDataKeyWithoutPlaintext", &request).await
@@ -512,12 +590,14 @@ impl KmsClient {
         let mut resp: GenerateDataKeyPairResponse =
             self.call("GenerateDataKeyPair", &request).await?;
         if let Some(k) = key {
-            resp.private_key_plaintext = Some(open_for_recipient(
+            resp.private_key_plaintext = open_for_recipient(
                 "GenerateDataKeyPair",
                 &k,
-                resp.private_key_plaintext.take(),
+                &resp.private_key_plaintext,
                 resp.ciphertext_for_recipient.as_deref(),
-            )?);
+            )?;
+        } else {
+            require_plaintext("GenerateDataKeyPair", &resp.private_key_plaintext)?;
         }
         Ok(resp)
     }
@@ -533,12 +613,14 @@ impl KmsClient {
         }
         let mut resp: GenerateRandomResponse = self.call("GenerateRandom", &request).await?;
         if let Some(k) = key {
-            resp.plaintext = Some(open_for_recipient(
+            resp.plaintext = open_for_recipient(
                 "GenerateRandom",
                 &k,
-                resp.plaintext.take(),
+                &resp.plaintext,
                 resp.ciphertext_for_recipient.as_deref(),
-            )?);
+            )?;
+        } else {
+            require_plaintext("GenerateRandom", &resp.plaintext)?;
         }
         Ok(resp)
     }
@@ -555,12 +637,14 @@ impl KmsClient {
         let mut resp: DeriveSharedSecretResponse =
             self.call("DeriveSharedSecret", &request).await?;
         if let Some(k) = key {
-            resp.shared_secret = Some(open_for_recipient(
+            resp.shared_secret = open_for_recipient(
                 "DeriveSharedSecret",
                 &k,
-                resp.shared_secret.take(),
+                &resp.shared_secret,
                 resp.ciphertext_for_recipient.as_deref(),
-            )?);
+            )?;
+        } else {
+            require_plaintext("DeriveSharedSecret", &resp.shared_secret)?;
         }
         Ok(resp)
     }
@@ -606,17 +690,32 @@ impl KmsClient {
 }
 
 /// Opens the envelope of an attested response, failing closed when it is missing.
-fn open_for_recipient(
+pub(crate) fn open_for_recipient(
     operation: &'static str,
     key: &AttestedKey,
-    plaintext: Option<Plaintext>,
+    plaintext: &Plaintext,
     envelope: Option<&[u8]>,
 ) -> Result<Plaintext, Error> {
     match envelope {
-        Some(envelope) => Ok(Envelope::parse(envelope)?.open(key.key())?),
-        None if plaintext.is_some() => Err(Error::RecipientIgnored { operation }),
+        Some(envelope) => {
+            let opened = Envelope::parse(envelope)?.open(key.key())?;
+            require_plaintext(operation, &opened)?;
+            Ok(opened)
+        }
+        None if !plaintext.is_empty() => Err(Error::RecipientIgnored { operation }),
         None => Err(Error::MissingCiphertextForRecipient { operation }),
     }
+}
+
+/// Without a `Recipient`, the plaintext field must be present (KMS never returns an empty one).
+fn require_plaintext(operation: &'static str, plaintext: &Plaintext) -> Result<(), Error> {
+    if plaintext.is_empty() {
+        return Err(Error::InvalidResponse {
+            operation,
+            reason: "the response carries no plaintext".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Reads a KMS error response liberally: `__type` (namespace and `:suffix` removed) or the

@@ -13,6 +13,9 @@ mod http;
 #[cfg_attr(docsrs, doc(cfg(feature = "local-kms")))]
 pub mod local;
 pub mod model;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
 mod recipient;
 pub mod s3;
 pub mod sealed;

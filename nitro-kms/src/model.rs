@@ -5,9 +5,9 @@
 //! chained setters; responses have public fields.
 //!
 //! ```
-//! use nitro_kms::model::{DecryptRequest, GenerateDataKeyRequest, KeySpec};
+//! use nitro_kms::model::{DataKeySpec, DecryptRequest, GenerateDataKeyRequest};
 //!
-//! let req = GenerateDataKeyRequest::new("alias/app").key_spec(KeySpec::Aes256).context("app", "db");
+//! let req = GenerateDataKeyRequest::new("alias/app").key_spec(DataKeySpec::Aes256).context("app", "db");
 //! assert_eq!(serde_json::to_value(&req).unwrap()["KeySpec"], "AES_256");
 //! let req = DecryptRequest::new(vec![1, 2, 3]);
 //! assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"CiphertextBlob":"AQID"}"#);
@@ -72,6 +72,21 @@ pub(crate) mod b64 {
         }
     }
 
+    /// Secret fields that are always present in the Rust type: absent, `null` and `""` on the
+    /// wire are an empty [`Plaintext`], and an empty one is not serialised.
+    pub(crate) mod secret_or_empty {
+        use super::*;
+        use crate::secret::Plaintext;
+
+        pub(crate) fn serialize<S: Serializer>(v: &Plaintext, s: S) -> Result<S::Ok, S::Error> {
+            secret::serialize(&Some(v.clone()), s)
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Plaintext, D::Error> {
+            Ok(secret::deserialize(d)?.unwrap_or_default())
+        }
+    }
+
     /// Secret fields: decoded straight into a zeroizing buffer.
     pub(crate) mod secret {
         use super::*;
@@ -111,15 +126,308 @@ pub(crate) mod b64 {
     }
 }
 
+/// Declares a KMS string enum: one variant per value the AWS SDK knows, plus `Unknown(String)`
+/// for values added later (forward compatible: parsing never fails). On the wire (serde) each
+/// variant is its KMS string.
+macro_rules! kms_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $( $(#[$vdoc:meta])* $variant:ident = $wire:literal ),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        pub enum $name {
+            $( $(#[$vdoc])* #[doc = concat!("`", $wire, "`.")] $variant, )+
+            /// A value this crate does not know yet (kept verbatim).
+            Unknown(String),
+        }
+
+        impl $name {
+            /// Every value this crate knows, in declaration order.
+            pub const KNOWN: &'static [$name] = &[$($name::$variant),+];
+
+            /// The KMS wire string.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( Self::$variant => $wire, )+
+                    Self::Unknown(s) => s,
+                }
+            }
+
+            /// The known variant named `s`, or `None` (where [`From<&str>`] would give
+            /// `Unknown`).
+            pub fn from_name(s: &str) -> Option<Self> {
+                match s {
+                    $( $wire => Some(Self::$variant), )+
+                    _ => None,
+                }
+            }
+
+            /// Whether this is a value this crate knows (not `Unknown`).
+            pub fn is_known(&self) -> bool {
+                !matches!(self, Self::Unknown(_))
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self::from_name(s).unwrap_or_else(|| Self::Unknown(s.to_owned()))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self::from_name(&s).unwrap_or(Self::Unknown(s))
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::convert::Infallible;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ok(Self::from(s))
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s: std::borrow::Cow<'de, str> = Deserialize::deserialize(d)?;
+                Ok(Self::from(s.as_ref()))
+            }
+        }
+    };
+}
+
+kms_enum! {
+    /// Spec of a data key (`GenerateDataKey` `KeySpec`; the SDK's `DataKeySpec`).
+    ///
+    /// ```
+    /// use nitro_kms::model::DataKeySpec;
+    ///
+    /// assert_eq!(DataKeySpec::from("AES_128").key_len(), Some(16));
+    /// assert_eq!(serde_json::to_string(&DataKeySpec::Aes256).unwrap(), r#""AES_256""#);
+    /// let later: DataKeySpec = serde_json::from_str(r#""AES_512""#).unwrap();
+    /// assert_eq!(later, DataKeySpec::Unknown("AES_512".into()));
+    /// ```
+    DataKeySpec {
+        /// 32-byte key.
+        Aes256 = "AES_256",
+        /// 16-byte key.
+        Aes128 = "AES_128",
+    }
+}
+
+impl DataKeySpec {
+    /// Key length in bytes (`None` for an unknown spec).
+    pub fn key_len(&self) -> Option<usize> {
+        match self {
+            Self::Aes256 => Some(32),
+            Self::Aes128 => Some(16),
+            Self::Unknown(_) => None,
+        }
+    }
+}
+
+kms_enum! {
+    /// Spec of a KMS key (`CreateKey` `KeySpec`, `KeyMetadata.KeySpec`).
+    KeySpec {
+        /// AES-256-GCM symmetric key.
+        SymmetricDefault = "SYMMETRIC_DEFAULT",
+        /// RSA 2048.
+        Rsa2048 = "RSA_2048",
+        /// RSA 3072.
+        Rsa3072 = "RSA_3072",
+        /// RSA 4096.
+        Rsa4096 = "RSA_4096",
+        /// NIST P-256.
+        EccNistP256 = "ECC_NIST_P256",
+        /// NIST P-384.
+        EccNistP384 = "ECC_NIST_P384",
+        /// NIST P-521.
+        EccNistP521 = "ECC_NIST_P521",
+        /// secp256k1.
+        EccSecgP256k1 = "ECC_SECG_P256K1",
+        /// Ed25519.
+        EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
+        /// HMAC with SHA-224.
+        Hmac224 = "HMAC_224",
+        /// HMAC with SHA-256.
+        Hmac256 = "HMAC_256",
+        /// HMAC with SHA-384.
+        Hmac384 = "HMAC_384",
+        /// HMAC with SHA-512.
+        Hmac512 = "HMAC_512",
+        /// SM2 (China Regions).
+        Sm2 = "SM2",
+        /// ML-DSA-44.
+        MlDsa44 = "ML_DSA_44",
+        /// ML-DSA-65.
+        MlDsa65 = "ML_DSA_65",
+        /// ML-DSA-87.
+        MlDsa87 = "ML_DSA_87",
+    }
+}
+
+kms_enum! {
+    /// What a KMS key is for (`KeyUsage`).
+    KeyUsage {
+        /// Encrypt and decrypt.
+        EncryptDecrypt = "ENCRYPT_DECRYPT",
+        /// Sign and verify.
+        SignVerify = "SIGN_VERIFY",
+        /// HMAC.
+        GenerateVerifyMac = "GENERATE_VERIFY_MAC",
+        /// ECDH (`DeriveSharedSecret`).
+        KeyAgreement = "KEY_AGREEMENT",
+    }
+}
+
+kms_enum! {
+    /// Encryption algorithm (`EncryptionAlgorithm`).
+    EncryptionAlgorithm {
+        /// AES-256-GCM (symmetric keys).
+        SymmetricDefault = "SYMMETRIC_DEFAULT",
+        /// RSA-OAEP with SHA-1.
+        RsaesOaepSha1 = "RSAES_OAEP_SHA_1",
+        /// RSA-OAEP with SHA-256.
+        RsaesOaepSha256 = "RSAES_OAEP_SHA_256",
+        /// SM2 public-key encryption.
+        Sm2Pke = "SM2PKE",
+    }
+}
+
+kms_enum! {
+    /// Signing algorithm (`SigningAlgorithm`).
+    SigningAlgorithm {
+        /// RSASSA-PSS with SHA-256.
+        RsassaPssSha256 = "RSASSA_PSS_SHA_256",
+        /// RSASSA-PSS with SHA-384.
+        RsassaPssSha384 = "RSASSA_PSS_SHA_384",
+        /// RSASSA-PSS with SHA-512.
+        RsassaPssSha512 = "RSASSA_PSS_SHA_512",
+        /// RSASSA-PKCS1-v1_5 with SHA-256.
+        RsassaPkcs1V15Sha256 = "RSASSA_PKCS1_V1_5_SHA_256",
+        /// RSASSA-PKCS1-v1_5 with SHA-384.
+        RsassaPkcs1V15Sha384 = "RSASSA_PKCS1_V1_5_SHA_384",
+        /// RSASSA-PKCS1-v1_5 with SHA-512.
+        RsassaPkcs1V15Sha512 = "RSASSA_PKCS1_V1_5_SHA_512",
+        /// ECDSA with SHA-256.
+        EcdsaSha256 = "ECDSA_SHA_256",
+        /// ECDSA with SHA-384.
+        EcdsaSha384 = "ECDSA_SHA_384",
+        /// ECDSA with SHA-512.
+        EcdsaSha512 = "ECDSA_SHA_512",
+        /// SM2 signatures.
+        Sm2Dsa = "SM2DSA",
+        /// ML-DSA (external mu).
+        MlDsaShake256 = "ML_DSA_SHAKE_256",
+        /// Ed25519 (pure).
+        Ed25519Sha512 = "ED25519_SHA_512",
+        /// Ed25519ph.
+        Ed25519PhSha512 = "ED25519_PH_SHA_512",
+    }
+}
+
+kms_enum! {
+    /// Key agreement algorithm (`KeyAgreementAlgorithm`).
+    KeyAgreementAlgorithm {
+        /// Elliptic-curve Diffie-Hellman.
+        Ecdh = "ECDH",
+    }
+}
+
+impl Default for KeyAgreementAlgorithm {
+    /// `ECDH`, the only algorithm KMS offers.
+    fn default() -> Self {
+        Self::Ecdh
+    }
+}
+
+kms_enum! {
+    /// Spec of a data key pair (`GenerateDataKeyPair` `KeyPairSpec`).
+    DataKeyPairSpec {
+        /// RSA 2048.
+        Rsa2048 = "RSA_2048",
+        /// RSA 3072.
+        Rsa3072 = "RSA_3072",
+        /// RSA 4096.
+        Rsa4096 = "RSA_4096",
+        /// NIST P-256.
+        EccNistP256 = "ECC_NIST_P256",
+        /// NIST P-384.
+        EccNistP384 = "ECC_NIST_P384",
+        /// NIST P-521.
+        EccNistP521 = "ECC_NIST_P521",
+        /// secp256k1.
+        EccSecgP256k1 = "ECC_SECG_P256K1",
+        /// Ed25519.
+        EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
+        /// SM2 (China Regions).
+        Sm2 = "SM2",
+    }
+}
+
+kms_enum! {
+    /// `Recipient.KeyEncryptionAlgorithm` (the SDK's `KeyEncryptionMechanism`).
+    KeyEncryptionMechanism {
+        /// RSA-OAEP with SHA-256 and MGF1-SHA-256: the only value KMS accepts.
+        RsaesOaepSha256 = "RSAES_OAEP_SHA_256",
+    }
+}
+
+kms_enum! {
+    /// MAC algorithm (`MacAlgorithm`).
+    MacAlgorithm {
+        /// HMAC-SHA-224.
+        HmacSha224 = "HMAC_SHA_224",
+        /// HMAC-SHA-256.
+        HmacSha256 = "HMAC_SHA_256",
+        /// HMAC-SHA-384.
+        HmacSha384 = "HMAC_SHA_384",
+        /// HMAC-SHA-512.
+        HmacSha512 = "HMAC_SHA_512",
+    }
+}
+
 /// `RecipientInfo`: the attestation document (with the enclave's RSA public key) that makes KMS
 /// answer with `CiphertextForRecipient`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 #[non_exhaustive]
 pub struct RecipientInfo {
-    /// Always [`RSAES_OAEP_SHA_256`].
+    /// Always [`KeyEncryptionMechanism::RsaesOaepSha256`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_encryption_algorithm: Option<String>,
+    pub key_encryption_algorithm: Option<KeyEncryptionMechanism>,
     /// The raw NSM attestation document (COSE_Sign1).
     #[serde(default, with = "b64::opt", skip_serializing_if = "Option::is_none")]
     pub attestation_document: Option<Vec<u8>>,
@@ -129,7 +437,7 @@ impl RecipientInfo {
     /// A `RecipientInfo` for `attestation_document` with `RSAES_OAEP_SHA_256`.
     pub fn new(attestation_document: Vec<u8>) -> Self {
         Self {
-            key_encryption_algorithm: Some(RSAES_OAEP_SHA_256.to_owned()),
+            key_encryption_algorithm: Some(KeyEncryptionMechanism::RsaesOaepSha256),
             attestation_document: Some(attestation_document),
         }
     }
@@ -186,7 +494,7 @@ pub struct DecryptRequest {
     pub grant_tokens: Option<Vec<String>>,
     /// `SYMMETRIC_DEFAULT` (default), `RSAES_OAEP_SHA_1`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption_algorithm: Option<String>,
+    pub encryption_algorithm: Option<EncryptionAlgorithm>,
     /// Checks permissions without decrypting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
@@ -211,7 +519,7 @@ setters!(DecryptRequest {
     /// Sets the whole `EncryptionContext`.
     value encryption_context: EncryptionContext,
     /// Sets `EncryptionAlgorithm`.
-    string encryption_algorithm: impl Into<String>,
+    string encryption_algorithm: impl Into<EncryptionAlgorithm>,
     /// Sets `GrantTokens`.
     value grant_tokens: Vec<String>,
     /// Sets `DryRun`.
@@ -229,11 +537,15 @@ pub struct DecryptResponse {
     pub key_id: Option<String>,
     /// The plaintext: from `Plaintext`, or, with a `Recipient`, recovered from
     /// `CiphertextForRecipient` by the client.
-    #[serde(default, with = "b64::secret", skip_serializing_if = "Option::is_none")]
-    pub plaintext: Option<Plaintext>,
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
+    pub plaintext: Plaintext,
     /// Algorithm used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption_algorithm: Option<String>,
+    pub encryption_algorithm: Option<EncryptionAlgorithm>,
     /// The CMS envelope for the recipient (only with a `Recipient`).
     #[serde(default, with = "b64::opt", skip_serializing_if = "Option::is_none")]
     pub ciphertext_for_recipient: Option<Vec<u8>>,
@@ -260,7 +572,7 @@ pub struct EncryptRequest {
     pub grant_tokens: Option<Vec<String>>,
     /// `SYMMETRIC_DEFAULT` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption_algorithm: Option<String>,
+    pub encryption_algorithm: Option<EncryptionAlgorithm>,
     /// Checks permissions without encrypting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
@@ -281,7 +593,7 @@ setters!(EncryptRequest {
     /// Sets the whole `EncryptionContext`.
     value encryption_context: EncryptionContext,
     /// Sets `EncryptionAlgorithm`.
-    string encryption_algorithm: impl Into<String>,
+    string encryption_algorithm: impl Into<EncryptionAlgorithm>,
     /// Sets `GrantTokens`.
     value grant_tokens: Vec<String>,
     /// Sets `DryRun`.
@@ -302,38 +614,7 @@ pub struct EncryptResponse {
     pub key_id: Option<String>,
     /// Algorithm used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption_algorithm: Option<String>,
-}
-
-/// Data key specs for `GenerateDataKey`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum KeySpec {
-    /// 32-byte key.
-    #[serde(rename = "AES_256")]
-    Aes256,
-    /// 16-byte key.
-    #[serde(rename = "AES_128")]
-    Aes128,
-}
-
-impl KeySpec {
-    /// Key length in bytes.
-    pub fn key_len(self) -> usize {
-        match self {
-            Self::Aes256 => 32,
-            Self::Aes128 => 16,
-        }
-    }
-
-    /// Parses `AES_256` / `AES_128`.
-    pub fn from_name(s: &str) -> Option<Self> {
-        match s {
-            "AES_256" => Some(Self::Aes256),
-            "AES_128" => Some(Self::Aes128),
-            _ => None,
-        }
-    }
+    pub encryption_algorithm: Option<EncryptionAlgorithm>,
 }
 
 /// `GenerateDataKey` request.
@@ -345,7 +626,7 @@ pub struct GenerateDataKeyRequest {
     pub key_id: String,
     /// `AES_256` or `AES_128` (or use `NumberOfBytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_spec: Option<KeySpec>,
+    pub key_spec: Option<DataKeySpec>,
     /// Data key length, 1..=1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number_of_bytes: Option<u32>,
@@ -376,7 +657,7 @@ impl GenerateDataKeyRequest {
 
 setters!(GenerateDataKeyRequest {
     /// Sets `KeySpec`.
-    value key_spec: KeySpec,
+    value key_spec: DataKeySpec,
     /// Sets `NumberOfBytes`.
     value number_of_bytes: u32,
     /// Sets the whole `EncryptionContext`.
@@ -397,8 +678,12 @@ pub struct GenerateDataKeyResponse {
     #[serde(default, with = "b64")]
     pub ciphertext_blob: Vec<u8>,
     /// The data key in plaintext (from `Plaintext`, or recovered from `CiphertextForRecipient`).
-    #[serde(default, with = "b64::secret", skip_serializing_if = "Option::is_none")]
-    pub plaintext: Option<Plaintext>,
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
+    pub plaintext: Plaintext,
     /// ARN of the key used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
@@ -411,15 +696,14 @@ pub struct GenerateDataKeyResponse {
 }
 
 /// `GenerateDataKeyPair` request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 #[non_exhaustive]
 pub struct GenerateDataKeyPairRequest {
     /// The symmetric key that encrypts the private key.
     pub key_id: String,
-    /// `RSA_2048`, `RSA_3072`, `RSA_4096`, `ECC_NIST_P256`, `ECC_NIST_P384`, `ECC_NIST_P521`,
-    /// `ECC_SECG_P256K1`, ...
-    pub key_pair_spec: String,
+    /// `RSA_2048`, `ECC_NIST_P256`, ...
+    pub key_pair_spec: DataKeyPairSpec,
     /// Encryption context to bind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_context: Option<EncryptionContext>,
@@ -436,11 +720,14 @@ pub struct GenerateDataKeyPairRequest {
 
 impl GenerateDataKeyPairRequest {
     /// A key pair of `key_pair_spec` whose private key is encrypted under `key_id`.
-    pub fn new(key_id: impl Into<String>, key_pair_spec: impl Into<String>) -> Self {
+    pub fn new(key_id: impl Into<String>, key_pair_spec: impl Into<DataKeyPairSpec>) -> Self {
         Self {
             key_id: key_id.into(),
             key_pair_spec: key_pair_spec.into(),
-            ..Self::default()
+            encryption_context: None,
+            grant_tokens: None,
+            dry_run: None,
+            recipient: None,
         }
     }
 }
@@ -464,8 +751,12 @@ pub struct GenerateDataKeyPairResponse {
     #[serde(default, with = "b64")]
     pub private_key_ciphertext_blob: Vec<u8>,
     /// The private key (PKCS#8 DER) in plaintext (or recovered from `CiphertextForRecipient`).
-    #[serde(default, with = "b64::secret", skip_serializing_if = "Option::is_none")]
-    pub private_key_plaintext: Option<Plaintext>,
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
+    pub private_key_plaintext: Plaintext,
     /// The public key (DER SubjectPublicKeyInfo).
     #[serde(default, with = "b64")]
     pub public_key: Vec<u8>,
@@ -474,7 +765,7 @@ pub struct GenerateDataKeyPairResponse {
     pub key_id: Option<String>,
     /// The spec generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_pair_spec: Option<String>,
+    pub key_pair_spec: Option<DataKeyPairSpec>,
     /// The CMS envelope for the recipient (only with a `Recipient`).
     #[serde(default, with = "b64::opt", skip_serializing_if = "Option::is_none")]
     pub ciphertext_for_recipient: Option<Vec<u8>>,
@@ -515,8 +806,12 @@ impl GenerateRandomRequest {
 #[non_exhaustive]
 pub struct GenerateRandomResponse {
     /// The random bytes (or recovered from `CiphertextForRecipient`).
-    #[serde(default, with = "b64::secret", skip_serializing_if = "Option::is_none")]
-    pub plaintext: Option<Plaintext>,
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
+    pub plaintext: Plaintext,
     /// The CMS envelope for the recipient (only with a `Recipient`).
     #[serde(default, with = "b64::opt", skip_serializing_if = "Option::is_none")]
     pub ciphertext_for_recipient: Option<Vec<u8>>,
@@ -530,7 +825,7 @@ pub struct DeriveSharedSecretRequest {
     /// The KMS ECC key.
     pub key_id: String,
     /// `ECDH`.
-    pub key_agreement_algorithm: String,
+    pub key_agreement_algorithm: KeyAgreementAlgorithm,
     /// The peer's public key (DER SubjectPublicKeyInfo).
     #[serde(with = "b64")]
     pub public_key: Vec<u8>,
@@ -550,7 +845,7 @@ impl DeriveSharedSecretRequest {
     pub fn new(key_id: impl Into<String>, public_key: Vec<u8>) -> Self {
         Self {
             key_id: key_id.into(),
-            key_agreement_algorithm: "ECDH".to_owned(),
+            key_agreement_algorithm: KeyAgreementAlgorithm::Ecdh,
             public_key,
             ..Self::default()
         }
@@ -566,14 +861,18 @@ pub struct DeriveSharedSecretResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     /// The raw shared secret (or recovered from `CiphertextForRecipient`).
-    #[serde(default, with = "b64::secret", skip_serializing_if = "Option::is_none")]
-    pub shared_secret: Option<Plaintext>,
+    #[serde(
+        default,
+        with = "b64::secret_or_empty",
+        skip_serializing_if = "Plaintext::is_empty"
+    )]
+    pub shared_secret: Plaintext,
     /// The CMS envelope for the recipient (only with a `Recipient`).
     #[serde(default, with = "b64::opt", skip_serializing_if = "Option::is_none")]
     pub ciphertext_for_recipient: Option<Vec<u8>>,
     /// `ECDH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_agreement_algorithm: Option<String>,
+    pub key_agreement_algorithm: Option<KeyAgreementAlgorithm>,
     /// `AWS_KMS`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_origin: Option<String>,
@@ -592,13 +891,19 @@ pub struct GetPublicKeyResponse {
     pub public_key: Vec<u8>,
     /// `ECC_NIST_P256`, `RSA_2048`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_spec: Option<String>,
+    pub key_spec: Option<KeySpec>,
     /// `KEY_AGREEMENT`, `SIGN_VERIFY`, `ENCRYPT_DECRYPT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_usage: Option<String>,
+    pub key_usage: Option<KeyUsage>,
     /// Key agreement algorithms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_agreement_algorithms: Option<Vec<String>>,
+    pub key_agreement_algorithms: Option<Vec<KeyAgreementAlgorithm>>,
+    /// Encryption algorithms (encryption keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_algorithms: Option<Vec<EncryptionAlgorithm>>,
+    /// Signing algorithms (signing keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_algorithms: Option<Vec<SigningAlgorithm>>,
 }
 
 /// `CreateKey` request.
@@ -614,10 +919,10 @@ pub struct CreateKeyRequest {
     pub description: Option<String>,
     /// `ENCRYPT_DECRYPT` (default) or `KEY_AGREEMENT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_usage: Option<String>,
+    pub key_usage: Option<KeyUsage>,
     /// `SYMMETRIC_DEFAULT` (default), `ECC_NIST_P256`, `ECC_NIST_P384`, `ECC_NIST_P521`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_spec: Option<String>,
+    pub key_spec: Option<KeySpec>,
     /// Skips the lockout safety check (accepted and ignored by the local KMS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bypass_policy_lockout_safety_check: Option<bool>,
@@ -636,9 +941,9 @@ setters!(CreateKeyRequest {
     /// Sets `Description`.
     string description: impl Into<String>,
     /// Sets `KeyUsage`.
-    string key_usage: impl Into<String>,
+    string key_usage: impl Into<KeyUsage>,
     /// Sets `KeySpec`.
-    string key_spec: impl Into<String>,
+    string key_spec: impl Into<KeySpec>,
 });
 
 /// `KeyMetadata` as returned by `CreateKey` / `DescribeKey` (the fields the local KMS fills).
@@ -669,7 +974,7 @@ pub struct KeyMetadata {
     pub description: Option<String>,
     /// `ENCRYPT_DECRYPT`, `KEY_AGREEMENT`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_usage: Option<String>,
+    pub key_usage: Option<KeyUsage>,
     /// `Enabled`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_state: Option<String>,
@@ -681,16 +986,22 @@ pub struct KeyMetadata {
     pub key_manager: Option<String>,
     /// `SYMMETRIC_DEFAULT`, `ECC_NIST_P256`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_spec: Option<String>,
+    pub key_spec: Option<KeySpec>,
     /// Same as `KeySpec` (deprecated KMS field, still returned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub customer_master_key_spec: Option<String>,
+    pub customer_master_key_spec: Option<KeySpec>,
     /// Encryption algorithms the key supports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption_algorithms: Option<Vec<String>>,
+    pub encryption_algorithms: Option<Vec<EncryptionAlgorithm>>,
     /// Key agreement algorithms the key supports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_agreement_algorithms: Option<Vec<String>>,
+    pub key_agreement_algorithms: Option<Vec<KeyAgreementAlgorithm>>,
+    /// Signing algorithms the key supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_algorithms: Option<Vec<SigningAlgorithm>>,
+    /// MAC algorithms the key supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_algorithms: Option<Vec<MacAlgorithm>>,
     /// Whether the key is multi-Region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_region: Option<bool>,
@@ -829,10 +1140,11 @@ mod tests {
             r#"{"KeyId":"k","Plaintext":""}"#,
         ] {
             let r: DecryptResponse = serde_json::from_str(body).unwrap();
-            assert!(r.plaintext.is_none(), "{body}");
+            assert!(r.plaintext.is_empty(), "{body}");
+            assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"KeyId":"k"}"#);
         }
         let r: DecryptResponse = serde_json::from_str(r#"{"Plaintext":"aGk="}"#).unwrap();
-        assert_eq!(r.plaintext.unwrap().as_bytes(), b"hi");
+        assert_eq!(r.plaintext.as_bytes(), b"hi");
         assert!(serde_json::from_str::<DecryptResponse>(r#"{"Plaintext":"!!"}"#).is_err());
     }
 
@@ -846,5 +1158,44 @@ mod tests {
             serde_json::to_string(&req).unwrap(),
             r#"{"CiphertextBlob":"AQ==","Recipient":{"KeyEncryptionAlgorithm":"RSAES_OAEP_SHA_256","AttestationDocument":"oA=="}}"#
         );
+    }
+
+    #[test]
+    fn enums_round_trip_and_keep_unknown_values() {
+        for v in EncryptionAlgorithm::KNOWN {
+            let json = serde_json::to_string(v).unwrap();
+            assert_eq!(json, format!("\"{}\"", v.as_str()));
+            assert_eq!(
+                &serde_json::from_str::<EncryptionAlgorithm>(&json).unwrap(),
+                v
+            );
+        }
+        assert_eq!(KeySpec::from("ML_DSA_65"), KeySpec::MlDsa65);
+        let future: SigningAlgorithm = serde_json::from_str(r#""SLH_DSA_SHA2_128S""#).unwrap();
+        assert_eq!(
+            future,
+            SigningAlgorithm::Unknown("SLH_DSA_SHA2_128S".into())
+        );
+        assert!(!future.is_known());
+        assert_eq!(
+            serde_json::to_string(&future).unwrap(),
+            r#""SLH_DSA_SHA2_128S""#
+        );
+        assert_eq!(KeyAgreementAlgorithm::Ecdh, "ECDH");
+        let req = GenerateDataKeyPairRequest::new("k", "ECC_NIST_P256");
+        assert_eq!(req.key_pair_spec, DataKeyPairSpec::EccNistP256);
+        let meta: KeyMetadata = serde_json::from_str(
+            r#"{"KeyId":"k","KeySpec":"RSA_2048","KeyUsage":"SIGN_VERIFY","SigningAlgorithms":["RSASSA_PSS_SHA_256","NEW_ALG"]}"#,
+        )
+        .unwrap();
+        assert_eq!(meta.key_usage, Some(KeyUsage::SignVerify));
+        assert_eq!(
+            meta.signing_algorithms.unwrap(),
+            [
+                SigningAlgorithm::RsassaPssSha256,
+                SigningAlgorithm::Unknown("NEW_ALG".into())
+            ]
+        );
+        assert!(serde_json::from_str::<KeyUsage>("3").is_err());
     }
 }

@@ -36,6 +36,18 @@
 //!
 //! Unsealing always uses `Recipient` (the client must have one): KMS never returns the secret
 //! (or the data key) in plaintext on the wire.
+//!
+//! # The encryption context is mandatory
+//!
+//! [`seal`] refuses an empty encryption context, and [`unseal`] refuses to run without the
+//! context the caller expects ([`UnsealOptions::expect_context`]), which must equal the one
+//! recorded in the document exactly. Without a context, every ciphertext under the key is
+//! interchangeable: whoever may call `Encrypt` or `GenerateDataKey` with the key (the
+//! operator, another application) can substitute the wrapped data key or the KMS ciphertext of
+//! one secret by another one (*wrapped-key substitution*), and the enclave would accept it as
+//! its own. KMS authenticates the context with the ciphertext, so a substituted blob must have
+//! been made with the same context; naming the secret's purpose in it (`{"app": "payments",
+//! "secret": "db-password"}`) confines substitution to blobs made for that purpose.
 
 use std::collections::BTreeMap;
 
@@ -48,7 +60,7 @@ use zeroize::Zeroizing;
 use crate::client::KmsClient;
 use crate::error::Error;
 use crate::model::{
-    DecryptRequest, EncryptRequest, EncryptionContext, GenerateDataKeyRequest, KeySpec,
+    DataKeySpec, DecryptRequest, EncryptRequest, EncryptionContext, GenerateDataKeyRequest,
 };
 use crate::secret::Plaintext;
 
@@ -207,6 +219,13 @@ pub async fn seal(
     if secret.is_empty() {
         return Err(Error::Config("cannot seal an empty secret".into()));
     }
+    if options.encryption_context.is_empty() {
+        return Err(Error::Config(
+            "sealing needs an encryption context (SealOptions::context): without one, sealed \
+             blobs under the same key can be substituted for one another"
+                .into(),
+        ));
+    }
     let context =
         (!options.encryption_context.is_empty()).then(|| options.encryption_context.clone());
     let kms = kms.with_recipient(None);
@@ -229,13 +248,10 @@ pub async fn seal(
         }
         sealed.ciphertext = resp.ciphertext_blob;
     } else {
-        let mut req = GenerateDataKeyRequest::new(key_id).key_spec(KeySpec::Aes256);
+        let mut req = GenerateDataKeyRequest::new(key_id).key_spec(DataKeySpec::Aes256);
         req.encryption_context = context;
         let resp = kms.generate_data_key(req).await?;
-        let data_key = resp.plaintext.ok_or_else(|| Error::InvalidResponse {
-            operation: "GenerateDataKey",
-            reason: "no plaintext data key".into(),
-        })?;
+        let data_key = resp.plaintext;
         if let Some(arn) = resp.key_id {
             sealed.key_id = arn;
         }
@@ -272,17 +288,27 @@ fn aead_key(data_key: &[u8]) -> Result<LessSafeKey, Error> {
 }
 
 /// What [`unseal`] requires of a sealed secret beyond authenticity.
+///
+/// The expected encryption context is required: [`unseal`] fails without one.
+///
+/// ```
+/// use nitro_kms::sealed::UnsealOptions;
+///
+/// let opts = UnsealOptions::new().expect_context_pair("app", "payments");
+/// assert_eq!(opts.expected_context.unwrap()["app"], "payments");
+/// ```
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct UnsealOptions {
-    /// The encryption context the secret must carry (exactly), when set.
+    /// The encryption context the secret must carry, exactly (required by [`unseal`]).
     pub expected_context: Option<EncryptionContext>,
     /// The key the secret must name (id or ARN suffix), when set.
     pub expected_key_id: Option<String>,
 }
 
 impl UnsealOptions {
-    /// No expectations beyond what KMS enforces.
+    /// No expectations yet: add the context with [`expect_context`](Self::expect_context) or
+    /// [`expect_context_pair`](Self::expect_context_pair) before unsealing.
     pub fn new() -> Self {
         Self::default()
     }
@@ -313,6 +339,9 @@ impl UnsealOptions {
 
 /// Unseals a secret inside the enclave. `kms` must have a [`Recipient`](crate::Recipient): the
 /// secret (or data key) only travels inside `CiphertextForRecipient`.
+///
+/// `options` must name the expected encryption context (non-empty); a document recording
+/// another context, or none, is refused before KMS is called.
 pub async fn unseal(
     kms: &KmsClient,
     sealed: &[u8],
@@ -323,10 +352,23 @@ pub async fn unseal(
             "unseal needs a KmsClient with a Recipient (attested Decrypt)".into(),
         ));
     }
+    let expected = match &options.expected_context {
+        Some(c) if !c.is_empty() => c,
+        _ => {
+            return Err(Error::Config(
+                "unseal needs the expected encryption context (UnsealOptions::expect_context)"
+                    .into(),
+            ));
+        }
+    };
     let s = SealedSecret::parse(sealed)?;
-    if let Some(expected) = &options.expected_context
-        && expected != &s.encryption_context
-    {
+    if s.encryption_context.is_empty() {
+        return Err(Error::Sealed(
+            "the document records no encryption context (refused: it could be a substituted blob)"
+                .into(),
+        ));
+    }
+    if expected != &s.encryption_context {
         return Err(Error::Sealed(
             "the encryption context differs from the expected one".into(),
         ));
@@ -340,17 +382,14 @@ pub async fn unseal(
             s.key_id
         )));
     }
-    let context = (!s.encryption_context.is_empty()).then(|| s.encryption_context.clone());
+    let context = Some(s.encryption_context.clone());
     let blob = match s.mode {
         Mode::Kms => s.ciphertext.clone(),
         Mode::Envelope => s.encrypted_data_key.clone().unwrap_or_default(),
     };
     let mut req = DecryptRequest::new(blob).key_id(s.key_id.clone());
     req.encryption_context = context;
-    let resp = kms.decrypt(req).await?;
-    let plaintext = resp.plaintext.ok_or(Error::MissingCiphertextForRecipient {
-        operation: "Decrypt",
-    })?;
+    let plaintext = kms.decrypt(req).await?.plaintext;
     match s.mode {
         Mode::Kms => Ok(plaintext),
         Mode::Envelope => {

@@ -127,10 +127,7 @@ async fn plain_operations() {
         .await
         .unwrap();
     let key_id = key.key_metadata.key_id.clone();
-    assert_eq!(
-        key.key_metadata.key_spec.as_deref(),
-        Some("SYMMETRIC_DEFAULT")
-    );
+    assert_eq!(key.key_metadata.key_spec, Some(KeySpec::SymmetricDefault));
 
     let enc = kms
         .encrypt(
@@ -142,7 +139,7 @@ async fn plain_operations() {
         .decrypt(DecryptRequest::new(enc.ciphertext_blob.clone()).context("purpose", "test"))
         .await
         .unwrap();
-    assert_eq!(dec.plaintext.unwrap().as_bytes(), b"attack at dawn");
+    assert_eq!(dec.plaintext.as_bytes(), b"attack at dawn");
     // Wrong encryption context.
     let e = kms
         .decrypt(DecryptRequest::new(enc.ciphertext_blob.clone()).context("purpose", "other"))
@@ -154,7 +151,7 @@ async fn plain_operations() {
         .generate_data_key(GenerateDataKeyRequest::new(&key_id))
         .await
         .unwrap();
-    assert_eq!(dk.plaintext.as_ref().unwrap().len(), 32);
+    assert_eq!(dk.plaintext.len(), 32);
     let back = kms
         .decrypt(DecryptRequest::new(dk.ciphertext_blob))
         .await
@@ -176,7 +173,7 @@ async fn plain_operations() {
         .generate_random(GenerateRandomRequest::new(64))
         .await
         .unwrap();
-    assert_eq!(r.plaintext.unwrap().len(), 64);
+    assert_eq!(r.plaintext.len(), 64);
 
     let listed = kms.list_keys(ListKeysRequest::new()).await.unwrap();
     assert!(listed.keys.iter().any(|k| k.key_id == key_id));
@@ -237,7 +234,7 @@ async fn key_agreement() {
         ))
         .await
         .unwrap();
-    assert_eq!(plain.shared_secret.unwrap().as_bytes(), expected.as_slice());
+    assert_eq!(plain.shared_secret.as_bytes(), expected.as_slice());
 
     // Attested: the key policy is the default (account-wide), so any recipient is admitted.
     let attested = client(&env, Some(Recipient::new(sim)));
@@ -249,7 +246,7 @@ async fn key_agreement() {
         .await
         .unwrap();
     assert!(resp.ciphertext_for_recipient.is_some());
-    assert_eq!(resp.shared_secret.unwrap().as_bytes(), expected.as_slice());
+    assert_eq!(resp.shared_secret.as_bytes(), expected.as_slice());
 }
 
 #[tokio::test]
@@ -285,7 +282,7 @@ async fn recipient_admitted_and_refused_by_pcr0_policy() {
         .await
         .unwrap();
     assert!(resp.ciphertext_for_recipient.is_some());
-    assert_eq!(resp.plaintext.unwrap().as_bytes(), b"only for PCR0 11..");
+    assert_eq!(resp.plaintext.as_bytes(), b"only for PCR0 11..");
 
     let dk = enclave
         .generate_data_key(GenerateDataKeyRequest::new(&key_id).context("app", "x"))
@@ -300,13 +297,13 @@ async fn recipient_admitted_and_refused_by_pcr0_policy() {
         .generate_data_key_pair(GenerateDataKeyPairRequest::new(&key_id, "RSA_2048"))
         .await
         .unwrap();
-    let pk8 = kp.private_key_plaintext.unwrap();
+    let pk8 = kp.private_key_plaintext;
     assert!(aws_lc_rs::rsa::KeyPair::from_pkcs8(&pk8).is_ok());
     let random = enclave
         .generate_random(GenerateRandomRequest::new(32))
         .await
         .unwrap();
-    assert_eq!(random.plaintext.unwrap().len(), 32);
+    assert_eq!(random.plaintext.len(), 32);
 
     // The other enclave image, attested by a trusted root, is refused by the key policy.
     let other = client(&env, Some(Recipient::new(bad)));
@@ -504,7 +501,7 @@ async fn state_file_survives_restart() {
         .build()
         .unwrap();
     let dec = plain.decrypt(DecryptRequest::new(blob)).await.unwrap();
-    assert_eq!(dec.plaintext.unwrap().as_bytes(), b"persisted");
+    assert_eq!(dec.plaintext.as_bytes(), b"persisted");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -643,7 +640,7 @@ async fn unsigned_emulator_documents_only_in_the_dangerous_mode() {
         .decrypt(DecryptRequest::new(blob.clone()))
         .await
         .unwrap();
-    assert_eq!(ok.plaintext.unwrap().as_bytes(), b"for the QEMU guest");
+    assert_eq!(ok.plaintext.as_bytes(), b"for the QEMU guest");
     // PCRs still go through the key policy.
     let e = plain(&dangerous, Some(qemu(PCR0_BAD)))
         .decrypt(DecryptRequest::new(blob))
@@ -702,5 +699,5 @@ async fn watched_roots_file() {
         .generate_random(GenerateRandomRequest::new(8))
         .await
         .unwrap();
-    assert_eq!(r.plaintext.unwrap().len(), 8);
+    assert_eq!(r.plaintext.len(), 8);
 }

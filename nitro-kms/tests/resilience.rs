@@ -102,7 +102,7 @@ async fn retries_throttling_and_server_errors() {
         .generate_random(GenerateRandomRequest::new(5))
         .await
         .unwrap();
-    assert_eq!(r.plaintext.unwrap().as_bytes(), b"hello");
+    assert_eq!(r.plaintext.as_bytes(), b"hello");
     assert_eq!(count.load(Ordering::SeqCst), 3);
 
     // Out of attempts: the last error is returned, typed.

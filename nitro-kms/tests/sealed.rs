@@ -133,6 +133,12 @@ async fn wrong_context_and_damaged_documents_refused() {
     let operator = client(&s.url, None);
     let enclave = client(&s.url, Some(s.good.clone()));
     let opts = SealOptions::new().context("app", "payments");
+    let expect = UnsealOptions::new().expect_context_pair("app", "payments");
+    // Sealing without a context is refused (wrapped-key substitution).
+    let e = sealed::seal(&operator, &s.key_id, b"hunter2", &SealOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e}");
     for force in [false, true] {
         let doc = sealed::seal(
             &operator,
@@ -155,15 +161,31 @@ async fn wrong_context_and_damaged_documents_refused() {
         let edited = String::from_utf8(doc.clone())
             .unwrap()
             .replace("payments", "billing");
-        let e = sealed::unseal(&enclave, edited.as_bytes(), &UnsealOptions::new())
+        let e = sealed::unseal(
+            &enclave,
+            edited.as_bytes(),
+            &UnsealOptions::new().expect_context_pair("app", "billing"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.service_code(), Some("InvalidCiphertextException"), "{e}");
+        // Unsealing without naming the expected context is refused.
+        let e = sealed::unseal(&enclave, &doc, &UnsealOptions::new())
             .await
             .unwrap_err();
-        assert_eq!(e.service_code(), Some("InvalidCiphertextException"), "{e}");
+        assert!(matches!(e, Error::Config(_)), "{e}");
+        // A document whose context was removed is refused before KMS is asked.
+        let mut stripped = SealedSecret::parse(&doc).unwrap();
+        stripped.encryption_context.clear();
+        let e = sealed::unseal(&enclave, &stripped.to_bytes().unwrap(), &expect)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Sealed(_)), "{e}");
         // Another key was expected.
         let e = sealed::unseal(
             &enclave,
             &doc,
-            &UnsealOptions::new().expect_key_id("some-other-key"),
+            &expect.clone().expect_key_id("some-other-key"),
         )
         .await
         .unwrap_err();
@@ -172,7 +194,7 @@ async fn wrong_context_and_damaged_documents_refused() {
         let mut parsed = SealedSecret::parse(&doc).unwrap();
         let last = parsed.ciphertext.len() - 1;
         parsed.ciphertext[last] ^= 1;
-        let e = sealed::unseal(&enclave, &parsed.to_bytes().unwrap(), &UnsealOptions::new())
+        let e = sealed::unseal(&enclave, &parsed.to_bytes().unwrap(), &expect)
             .await
             .unwrap_err();
         if force {
@@ -183,9 +205,7 @@ async fn wrong_context_and_damaged_documents_refused() {
         }
         // Truncated or non-JSON documents.
         for bad in [&doc[..doc.len() / 2], b"not json", b""] {
-            let e = sealed::unseal(&enclave, bad, &UnsealOptions::new())
-                .await
-                .unwrap_err();
+            let e = sealed::unseal(&enclave, bad, &expect).await.unwrap_err();
             assert!(matches!(e, Error::Sealed(_)), "{e}");
         }
     }

@@ -85,7 +85,7 @@ impl KeyWrap for KmsKeyWrap {
                 .generate_data_key(req)
                 .await
                 .map_err(|e| Self::kms_error("GenerateDataKey", e))?;
-            let key = to_key(resp.plaintext.as_ref().map(|p| p.as_bytes()))?;
+            let key = to_key(Some(resp.plaintext.as_bytes()))?;
             Ok((key, resp.ciphertext_blob))
         })
     }
@@ -106,7 +106,7 @@ impl KeyWrap for KmsKeyWrap {
                 .decrypt(req)
                 .await
                 .map_err(|e| Self::kms_error("Decrypt", e))?;
-            to_key(resp.plaintext.as_ref().map(|p| p.as_bytes()))
+            to_key(Some(resp.plaintext.as_bytes()))
         })
     }
 }
