@@ -4,6 +4,7 @@
 
 mod addr;
 mod client;
+pub mod dns;
 mod egress;
 mod error;
 pub mod ingress;
@@ -16,7 +17,9 @@ pub mod proxy;
 mod relay;
 mod server;
 mod stats;
+pub mod synthetic;
 pub mod time;
+pub mod transparent;
 mod transport;
 
 pub use addr::{Addr, NITRO_PARENT_CID, PARENT_CID_VAR, parent_cid, parent_cid_from_cmdline};
@@ -28,6 +31,6 @@ pub use policy::Policy;
 pub use proxy::{LocalProxy, ProxyKind};
 pub use relay::{BUFFER_SIZE, RelayTotals, relay};
 pub use server::{Limits, ServerHandle, Shutdown};
-pub use stats::{ConnectionInfo, CountersSnapshot};
+pub use stats::{ConnectionInfo, CountersSnapshot, DnsStats, TransparentStats};
 pub use time::{ClockOffset, TimeClient, TimeConfig, TimeSync};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, Listener, PeerAddr, Stream};
