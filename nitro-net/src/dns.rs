@@ -698,12 +698,9 @@ pub(crate) async fn answer_on_parent(
         return Err(bad("DNS query must have exactly one question".into()));
     };
     let name = q.name().to_ascii();
-    policy.check_name_any_port(&name).map_err(|r| {
-        Refusal::new(
-            r.code,
-            format!("DNS question for {name}: {}", r.message),
-        )
-    })?;
+    policy
+        .check_name_any_port(&name)
+        .map_err(|r| Refusal::new(r.code, format!("DNS question for {name}: {}", r.message)))?;
     let Some(upstream) = upstream else {
         return Err(Refusal::new(
             RefusalCode::NotSupported,
@@ -719,7 +716,11 @@ pub(crate) async fn answer_on_parent(
     let asked = tokio::time::timeout(timeout, async {
         let raw = ask_udp(upstream, query).await?;
         let tc = raw.len() >= 3 && raw[2] & 0x02 != 0;
-        if tc { ask_tcp(upstream, query).await } else { Ok(raw) }
+        if tc {
+            ask_tcp(upstream, query).await
+        } else {
+            Ok(raw)
+        }
     })
     .await
     .map_err(|_| fail(format!("DNS upstream {upstream}: timed out")))?
@@ -804,7 +805,7 @@ mod tests {
         ));
         assert_eq!(d, DnsDecision::Synthetic);
         assert_eq!(m.metadata.id, 0x4242);
-        let RData::A(a) = m.answers[0].data() else {
+        let RData::A(a) = &m.answers[0].data else {
             panic!()
         };
         assert_eq!(
@@ -903,7 +904,9 @@ mod tests {
         let mut other_resp = Message::from_vec(&other).unwrap();
         other_resp.metadata.message_type = MessageType::Response;
         assert!(check_forwarded_answer(&q, &other_resp.to_vec().unwrap(), 512).is_err());
-        assert!(check_forwarded_answer(&q, &query("a.example.com.", RecordType::TXT), 512).is_err());
+        assert!(
+            check_forwarded_answer(&q, &query("a.example.com.", RecordType::TXT), 512).is_err()
+        );
         assert!(check_forwarded_answer(&q, b"\x42\x42", 512).is_err());
     }
 

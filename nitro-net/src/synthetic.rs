@@ -213,7 +213,8 @@ impl SyntheticMap {
         }
         self.cursor = (index + 1) % self.slots;
         self.by_index.insert(index, name.to_owned());
-        self.by_name.insert(name.to_owned(), Entry { index, used: tick });
+        self.by_name
+            .insert(name.to_owned(), Entry { index, used: tick });
         self.lru.insert(tick, index);
         self.addrs(index)
     }
@@ -332,11 +333,13 @@ mod tests {
 
     #[test]
     fn bad_capacity() {
-        assert!(SyntheticMap::new(SyntheticConfig {
-            capacity: 0,
-            ..SyntheticConfig::default()
-        })
-        .is_err());
+        assert!(
+            SyntheticMap::new(SyntheticConfig {
+                capacity: 0,
+                ..SyntheticConfig::default()
+            })
+            .is_err()
+        );
         let mut c = SyntheticConfig::default();
         c.v4 = Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), 30);
         c.capacity = 3;

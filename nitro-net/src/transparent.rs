@@ -555,9 +555,20 @@ mod tests {
         r.exclude_uids = vec![1000];
         for v6 in [false, true] {
             let cmds: Vec<String> = r.commands(v6).iter().map(|c| c.join(" ")).collect();
-            let ret = cmds.iter().position(|c| c.contains("-d 127.0.0.0/8 -j RETURN") || c.contains("-d ::1/128 -j RETURN")).unwrap();
-            let redir = cmds.iter().position(|c| c.ends_with("--to-ports 15001")).unwrap();
-            let uid = cmds.iter().position(|c| c.contains("--uid-owner 1000")).unwrap();
+            let ret = cmds
+                .iter()
+                .position(|c| {
+                    c.contains("-d 127.0.0.0/8 -j RETURN") || c.contains("-d ::1/128 -j RETURN")
+                })
+                .unwrap();
+            let redir = cmds
+                .iter()
+                .position(|c| c.ends_with("--to-ports 15001"))
+                .unwrap();
+            let uid = cmds
+                .iter()
+                .position(|c| c.contains("--uid-owner 1000"))
+                .unwrap();
             assert!(ret < redir && uid < redir);
             assert!(cmds.last().unwrap().starts_with("-t nat -A OUTPUT"));
         }
