@@ -304,7 +304,7 @@ fn servfail(question: &Question, code: ResponseCode) -> Vec<u8> {
 /// forwards other questions through the egress tunnel.
 ///
 /// ```no_run
-/// # async fn f() -> Result<(), nitro_net::Error> {
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 /// use nitro_net::dns::DnsServer;
 /// use nitro_net::synthetic::{SyntheticConfig, SyntheticNames};
 ///
@@ -312,6 +312,7 @@ fn servfail(question: &Question, code: ResponseCode) -> Vec<u8> {
 /// let names = SyntheticNames::new(SyntheticConfig::default())?;
 /// let dns = DnsServer::new(egress, names).bind("127.0.0.1:53".parse()?).await?;
 /// println!("{:?}", dns.stats());
+/// dns.detach(); // serve for the life of the process
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

@@ -198,13 +198,12 @@ impl SyntheticMap {
             self.lru.insert(tick, index);
             return self.addrs(index);
         }
-        if self.by_name.len() >= self.config.capacity {
-            if let Some((_, old)) = self.lru.pop_first() {
-                if let Some(n) = self.by_index.remove(&old) {
-                    self.by_name.remove(&n);
-                    self.evictions += 1;
-                }
-            }
+        if self.by_name.len() >= self.config.capacity
+            && let Some((_, old)) = self.lru.pop_first()
+            && let Some(n) = self.by_index.remove(&old)
+        {
+            self.by_name.remove(&n);
+            self.evictions += 1;
         }
         // A free index exists: fewer names than slots. Scan cyclically from the cursor.
         let mut index = self.cursor;
@@ -277,10 +276,12 @@ mod tests {
     use super::*;
 
     fn small(capacity: usize, v4_prefix: u8) -> SyntheticMap {
-        let mut c = SyntheticConfig::default();
-        c.v4 = Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), v4_prefix);
-        c.capacity = capacity;
-        SyntheticMap::new(c).unwrap()
+        SyntheticMap::new(SyntheticConfig {
+            v4: Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), v4_prefix),
+            capacity,
+            ..SyntheticConfig::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -340,9 +341,11 @@ mod tests {
             })
             .is_err()
         );
-        let mut c = SyntheticConfig::default();
-        c.v4 = Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), 30);
-        c.capacity = 3;
+        let c = SyntheticConfig {
+            v4: Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), 30),
+            capacity: 3,
+            ..SyntheticConfig::default()
+        };
         assert!(SyntheticMap::new(c).is_err());
     }
 
