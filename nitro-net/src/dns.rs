@@ -336,13 +336,10 @@ struct Shared {
 #[must_use = "dropping the handle stops the DNS server; call detach() to keep it running"]
 pub struct DnsHandle {
     addr: SocketAddr,
-    shared: Arc<SharedCounters>,
+    shared: Arc<Shared>,
     shutdown: Shutdown,
     detached: bool,
 }
-
-#[derive(Debug)]
-struct SharedCounters(Arc<Shared>);
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -358,10 +355,10 @@ impl DnsHandle {
 
     /// Counters, one per decision.
     pub fn stats(&self) -> DnsStats {
-        self.shared.0.counters.snapshot()
+        self.shared.counters.snapshot()
     }
 
-    /// Stops the server.
+    /// Stops the server: it answers no new question (questions being forwarded are dropped).
     pub fn shutdown(self) {
         self.shutdown.trigger();
     }
@@ -435,7 +432,7 @@ impl DnsServer {
         tracing::info!(addr = %local, "dns: serving");
         Ok(DnsHandle {
             addr: local,
-            shared: Arc::new(SharedCounters(shared)),
+            shared,
             shutdown,
             detached: false,
         })
@@ -560,7 +557,9 @@ async fn serve_udp(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
+                // Transient (an ICMP error reported on the socket, ...): never a busy loop.
                 tracing::debug!(error = %e, "dns: UDP receive failed");
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
         };
