@@ -33,7 +33,8 @@ fn is_root() -> bool {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 pub(crate) async fn run(_ctx: &mut Context) -> anyhow::Result<()> {
@@ -43,10 +44,17 @@ pub(crate) async fn run(_ctx: &mut Context) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let missing: Vec<&str> = ["unshare", "iptables-legacy", "ip6tables-legacy", "ip", "mount", "curl"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
+    let missing: Vec<&str> = [
+        "unshare",
+        "iptables-legacy",
+        "ip6tables-legacy",
+        "ip",
+        "mount",
+        "curl",
+    ]
+    .into_iter()
+    .filter(|t| !on_path(t))
+    .collect();
     if !missing.is_empty() {
         println!(
             "    skipped: {} not installed (scripts/install.sh installs them)",
@@ -89,11 +97,28 @@ pub(crate) async fn child() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // The namespace: lo up, the synthetic ranges routed locally, resolv.conf → 127.0.0.1.
     nitro_net::netlink::loopback_up()?;
-    sh("ip", &["route", "add", "local", "198.18.0.0/15", "dev", "lo"])?;
-    sh("ip", &["-6", "route", "add", "local", "fd6e:6974:726f::/64", "dev", "lo"])?;
+    sh(
+        "ip",
+        &["route", "add", "local", "198.18.0.0/15", "dev", "lo"],
+    )?;
+    sh(
+        "ip",
+        &[
+            "-6",
+            "route",
+            "add",
+            "local",
+            "fd6e:6974:726f::/64",
+            "dev",
+            "lo",
+        ],
+    )?;
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.1\n")?;
-    sh("mount", &["--bind", &resolv.display().to_string(), "/etc/resolv.conf"])?;
+    sh(
+        "mount",
+        &["--bind", &resolv.display().to_string(), "/etc/resolv.conf"],
+    )?;
 
     // Parent: a web server on loopback, the egress server admitting web.internal.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

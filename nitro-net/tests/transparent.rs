@@ -204,6 +204,23 @@ async fn wait_port(addr: SocketAddr) {
     panic!("{addr} never listened");
 }
 
+/// Waits until a DNS server answers (any answer) on `addr`.
+async fn wait_dns(addr: SocketAddr) {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // "web.test TXT", id 0x0101.
+    let q = b"\x01\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x04test\x00\x00\x10\x00\x01";
+    let mut buf = [0u8; 512];
+    for _ in 0..100 {
+        s.send_to(q, addr).await.unwrap();
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(50), s.recv_from(&mut buf)).await
+        {
+            return;
+        }
+    }
+    panic!("no DNS server answers on {addr}");
+}
+
 fn is_synthetic(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => a.octets()[0] == 198 && (a.octets()[1] & 0xfe) == 18,
@@ -316,6 +333,7 @@ async fn scenario() {
         .spawn()
         .unwrap();
     wait_port("127.0.0.1:443".parse().unwrap()).await;
+    wait_dns("127.0.0.1:5353".parse().unwrap()).await;
 
     // --- the parent ---------------------------------------------------------------------------
     let parent_policy = Policy::builder()
