@@ -407,6 +407,13 @@ async fn scenario() {
         "\"v=transparent\"",
         "TXT forwarded to the parent"
     );
+    // A program that ignores /etc/resolv.conf: its DNS is redirected to the enclave's server.
+    let r = client("dig", &["@192.0.2.1", "+short", "web.test", "A"]).await;
+    assert_eq!(
+        r.stdout.trim().parse::<IpAddr>().unwrap(),
+        a,
+        "redirected DNS"
+    );
     let r = client("dig", &["@127.0.0.1", "blocked.test", "A"]).await;
     assert!(r.stdout.contains("status: REFUSED"), "denied name");
     let r = client("dig", &["@127.0.0.1", "blocked.test", "TXT"]).await;
@@ -501,6 +508,15 @@ async fn scenario() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(proxies[0].stats().unknown_synthetic, 1);
+
+    // A connection made to the listener itself (not redirected) is refused.
+    let failed = proxies[0].stats().failed;
+    if let Ok(mut s) = TcpStream::connect("127.0.0.1:15001").await {
+        let mut b = [0u8; 1];
+        assert!(matches!(s.read(&mut b).await, Ok(0) | Err(_)));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(proxies[0].stats().failed, failed + 1);
 
     // --- half-close and 50 MB through the transparent path ----------------------------------------
     let to = synthetic_v4("echo.test", echo.port()).await;
