@@ -192,4 +192,15 @@ mod tests {
         }
         assert!(n >= 10, "only {n} seeds in {dir}");
     }
+
+    proptest::proptest! {
+        /// The DNS entry point holds its invariants on arbitrary bytes (a short stand-in for
+        /// the fuzzer, run with every test).
+        #[test]
+        fn dns_entry_point_is_total(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut data = vec![250u8];
+            data.extend_from_slice(&b);
+            super::fuzz_protocol(&data);
+        }
+    }
 }
