@@ -8,6 +8,9 @@
 //! # enclave: HTTP CONNECT and SOCKS5 proxies on loopback, a fixed forward for KMS, ingress 443
 //! proxy enclave --parent vsock:3:8000 --http-proxy 127.0.0.1:3128 --socks 127.0.0.1:1080 \
 //!     --forward 127.0.0.1:8443=kms.us-east-1.amazonaws.com:443 --ingress 443=127.0.0.1:8080
+//! # enclave, for unmodified programs: transparent egress + DNS (nameserver 127.0.0.1)
+//! proxy enclave --parent vsock:3:8000 --policy enclave-egress.toml --transparent 15001 \
+//!     --dns 127.0.0.1:53
 //! # both on one host, for development: the plain Unix-socket transport
 //! proxy parent --listen uds:/tmp/enclave:8000 --policy egress.toml --ingress 127.0.0.1:8443=443
 //! proxy enclave --parent uds:/tmp/enclave:8000 --http-proxy 127.0.0.1:3128 --ingress 443=127.0.0.1:8080
@@ -89,6 +92,10 @@ struct ParentArgs {
     /// Do not answer time requests.
     #[arg(long)]
     no_time: bool,
+    /// Answer the enclave's forwarded DNS questions (types other than A/AAAA, from `proxy
+    /// enclave --dns`) by asking this resolver, e.g. 169.254.169.253:53 on EC2.
+    #[arg(long, value_name = "ADDR")]
+    dns_upstream: Option<std::net::SocketAddr>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -118,6 +125,18 @@ struct EnclaveArgs {
     /// Do not try to bring the loopback interface up.
     #[arg(long)]
     no_loopback_up: bool,
+    /// Transparent egress for unmodified programs: accept connections redirected by iptables on
+    /// 127.0.0.1:PORT and [::1]:PORT, and install the REDIRECT rules (needs CAP_NET_ADMIN and
+    /// iptables-legacy). Use with --dns.
+    #[arg(long, value_name = "PORT")]
+    transparent: Option<u16>,
+    /// With --transparent: do not install the iptables rules (the image installs them).
+    #[arg(long)]
+    no_redirect_rules: bool,
+    /// Serve DNS on ADDR (UDP and TCP; 127.0.0.1:53 with `nameserver 127.0.0.1` in
+    /// /etc/resolv.conf): synthetic addresses for names the enclave policy admits.
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<std::net::SocketAddr>,
     /// Synchronise with the parent's clock every SECONDS (0: never).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     time_sync: u64,
@@ -154,9 +173,12 @@ async fn parent(a: ParentArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     let limits = a.limits.limits();
     let mut servers: Vec<ServerHandle> = Vec::new();
-    let egress = EgressServer::new(policy)
+    let mut egress = EgressServer::new(policy)
         .limits(limits.clone())
         .time_service(!a.no_time);
+    if let Some(up) = a.dns_upstream {
+        egress = egress.dns_upstream(up);
+    }
     servers.push(egress.spawn_with_shutdown(a.listen.bind().await?, shutdown.clone()));
     for spec in &a.ingress {
         let (tcp, target) = split_eq(spec, "--ingress")?;
@@ -265,8 +287,33 @@ async fn enclave(a: EnclaveArgs) -> anyhow::Result<()> {
         }
         TimeClient::new(a.parent.clone()).config(cfg).spawn()
     });
-    if servers.is_empty() && a.time_sync == 0 {
-        bail!("nothing to do: give --http-proxy, --socks, --forward, --ingress or --time-sync");
+    let names = nitro_net::synthetic::SyntheticNames::new(Default::default())?;
+    let _dns = match a.dns {
+        Some(addr) => Some(
+            nitro_net::dns::DnsServer::new(egress.clone(), names.clone())
+                .bind(addr)
+                .await?,
+        ),
+        None => None,
+    };
+    let mut transparent = Vec::new();
+    if let Some(port) = a.transparent {
+        for host in ["127.0.0.1", "[::1]"] {
+            let l = format!("tcp:{host}:{port}").parse::<Addr>()?.bind().await?;
+            transparent.push(
+                nitro_net::transparent::TransparentProxy::new(egress.clone(), names.clone())
+                    .limits(limits.clone())
+                    .spawn_with_shutdown(l, shutdown.clone()),
+            );
+        }
+        if !a.no_redirect_rules {
+            nitro_net::transparent::RedirectRules::new(port).install()?;
+        }
+    }
+    if servers.is_empty() && transparent.is_empty() && a.dns.is_none() && a.time_sync == 0 {
+        bail!(
+            "nothing to do: give --http-proxy, --socks, --forward, --ingress, --transparent, --dns or --time-sync"
+        );
     }
     run_until_signal(servers, shutdown).await
 }

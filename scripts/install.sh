@@ -24,13 +24,16 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 # Everything the tests use as a real peer or a build input.
-# (g++: libfuzzer-sys builds libFuzzer, which is C++.)
+# (g++: libfuzzer-sys builds libFuzzer, which is C++. iptables for iptables-legacy and
+# ip6tables-legacy, dnsutils for dig, dnsmasq-base as an upstream resolver and dnsperf: the
+# nitro-net transparent egress test and DNS bench.)
 apt_install \
     ca-certificates curl xz-utils bzip2 cpio pkgconf gcc g++ make \
     musl-tools \
     openssl \
     socat iperf3 libssl-dev strace \
     nbdkit libnbd-bin \
+    iptables dnsutils dnsmasq-base dnsperf \
     python3-venv python3-pip
 # qemu-img / qemu-io / qemu-nbd: QEMU 10 from backports.
 apt_install -t bookworm-backports qemu-utils

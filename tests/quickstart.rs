@@ -24,6 +24,7 @@ fn quickstart_runs_every_step() -> anyhow::Result<()> {
         (3, "networking"),
         (4, "KMS"),
         (5, "storage"),
+        (6, "transparent egress"),
     ] {
         assert!(
             stdout.contains(&format!("\n[{n}] {what}")),
@@ -53,6 +54,19 @@ fn quickstart_runs_every_step() -> anyhow::Result<()> {
             "{stdout}"
         );
     }
+    // Step 6 runs as root (in a network namespace), and says why it is skipped otherwise.
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    });
+    let step6 = if root {
+        "-> hello, unmodified application"
+    } else {
+        "skipped: needs root"
+    };
+    assert!(stdout.contains(step6), "{step6:?} missing:\n{stdout}");
     // The KMS key admits exactly the PCR0 the EIF step printed.
     let pcr0 = stdout
         .lines()

@@ -1,6 +1,8 @@
 //! The quickstart: the nitro crates working together, locally, with no AWS account, no root and
 //! no Nitro hardware. Everything runs in this process: a simulated NSM, the parent's services on
-//! temporary Unix sockets, a local KMS.
+//! temporary Unix sockets, a local KMS. Step 6 (transparent egress for an unmodified `curl`)
+//! needs root: it runs in a copy of this program inside a network namespace, and otherwise
+//! says it is skipped and why.
 //!
 //! ```sh
 //! cargo run --release --example quickstart
@@ -13,6 +15,7 @@ mod eif;
 mod fs;
 mod kms;
 mod net;
+mod transparent;
 
 use std::time::Instant;
 
@@ -56,6 +59,10 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::var_os(transparent::CHILD_VAR).is_some() {
+        // The copy of the quickstart that step 6 starts inside a network namespace.
+        return transparent::child().await;
+    }
     let mut ctx = Context {
         dir: tempfile::Builder::new()
             .prefix("nitro-quickstart-")
@@ -101,6 +108,14 @@ async fn main() -> anyhow::Result<()> {
         "storage: a sealed block device served by the parent over NBD",
         &mut ctx,
         fs::run,
+    )
+    .await?;
+
+    step(
+        6,
+        "transparent egress: an unmodified curl reaches a name through the tunnel (root only)",
+        &mut ctx,
+        transparent::run,
     )
     .await?;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::policy::NameVerdict;
-use crate::protocol::{MAX_RESPONSE_BODY, RESPONSE_HEADER_LEN, Request, Response};
+use crate::protocol::{RESPONSE_HEADER_LEN, Request, Response};
 use crate::stats::{ByteCounters, Counters, CountersSnapshot};
 use crate::{Addr, Error, Policy, ProtocolError, Refusal, RefusalCode, Stream};
 
@@ -243,12 +243,13 @@ pub(crate) async fn read_response(stream: &mut Stream) -> Result<Response, Error
     if let Err(e) = Response::decode(&buf) {
         return Err(e.into());
     }
-    if len > MAX_RESPONSE_BODY {
+    let max = crate::protocol::max_response_body(buf[3]);
+    if len > max {
         // decode() above already rejected it; keep the allocation bound explicit.
         return Err(ProtocolError::TooLong {
             what: "tunnel response",
             len,
-            max: MAX_RESPONSE_BODY,
+            max,
         }
         .into());
     }

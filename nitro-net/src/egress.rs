@@ -113,6 +113,7 @@ pub struct EgressServer {
     resolver: Arc<dyn Resolve>,
     time: bool,
     clock: Clock,
+    dns_upstream: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for EgressServer {
@@ -121,6 +122,7 @@ impl std::fmt::Debug for EgressServer {
             .field("policy", &self.policy)
             .field("limits", &self.limits)
             .field("time", &self.time)
+            .field("dns_upstream", &self.dns_upstream)
             .finish_non_exhaustive()
     }
 }
@@ -135,7 +137,19 @@ impl EgressServer {
             resolver: Arc::new(SystemResolver),
             time: true,
             clock: Arc::new(SystemTime::now),
+            dns_upstream: None,
         }
+    }
+
+    /// Answers the enclave's `DNS` requests (questions its in-enclave DNS server forwards:
+    /// types other than `A`/`AAAA`) by asking the resolver at `upstream` (UDP, then TCP when
+    /// the answer is truncated), after checking the question's name against the policy
+    /// (admitted on some port). Default: off (such requests are refused with
+    /// [`RefusalCode::NotSupported`]).
+    #[must_use]
+    pub fn dns_upstream(mut self, upstream: SocketAddr) -> Self {
+        self.dns_upstream = Some(upstream);
+        self
     }
 
     /// Sets the limits and timeouts.
@@ -252,8 +266,34 @@ impl EgressServer {
                     self.connect(stream, peer, ctx, host, port).await;
                     return;
                 }
+                Request::Dns { message } => {
+                    let resp = match crate::dns::answer_on_parent(
+                        &self.policy,
+                        self.dns_upstream,
+                        &message,
+                        ctx.limits.connect_timeout,
+                    )
+                    .await
+                    {
+                        Ok(message) => {
+                            tracing::debug!(%peer, "egress: DNS question answered");
+                            Response::Dns { message }
+                        }
+                        Err(refusal) => {
+                            ctx.registry.counters.refused();
+                            tracing::warn!(%peer, code = %refusal.code, reason = %refusal.message, "egress: DNS question refused");
+                            Response::Refused {
+                                kind: crate::protocol::KIND_DNS,
+                                refusal,
+                            }
+                        }
+                    };
+                    if stream.write_all(&resp.encode()).await.is_err() {
+                        return;
+                    }
+                }
             }
-            // A time connection keeps its handshake slot: it is bounded by the handshake
+            // A time (or DNS) connection keeps its handshake slot: it is bounded by the handshake
             // timeout per request and by MAX_TIME_REQUESTS.
             time_requests += 1;
             if time_requests >= MAX_TIME_REQUESTS {

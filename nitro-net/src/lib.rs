@@ -7,6 +7,7 @@ mod client;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod connector;
+pub mod dns;
 mod egress;
 mod error;
 pub mod ingress;
@@ -21,7 +22,9 @@ mod relay;
 mod serve;
 mod server;
 mod stats;
+pub mod synthetic;
 pub mod time;
+pub mod transparent;
 mod transport;
 
 pub use addr::{Addr, NITRO_PARENT_CID, PARENT_CID_VAR, parent_cid, parent_cid_from_cmdline};
@@ -33,6 +36,6 @@ pub use policy::Policy;
 pub use proxy::{LocalProxy, ProxyKind};
 pub use relay::{BUFFER_SIZE, RelayTotals, relay};
 pub use server::{EMULATOR_MAX_WRITE, Limits, ServerHandle, Shutdown};
-pub use stats::{ConnectionInfo, CountersSnapshot};
+pub use stats::{ConnectionInfo, CountersSnapshot, DnsStats, TransparentStats};
 pub use time::{ClockOffset, TimeClient, TimeConfig, TimeSync};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, Listener, PeerAddr, Stream};

@@ -15,6 +15,9 @@
 //!                                parent connected to)
 //! kind 2 TIME     request body:  nonce:u64
 //!                 status 0 body: nonce:u64 unix_seconds:i64 nanoseconds:u32 (< 10^9)
+//! kind 3 DNS      request body:  one DNS query message (1..=512 bytes, as sent over UDP)
+//!                 status 0 body: the DNS answer (len <= 4096, the only response allowed
+//!                                beyond 1024 bytes)
 //! status != 0     body: UTF-8 reason; status is a [`RefusalCode`] wire value
 //! ```
 //!
@@ -52,6 +55,19 @@ pub const HYBRID_LINE_MAX: usize = 32;
 pub const KIND_CONNECT: u8 = 1;
 /// Message kind byte of a `TIME` request.
 pub const KIND_TIME: u8 = 2;
+/// Message kind byte of a `DNS` request (a query forwarded to the parent's resolver).
+pub const KIND_DNS: u8 = 3;
+/// Largest DNS answer body accepted in a response.
+pub const MAX_DNS_RESPONSE_BODY: usize = 4096;
+
+/// Largest response body accepted for a response of this kind.
+pub fn max_response_body(kind: u8) -> usize {
+    if kind == KIND_DNS {
+        MAX_DNS_RESPONSE_BODY
+    } else {
+        MAX_RESPONSE_BODY
+    }
+}
 
 /// A request from the enclave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +84,12 @@ pub enum Request {
     Time {
         /// Echoed in the answer.
         nonce: u64,
+    },
+    /// Forward one DNS query (wire format) to the parent's resolver. The parent checks the
+    /// question against its policy first.
+    Dns {
+        /// The query message.
+        message: Vec<u8>,
     },
 }
 
@@ -88,6 +110,11 @@ pub enum Response {
         unix_seconds: i64,
         /// Nanoseconds within the second (< 10^9).
         nanos: u32,
+    },
+    /// The resolver's answer to a `DNS` request (wire format, not validated here).
+    Dns {
+        /// The answer message.
+        message: Vec<u8>,
     },
     /// The request was refused.
     Refused {
@@ -200,6 +227,14 @@ impl Request {
                 }
                 Request::Time { nonce: be64(body) }
             }
+            KIND_DNS => {
+                if body.is_empty() {
+                    return Err(ProtocolError::malformed("DNS request", "empty query"));
+                }
+                Request::Dns {
+                    message: body.to_vec(),
+                }
+            }
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         Ok(Some((req, total)))
@@ -210,10 +245,12 @@ impl Request {
         match self {
             Request::Connect { .. } => KIND_CONNECT,
             Request::Time { .. } => KIND_TIME,
+            Request::Dns { .. } => KIND_DNS,
         }
     }
 
-    /// Encodes the request. Fails only for a host longer than [`MAX_HOST_LEN`] or empty.
+    /// Encodes the request. Fails only for a host longer than [`MAX_HOST_LEN`] or empty, or a
+    /// DNS query empty or longer than [`MAX_REQUEST_BODY`].
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
         let mut body = Vec::with_capacity(16);
         match self {
@@ -231,6 +268,16 @@ impl Request {
                 body.extend_from_slice(hb);
             }
             Request::Time { nonce } => body.extend_from_slice(&nonce.to_be_bytes()),
+            Request::Dns { message } => {
+                if message.is_empty() || message.len() > MAX_REQUEST_BODY {
+                    return Err(ProtocolError::TooLong {
+                        what: "DNS query",
+                        len: message.len(),
+                        max: MAX_REQUEST_BODY,
+                    });
+                }
+                body.extend_from_slice(message);
+            }
         }
         let mut out = Vec::with_capacity(REQUEST_HEADER_LEN + body.len());
         out.extend_from_slice(&MAGIC);
@@ -259,11 +306,12 @@ impl Response {
         let kind = buf[3];
         let status = buf[4];
         let len = usize::from(be16(&buf[5..7]));
-        if len > MAX_RESPONSE_BODY {
+        let max = max_response_body(kind);
+        if len > max {
             return Err(ProtocolError::TooLong {
                 what: "tunnel response",
                 len,
-                max: MAX_RESPONSE_BODY,
+                max,
             });
         }
         let total = RESPONSE_HEADER_LEN + len;
@@ -307,6 +355,9 @@ impl Response {
                     nanos,
                 }
             }
+            KIND_DNS => Response::Dns {
+                message: body.to_vec(),
+            },
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         Ok(Some((resp, total)))
@@ -327,6 +378,12 @@ impl Response {
                 b.extend_from_slice(&unix_seconds.to_be_bytes());
                 b.extend_from_slice(&nanos.to_be_bytes());
                 (KIND_TIME, 0, b)
+            }
+            Response::Dns { message } => {
+                // An answer too long for the limit is cut (the enclave rejects it as malformed
+                // DNS); the parent truncates properly before this.
+                let n = message.len().min(MAX_DNS_RESPONSE_BODY);
+                (KIND_DNS, 0, message[..n].to_vec())
             }
             Response::Refused { kind, refusal } => {
                 let mut msg = refusal.message.as_str();
@@ -459,6 +516,9 @@ mod tests {
                 port: 1,
             },
             Request::Time { nonce: u64::MAX },
+            Request::Dns {
+                message: vec![0xab; MAX_REQUEST_BODY],
+            },
         ];
         for r in reqs {
             let b = r.encode().unwrap();
@@ -507,6 +567,7 @@ mod tests {
             (vec![b'N', b'T', 1, 1, 0, 3, 0, 80, 0], "empty host"),
             (vec![b'N', b'T', 1, 1, 0, 4, 0, 80, 1, 0xff], "utf8"),
             (vec![b'N', b'T', 1, 2, 0, 4, 0, 0, 0, 0], "time body"),
+            (vec![b'N', b'T', 1, 3, 0, 0], "empty dns"),
         ];
         for (b, what) in cases {
             let r = Request::decode(&b);
@@ -552,6 +613,9 @@ mod tests {
                 kind: KIND_CONNECT,
                 refusal: Refusal::new(RefusalCode::DeniedByPolicy, "deny[0] cidr 169.254.0.0/16"),
             },
+            Response::Dns {
+                message: vec![7; MAX_DNS_RESPONSE_BODY],
+            },
         ];
         for r in rs {
             let b = r.encode();
@@ -583,6 +647,8 @@ mod tests {
             vec![b'N', b'T', 1, 7, 0, 0, 0],
             vec![b'N', b'T', 9, 1, 0, 0, 0],
             vec![b'N', b'T', 1, 1, 1, 0xff, 0xff],
+            vec![b'N', b'T', 1, 1, 0, 0x04, 0x01],
+            vec![b'N', b'T', 1, 3, 0, 0x10, 0x01],
             vec![b'X', b'T', 1, 1, 1, 0, 0],
             {
                 let mut b = Response::Time {

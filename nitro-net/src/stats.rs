@@ -177,3 +177,97 @@ impl Drop for ConnGuard {
         self.registry.counters.closed();
     }
 }
+
+/// Decisions of a [`DnsServer`](crate::dns::DnsServer).
+#[derive(Debug, Default)]
+pub(crate) struct DnsCounters {
+    pub(crate) queries: AtomicU64,
+    pub(crate) synthetic: AtomicU64,
+    pub(crate) no_data: AtomicU64,
+    pub(crate) denied: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) forward_failed: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl DnsCounters {
+    pub(crate) fn snapshot(&self) -> DnsStats {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DnsStats {
+            queries: l(&self.queries),
+            synthetic: l(&self.synthetic),
+            no_data: l(&self.no_data),
+            denied: l(&self.denied),
+            forwarded: l(&self.forwarded),
+            forward_failed: l(&self.forward_failed),
+            malformed: l(&self.malformed),
+        }
+    }
+}
+
+/// A point-in-time copy of a DNS server's counters (one per decision).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DnsStats {
+    /// Queries received (UDP and TCP).
+    pub queries: u64,
+    /// `A`/`AAAA` questions answered with synthetic addresses.
+    pub synthetic: u64,
+    /// Questions answered with no record (`AAAA` with IPv6 off, `HTTPS`/`SVCB`, ...).
+    pub no_data: u64,
+    /// Questions for names the enclave policy denies (answered `REFUSED` or `NXDOMAIN`).
+    pub denied: u64,
+    /// Questions forwarded to the parent's resolver and answered.
+    pub forwarded: u64,
+    /// Forwarded questions the parent refused or failed (answered `SERVFAIL` or `REFUSED`).
+    pub forward_failed: u64,
+    /// Messages that were not a single well-formed question (answered `FORMERR`/`NOTIMP`, or
+    /// dropped when not even the header was readable).
+    pub malformed: u64,
+}
+
+/// Decisions of a [`TransparentProxy`](crate::transparent::TransparentProxy).
+#[derive(Debug, Default)]
+pub(crate) struct TransparentCounters {
+    pub(crate) by_name: AtomicU64,
+    pub(crate) by_address: AtomicU64,
+    pub(crate) unknown_synthetic: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+impl TransparentCounters {
+    pub(crate) fn snapshot(&self, relay: CountersSnapshot) -> TransparentStats {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransparentStats {
+            by_name: l(&self.by_name),
+            by_address: l(&self.by_address),
+            unknown_synthetic: l(&self.unknown_synthetic),
+            refused: l(&self.refused),
+            failed: l(&self.failed),
+            relay,
+        }
+    }
+}
+
+/// A point-in-time copy of a transparent listener's counters (one per decision).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransparentStats {
+    /// Connections to a synthetic address, forwarded by name.
+    pub by_name: u64,
+    /// Connections to a real address (an IP literal), forwarded by address.
+    pub by_address: u64,
+    /// Connections to a synthetic address no name stands behind (refused).
+    pub unknown_synthetic: u64,
+    /// Connections refused by the enclave policy or the parent.
+    pub refused: u64,
+    /// Connections that failed otherwise (no original destination, transport error, ...).
+    pub failed: u64,
+    /// Relay totals (connections and bytes) of the forwarded connections.
+    pub relay: CountersSnapshot,
+}

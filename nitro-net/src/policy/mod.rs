@@ -299,6 +299,43 @@ impl Policy {
         }
     }
 
+    /// Whether [`Policy::check_name`] admits `host` on *some* port (what a DNS server can
+    /// decide, before the port is known). Returns the normalised name, or the refusal for the
+    /// lowest port (all ports refuse). The decision only changes at rule port boundaries, so
+    /// only those ports are checked.
+    ///
+    /// ```
+    /// use nitro_net::policy::Policy;
+    ///
+    /// let p = Policy::builder().allow_host("api.example.com", &[443]).build()?;
+    /// assert_eq!(p.check_name_any_port("API.example.com.").unwrap(), "api.example.com");
+    /// assert!(p.check_name_any_port("other.example.com").is_err());
+    /// # Ok::<(), nitro_net::PolicyError>(())
+    /// ```
+    pub fn check_name_any_port(&self, host: &str) -> Result<String, Refusal> {
+        let mut ports = vec![1u16];
+        for r in self.allow.iter().chain(&self.deny) {
+            for range in &r.ports.0 {
+                ports.push(*range.start());
+                ports.extend(range.end().checked_add(1));
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        let mut first = None;
+        for p in ports {
+            match self.check_name(host, p) {
+                Ok(NameVerdict::Name { name, .. }) => return Ok(name),
+                Ok(NameVerdict::Ip(ip)) => return Ok(ip.to_string()),
+                Err(r) if r.code == RefusalCode::BadRequest => return Err(r),
+                Err(r) => {
+                    first.get_or_insert(r);
+                }
+            }
+        }
+        Err(first.unwrap_or_else(|| denied(format!("{host}: no port admitted"))))
+    }
+
     /// Checks one address. `name` gives the host rule context for resolved addresses.
     fn check_ip(&self, ip: IpAddr, port: u16, name: Option<(&str, bool)>) -> Result<(), Refusal> {
         let ip = canonical_ip(ip);
