@@ -28,7 +28,7 @@ pub use format::{
     Arch, CRC_OFFSET, DEFAULT_CPUS, DEFAULT_MEM, EifHeader, FLAG_ARM64, HEADER_SIZE, MAGIC,
     MAX_SECTIONS, SECTION_HEADER_SIZE, SectionKind, VERSION,
 };
-pub use image::{ImageConfig, ImageOptions};
+pub use image::{DEFAULT_MAX_UNPACKED, ImageConfig, ImageOptions};
 pub use measure::{Measurements, PCR_LEN, Pcr};
 pub use metadata::{BuildInfo, Metadata, build_time_from_env, format_build_time};
 pub use ramdisk::{BootstrapRamdisk, CustomerRamdisk};
