@@ -10,6 +10,7 @@ compile_error!(
 
 mod builder;
 mod cpio;
+mod detached;
 mod error;
 mod format;
 mod image;
@@ -23,6 +24,9 @@ mod stream;
 
 pub use builder::{BuildOutput, EifBuilder, Progress, Source};
 pub use cpio::{CpioArchive, CpioReader};
+pub use detached::{
+    AsyncSigner, Blocking, BoxError, EifSignature, SignRequest, sign_eif, sign_eif_async,
+};
 pub use error::{Error, FormatError, Result, SignatureError};
 pub use format::{
     Arch, CRC_OFFSET, DEFAULT_CPUS, DEFAULT_MEM, EifHeader, FLAG_ARM64, HEADER_SIZE, MAGIC,
