@@ -203,7 +203,11 @@ impl EifSignature {
     /// every section but an old signature is copied byte for byte, the new signature section
     /// goes last, the header's section table and CRC are recomputed. The input must measure to
     /// the signed PCR0 and its CRC must match. Written atomically (temporary file, rename).
-    pub fn write_eif(&self, input: impl AsRef<Path>, output: impl AsRef<Path>) -> Result<Measurements> {
+    pub fn write_eif(
+        &self,
+        input: impl AsRef<Path>,
+        output: impl AsRef<Path>,
+    ) -> Result<Measurements> {
         write_signed(input.as_ref(), output.as_ref(), self)
     }
 }
@@ -286,7 +290,9 @@ fn write_signed(input: &Path, output: &Path, signature: &EifSignature) -> Result
     header.section_sizes = [0; format::MAX_SECTIONS];
     header.num_sections = u16::try_from(keep.len() + 1).unwrap_or(u16::MAX);
     if keep.len() + 1 > format::MAX_SECTIONS {
-        return Err(Error::InvalidInput("too many sections to add a signature".into()));
+        return Err(Error::InvalidInput(
+            "too many sections to add a signature".into(),
+        ));
     }
 
     let dir = match output.parent() {

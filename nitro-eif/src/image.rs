@@ -459,9 +459,8 @@ impl Store {
         match self {
             Store::Dir(d) => {
                 let _ = norm;
-                let p = Self::dir_member(d, name)?.ok_or_else(|| {
-                    Error::Image(format!("{} has no file {name:?}", d.display()))
-                })?;
+                let p = Self::dir_member(d, name)?
+                    .ok_or_else(|| Error::Image(format!("{} has no file {name:?}", d.display())))?;
                 let f =
                     File::open(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
                 let len = f
@@ -850,7 +849,11 @@ impl Spool {
     fn add(&mut self, r: &mut dyn Read, expected: u64, what: &[u8]) -> Result<Data> {
         // Refuse before copying anything: `expected` is the member's logical size (for a sparse
         // member, holes included), which is what the spool and the ramdisk will hold.
-        if self.len.checked_add(expected).is_none_or(|t| t > self.limit) {
+        if self
+            .len
+            .checked_add(expected)
+            .is_none_or(|t| t > self.limit)
+        {
             return Err(Error::ImageTooLarge {
                 what: format!(
                     "{} ({expected} bytes, after {} bytes of earlier files)",

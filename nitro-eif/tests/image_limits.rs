@@ -193,8 +193,10 @@ fn a_compressed_outer_archive_is_decompressed_under_the_cap() {
     write(
         dir.path(),
         "manifest.json",
-        &serde_json::to_vec(&json!([{"Config": "c.json", "RepoTags": ["a:1"], "Layers": ["l/layer.tar"]}]))
-            .unwrap(),
+        &serde_json::to_vec(
+            &json!([{"Config": "c.json", "RepoTags": ["a:1"], "Layers": ["l/layer.tar"]}]),
+        )
+        .unwrap(),
     );
     let mut b = tar::Builder::new(Vec::new());
     b.append_dir_all(".", dir.path()).unwrap();
@@ -258,7 +260,10 @@ fn docker_save_directories_do_not_follow_links_out_of_the_root() {
     // The config through a relative link that climbs out.
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "l/layer.tar", &layer);
-    let up = format!("../{}/c.json", outside.path().file_name().unwrap().to_str().unwrap());
+    let up = format!(
+        "../{}/c.json",
+        outside.path().file_name().unwrap().to_str().unwrap()
+    );
     std::os::unix::fs::symlink(&up, dir.path().join("c.json")).unwrap();
     assert!(dir.path().join("c.json").exists(), "the link resolves");
     docker_dir(dir.path(), "c.json", "l/layer.tar");

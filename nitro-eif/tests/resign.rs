@@ -31,7 +31,11 @@ fn openssl() -> Option<PathBuf> {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A P-384 key and self-signed certificate made by openssl in `dir`.
@@ -88,7 +92,10 @@ fn openssl_signs_a_request_and_the_signature_is_attached() {
         (after.pcr0, after.pcr1, after.pcr2),
         (before.pcr0, before.pcr1, before.pcr2)
     );
-    assert_eq!(after.pcr8, Some(Pcr::of_certificate_pem(&cert_pem).unwrap()));
+    assert_eq!(
+        after.pcr8,
+        Some(Pcr::of_certificate_pem(&cert_pem).unwrap())
+    );
     assert_eq!(measurements(&signed), after);
     // openssl verifies what the image now carries, over the same bytes.
     let raw = SigningAlgorithm::Es384.signature_from_der(&der).unwrap();
@@ -124,13 +131,19 @@ fn openssl_signs_a_request_and_the_signature_is_attached() {
         (before.pcr0, before.pcr1, before.pcr2)
     );
     let cert2_pem = std::fs::read(&cert2).unwrap();
-    assert_eq!(resigned.pcr8, Some(Pcr::of_certificate_pem(&cert2_pem).unwrap()));
+    assert_eq!(
+        resigned.pcr8,
+        Some(Pcr::of_certificate_pem(&cert2_pem).unwrap())
+    );
     let eif = EifReader::open(&signed).unwrap();
     assert_eq!(eif.signing_certificate_pem(), Some(&cert2_pem[..]));
     // One signature section, last.
     let kinds: Vec<_> = eif.sections().iter().map(|s| s.kind).collect();
     assert_eq!(
-        kinds.iter().filter(|k| **k == nitro_eif::SectionKind::Signature).count(),
+        kinds
+            .iter()
+            .filter(|k| **k == nitro_eif::SectionKind::Signature)
+            .count(),
         1
     );
     assert_eq!(kinds.last(), Some(&nitro_eif::SectionKind::Signature));
@@ -173,7 +186,10 @@ fn wrong_signatures_and_damaged_images_are_refused() {
     let e = section
         .write_eif(&different, dir.path().join("x.eif"))
         .unwrap_err();
-    assert!(matches!(e, Error::InvalidInput(ref m) if m.contains("PCR0")), "{e}");
+    assert!(
+        matches!(e, Error::InvalidInput(ref m) if m.contains("PCR0")),
+        "{e}"
+    );
     // A damaged image (bad CRC) is not signed.
     let mut bytes = std::fs::read(&eif).unwrap();
     let n = bytes.len();

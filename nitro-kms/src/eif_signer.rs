@@ -95,9 +95,7 @@ fn kms_algorithm(a: SigningAlgorithm) -> Result<&'static str, Error> {
         SigningAlgorithm::Es256 => Ok("ECDSA_SHA_256"),
         SigningAlgorithm::Es384 => Ok("ECDSA_SHA_384"),
         SigningAlgorithm::Es512 => Ok("ECDSA_SHA_512"),
-        _ => Err(Error::Config(format!(
-            "no KMS signing algorithm for {a}"
-        ))),
+        _ => Err(Error::Config(format!("no KMS signing algorithm for {a}"))),
     }
 }
 

@@ -64,7 +64,10 @@ async fn a_kms_key_in_moto_signs_an_eif_that_nitro_cli_accepts() {
         .message_type(SignMessageType::Raw);
     let signed = dir.path().join("signed.eif");
     let m = sign_eif_async(&unsigned, &signed, &signer).await.unwrap();
-    assert_eq!(m.pcr8, Some(nitro_eif::Pcr::of_certificate_pem(&cert).unwrap()));
+    assert_eq!(
+        m.pcr8,
+        Some(nitro_eif::Pcr::of_certificate_pem(&cert).unwrap())
+    );
     check_signed(&unsigned, &signed, &cert);
 
     // A server that ignores DIGEST (moto signs the digest again as a message) yields a

@@ -112,14 +112,29 @@ pub async fn certify(kms: &KmsClient, key_id: &str, openssl: &Path, dir: &Path) 
         .arg("-out")
         .arg(dir.join("kms-pub.pem")));
     run(Command::new(openssl)
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+        ])
         .args(["-nodes", "-days", "2", "-subj", "/CN=EIF signing CA"])
         .arg("-keyout")
         .arg(dir.join("ca.key"))
         .arg("-out")
         .arg(dir.join("ca.pem")));
     run(Command::new(openssl)
-        .args(["x509", "-new", "-days", "2", "-sha384", "-subj", "/CN=EIF signer in KMS/O=nitro-rs"])
+        .args([
+            "x509",
+            "-new",
+            "-days",
+            "2",
+            "-sha384",
+            "-subj",
+            "/CN=EIF signer in KMS/O=nitro-rs",
+        ])
         .arg("-force_pubkey")
         .arg(dir.join("kms-pub.pem"))
         .arg("-CA")
