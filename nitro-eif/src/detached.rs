@@ -41,7 +41,19 @@ pub trait AsyncSigner: Send + Sync {
 
 /// Adapts a synchronous [`Signer`] to [`AsyncSigner`] (its `sign` runs inline).
 #[derive(Debug)]
-pub struct Blocking<S>(pub S);
+pub struct Blocking<S>(S);
+
+impl<S: Signer> Blocking<S> {
+    /// Wraps `signer`.
+    pub fn new(signer: S) -> Self {
+        Blocking(signer)
+    }
+
+    /// Gives back the signer.
+    pub fn into_inner(self) -> S {
+        self.0
+    }
+}
 
 impl<S: Signer> AsyncSigner for Blocking<S> {
     fn certificate_pem(&self) -> &[u8] {

@@ -54,7 +54,7 @@ pub enum Error {
     Image(String),
 
     /// A container image unpacks to more than the configured cap
-    /// ([`ImageOptions::max_unpacked`](crate::ImageOptions::max_unpacked)): the running total
+    /// ([`ImageOptions::max_unpacked`](crate::ImageOptions::max_unpacked())): the running total
     /// of its files' logical sizes, or one of its decompressed streams.
     #[error("container image: {what} exceeds the unpacked size limit of {limit} bytes")]
     ImageTooLarge {

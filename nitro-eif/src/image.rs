@@ -24,7 +24,7 @@ use crate::format::Arch;
 /// Largest JSON document (index, manifest, config) read from an image.
 const MAX_JSON: u64 = 16 << 20;
 
-/// Default cap on the unpacked size of an image ([`ImageOptions::max_unpacked`]): 4 GiB. The
+/// Default cap on the unpacked size of an image ([`ImageOptions::max_unpacked()`]): 4 GiB. The
 /// ramdisk has to fit in the enclave's memory anyway.
 pub const DEFAULT_MAX_UNPACKED: u64 = 4 << 30;
 
@@ -49,7 +49,7 @@ pub struct ImageOptions {
 }
 
 impl ImageOptions {
-    /// Options capping the unpacked size at `bytes` (see [`ImageOptions::max_unpacked`]).
+    /// Options capping the unpacked size at `bytes` (see the field of the same name).
     pub fn max_unpacked(mut self, bytes: u64) -> Self {
         self.max_unpacked = Some(bytes);
         self

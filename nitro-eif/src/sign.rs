@@ -79,7 +79,7 @@ impl SigningAlgorithm {
     /// ```
     pub fn signature_from_der(self, der: &[u8]) -> Result<Vec<u8>> {
         let bad = |why: &str| Error::SigningKey(format!("DER ECDSA signature: {why}"));
-        fn tlv<'a>(b: &'a [u8], tag: u8) -> Option<(&'a [u8], &'a [u8])> {
+        fn tlv(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
             let (&t, rest) = b.split_first()?;
             if t != tag {
                 return None;

@@ -209,7 +209,7 @@ fn the_async_path_signs_like_the_sync_one() {
     let eif = dir.path().join("app.eif");
     std::fs::write(&eif, common::small_eif(true)).unwrap();
     let (k, c) = common::p384_identity();
-    let signer = Blocking(PemSigner::new(k.as_bytes(), c.as_bytes()).unwrap());
+    let signer = Blocking::new(PemSigner::new(k.as_bytes(), c.as_bytes()).unwrap());
     let out = dir.path().join("async.eif");
     // A minimal executor: the future is ready at once.
     let fut = sign_eif_async(&eif, &out, &signer);
