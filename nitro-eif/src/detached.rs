@@ -73,7 +73,7 @@ impl<S: Signer> AsyncSigner for Blocking<S> {
 /// documentation.
 ///
 /// ```
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// # let (key_pem, cert_pem) = {
 /// #     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
 /// #     let cert = rcgen::CertificateParams::new(vec!["signer".into()])?.self_signed(&key)?;
