@@ -454,23 +454,23 @@ impl Store {
 
     /// Opens member `name` and returns a reader and its size.
     fn open_member(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
-        let norm = normalize(name.as_bytes())
-            .map_err(|e| Error::Image(format!("bad path {name:?}: {e}")))?;
         match self {
             Store::Dir(d) => {
-                let _ = norm;
                 let p = Self::dir_member(d, name)?
                     .ok_or_else(|| Error::Image(format!("{} has no file {name:?}", d.display())))?;
                 let f =
                     File::open(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
-                let len = f
+                let meta = f
                     .metadata()
-                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
-                    .len();
-                Ok((Box::new(f), len))
+                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+                if !meta.is_file() {
+                    return Err(Error::Image(format!("{name:?} is not a regular file")));
+                }
+                Ok((Box::new(f), meta.len()))
             }
             Store::Tar { file, members } => {
-                let mut key = norm;
+                let mut key = normalize(name.as_bytes())
+                    .map_err(|e| Error::Image(format!("bad path {name:?}: {e}")))?;
                 for _ in 0..16 {
                     match members.get(&key) {
                         Some(Member::Data { offset, size }) => {
