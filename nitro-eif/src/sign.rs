@@ -779,6 +779,46 @@ mod tests {
     }
 
     #[test]
+    fn der_signatures_convert_strictly() {
+        let alg = SigningAlgorithm::Es384;
+        // r and s of 48 bytes with the top bit set: 49-byte INTEGERs, total 0x66 (short form).
+        let mut der = vec![0x30, 0x66, 0x02, 0x31, 0x00];
+        der.extend_from_slice(&[0xff; 48]);
+        der.extend_from_slice(&[0x02, 0x31, 0x00]);
+        der.extend_from_slice(&[0x80; 48]);
+        let raw = alg.signature_from_der(&der).unwrap_or_default();
+        assert_eq!(raw.len(), 96);
+        assert!(raw[..48].iter().all(|&b| b == 0xff) && raw[48..].iter().all(|&b| b == 0x80));
+        // P-521: 66-byte halves need the long length form.
+        let mut long = vec![0x30, 0x81, 0x88, 0x02, 0x42, 0x01];
+        long.extend_from_slice(&[0x11; 65]);
+        long.extend_from_slice(&[0x02, 0x42, 0x01]);
+        long.extend_from_slice(&[0x22; 65]);
+        let raw = SigningAlgorithm::Es512
+            .signature_from_der(&long)
+            .unwrap_or_default();
+        assert_eq!((raw.len(), raw[0], raw[1], raw[66]), (132, 1, 0x11, 1));
+        for bad in [
+            &[][..],
+            &[0x30, 0x00],                                           // no INTEGERs
+            &[0x30, 0x06, 0x02, 0x01, 0x80, 0x02, 0x01, 0x01],       // negative r
+            &[0x30, 0x07, 0x02, 0x02, 0x00, 0x01, 0x02, 0x01, 0x01], // non-minimal r
+            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00], // trailing byte
+            &[
+                0x30, 0x09, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01,
+            ], // three
+            &[0x30, 0x81, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], // non-minimal length
+        ] {
+            assert!(alg.signature_from_der(bad).is_err(), "{bad:02x?}");
+        }
+        // An INTEGER wider than the curve.
+        let mut wide = vec![0x30, 0x35, 0x02, 0x31];
+        wide.extend_from_slice(&[0x01; 49]);
+        wide.extend_from_slice(&[0x02, 0x01, 0x01]);
+        assert!(alg.signature_from_der(&wide).is_err());
+    }
+
+    #[test]
     fn openssl_time_format() {
         let t = x509_parser::time::ASN1Time::from_timestamp(1_704_164_645)
             .unwrap_or_else(|_| x509_parser::time::ASN1Time::now());
