@@ -177,6 +177,10 @@ struct Build {
     /// Image to pick when the archive holds several (e.g. `app:1`).
     #[arg(long, requires = "image")]
     image_ref: Option<String>,
+    /// Cap on the unpacked size of the container image in MiB (files' logical sizes and every
+    /// decompression; default 4096).
+    #[arg(long, requires = "image")]
+    max_unpacked_mib: Option<u64>,
     /// Command (argv) to run; replaces the image's Entrypoint + Cmd.
     #[arg(long, num_args = 1.., requires = "init")]
     cmd: Vec<String>,
@@ -291,6 +295,9 @@ fn build(a: Build) -> anyhow::Result<()> {
                 let mut opts = ImageOptions::default();
                 if let Some(r) = &a.image_ref {
                     opts = opts.reference(r.clone());
+                }
+                if let Some(mib) = a.max_unpacked_mib {
+                    opts = opts.max_unpacked(mib.saturating_mul(1 << 20));
                 }
                 if let Some(arch) = kernel_arch(&a.kernel, a.arch.as_deref())? {
                     opts = opts.arch(arch);
