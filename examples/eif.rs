@@ -10,8 +10,17 @@
 //!     --rootfs ./rootfs --cmd /bin/app --env RUST_LOG=info -o app.eif
 //! # From a container image saved without a registry (`docker save app:1 -o app.tar`, or an OCI layout):
 //! cargo run --release --example eif -- build --kernel bzImage --cmdline "console=ttyS0" \
-//!     --init init --module nsm.ko --image app.tar --sign-key key.pem --sign-cert cert.pem -o app.eif
-//! cargo run --release --example eif -- describe app.eif
+//!     --init init --module nsm.ko --image app.tar --private-key key.pem \
+//!     --signing-certificate cert.pem --output-file app.eif
+//! # --private-key also takes a KMS key ARN (credentials from the AWS environment variables):
+//! cargo run --release --example eif -- sign --eif-path app.eif \
+//!     --private-key arn:aws:kms:us-east-1:111122223333:key/ID --signing-certificate cert.pem
+//! # Detached: the bytes to sign, signed elsewhere, attached (DER or raw r||s):
+//! cargo run --release --example eif -- sign-request --eif-path app.eif --signing-certificate cert.pem -o tbs.bin
+//! openssl dgst -sha384 -sign key.pem -out sig.der tbs.bin
+//! cargo run --release --example eif -- attach-signature --eif-path app.eif \
+//!     --signing-certificate cert.pem --signature sig.der
+//! cargo run --release --example eif -- describe-eif --eif-path app.eif
 //! cargo run --release --example eif -- pcr --signing-certificate cert.pem
 //! cargo run --release --example eif -- extract app.eif --dir unpacked/
 //! # Build speed against the floor (one SHA-384 pass over the same bytes), interleaved rounds:
@@ -29,8 +38,11 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use nitro_eif::{
     Arch, BootstrapRamdisk, CustomerRamdisk, EifBuilder, EifReader, ImageOptions, Pcr, PemSigner,
-    SectionKind,
+    SectionKind, SignRequest, sign_eif, sign_eif_async,
 };
+use nitro_kms::KmsClient;
+use nitro_kms::credentials::EnvironmentCredentials;
+use nitro_kms::eif_signer::{KmsEifSigner, SignMessageType};
 
 #[derive(Parser)]
 #[command(
@@ -47,9 +59,14 @@ enum Command {
     /// Build an EIF and print its describe JSON.
     Build(Box<Build>),
     /// Print the `nitro-cli describe-eif` JSON of an EIF (PCRs recomputed, CRC and signature checked).
+    #[command(name = "describe", visible_alias = "describe-eif")]
     Describe {
+        /// The EIF (positional, or `--eif-path` as nitro-cli spells it).
+        #[arg(required_unless_present = "eif_path", conflicts_with = "eif_path")]
+        file: Option<PathBuf>,
         /// The EIF.
-        file: PathBuf,
+        #[arg(long)]
+        eif_path: Option<PathBuf>,
         /// Also check that the signing certificate is valid now.
         #[arg(long)]
         check_certificate_time: bool,
@@ -72,6 +89,56 @@ enum Command {
         /// Rounds (each runs every contender once).
         #[arg(long, default_value_t = 7)]
         rounds: usize,
+    },
+    /// Write the exact bytes to be signed for an EIF (the COSE Sig_structure over its PCR0):
+    /// sign them elsewhere (`openssl dgst -sha384 -sign key.pem -out sig.der FILE`, an HSM),
+    /// then use `attach-signature`.
+    SignRequest {
+        /// The EIF.
+        #[arg(long)]
+        eif_path: PathBuf,
+        /// PEM certificate of the key that will sign.
+        #[arg(long)]
+        signing_certificate: PathBuf,
+        /// Where to write the bytes to sign.
+        #[arg(short = 'o', long = "output-file")]
+        output: PathBuf,
+        /// Write their SHA-384 digest instead (for signers that take a digest).
+        #[arg(long)]
+        digest: bool,
+    },
+    /// Put a signature made elsewhere (DER, as openssl writes it, or raw r||s) into an EIF;
+    /// the signature is checked against the certificate first.
+    AttachSignature {
+        /// The EIF.
+        #[arg(long)]
+        eif_path: PathBuf,
+        /// PEM certificate of the key that signed.
+        #[arg(long)]
+        signing_certificate: PathBuf,
+        /// The signature file.
+        #[arg(long)]
+        signature: PathBuf,
+        /// Output EIF (default: replace the input).
+        #[arg(short = 'o', long = "output-file")]
+        output: Option<PathBuf>,
+    },
+    /// Sign or re-sign an existing EIF without rebuilding it (PCR0-2 unchanged), like
+    /// `nitro-cli sign-eif`.
+    #[command(visible_alias = "sign-eif")]
+    Sign {
+        /// The EIF.
+        #[arg(long)]
+        eif_path: PathBuf,
+        /// PEM private key file or KMS key ARN.
+        #[arg(long, visible_alias = "sign-key")]
+        private_key: String,
+        /// PEM certificate of the signing key.
+        #[arg(long, visible_alias = "sign-cert")]
+        signing_certificate: PathBuf,
+        /// Output EIF (default: replace the input).
+        #[arg(short = 'o', long = "output-file")]
+        output: Option<PathBuf>,
     },
     /// Write an EIF's sections to files: kernel, cmdline, metadata.json, ramdisk-N.cpio,
     /// signature.cbor and signing-certificate.pem.
@@ -110,18 +177,23 @@ struct Build {
     /// Image to pick when the archive holds several (e.g. `app:1`).
     #[arg(long, requires = "image")]
     image_ref: Option<String>,
+    /// Cap on the unpacked size of the container image in MiB (files' logical sizes and every
+    /// decompression; default 4096).
+    #[arg(long, requires = "image")]
+    max_unpacked_mib: Option<u64>,
     /// Command (argv) to run; replaces the image's Entrypoint + Cmd.
     #[arg(long, num_args = 1.., requires = "init")]
     cmd: Vec<String>,
     /// Environment variables NAME=VALUE; added to (or replacing) the image's Env.
     #[arg(long, num_args = 1.., requires = "init")]
     env: Vec<String>,
-    /// PEM private key (P-256/P-384/P-521) to sign the image with.
-    #[arg(long, requires = "sign_cert")]
-    sign_key: Option<PathBuf>,
+    /// Signing key: a PEM private key file (P-256/P-384/P-521) or a KMS key ARN
+    /// (`arn:aws:kms:REGION:ACCOUNT:key/ID`), as nitro-cli takes it.
+    #[arg(long, visible_alias = "sign-key", requires = "signing_certificate")]
+    private_key: Option<String>,
     /// PEM certificate of the signing key (its fingerprint is PCR8).
-    #[arg(long, requires = "sign_key")]
-    sign_cert: Option<PathBuf>,
+    #[arg(long, visible_alias = "sign-cert", requires = "private_key")]
+    signing_certificate: Option<PathBuf>,
     /// Image name in the metadata (default: the output file name).
     #[arg(long)]
     name: Option<String>,
@@ -138,8 +210,68 @@ struct Build {
     #[arg(long, value_parser = ["x86_64", "aarch64"])]
     arch: Option<String>,
     /// Output EIF.
-    #[arg(short, long)]
+    #[arg(short = 'o', long = "output-file", visible_alias = "output")]
     output: PathBuf,
+}
+
+/// A `--private-key` value: a PEM file or a KMS key ARN.
+enum KeyRef {
+    Pem(PathBuf),
+    Kms(String),
+}
+
+fn key_ref(s: &str) -> KeyRef {
+    if s.starts_with("arn:") {
+        KeyRef::Kms(s.to_owned())
+    } else {
+        KeyRef::Pem(PathBuf::from(s))
+    }
+}
+
+/// A KMS signer for `arn`: region from the ARN, credentials from the AWS environment
+/// variables, endpoint from `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` when set (plain http
+/// allowed only for loopback test servers).
+fn kms_signer(arn: &str, certificate: &std::path::Path) -> anyhow::Result<KmsEifSigner> {
+    let region = KmsEifSigner::region_of_arn(arn).with_context(|| {
+        format!("{arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
+    })?;
+    let mut b = KmsClient::builder(region).credentials(EnvironmentCredentials);
+    if let Some(url) = std::env::var("AWS_ENDPOINT_URL_KMS")
+        .ok()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+    {
+        if url.starts_with("http://127.") || url.starts_with("http://localhost") {
+            b = b.dangerous_allow_plain_http();
+        }
+        b = b.endpoint(url);
+    }
+    let mut signer = KmsEifSigner::new(b.build()?, arn, std::fs::read(certificate)?)?;
+    if std::env::var("NITRO_EIF_KMS_MESSAGE_TYPE").as_deref() == Ok("RAW") {
+        signer = signer.message_type(SignMessageType::Raw);
+    }
+    Ok(signer)
+}
+
+/// Signs `input` into `output` with a PEM key or a KMS key; prints the describe JSON.
+fn sign_with(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    key: &str,
+    certificate: &std::path::Path,
+) -> anyhow::Result<()> {
+    match key_ref(key) {
+        KeyRef::Pem(k) => {
+            sign_eif(input, output, &PemSigner::from_files(k, certificate)?)?;
+        }
+        KeyRef::Kms(arn) => {
+            let signer = kms_signer(&arn, certificate)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(sign_eif_async(input, output, &signer))?;
+        }
+    }
+    Ok(())
 }
 
 fn build(a: Build) -> anyhow::Result<()> {
@@ -163,6 +295,9 @@ fn build(a: Build) -> anyhow::Result<()> {
                 let mut opts = ImageOptions::default();
                 if let Some(r) = &a.image_ref {
                     opts = opts.reference(r.clone());
+                }
+                if let Some(mib) = a.max_unpacked_mib {
+                    opts = opts.max_unpacked(mib.saturating_mul(1 << 20));
                 }
                 if let Some(arch) = kernel_arch(&a.kernel, a.arch.as_deref())? {
                     opts = opts.arch(arch);
@@ -191,10 +326,15 @@ fn build(a: Build) -> anyhow::Result<()> {
             b = b.ramdisk_file(r);
         }
     }
-    match (&a.sign_key, &a.sign_cert) {
-        (Some(k), Some(c)) => b = b.signer(PemSigner::from_files(k, c)?),
+    // A KMS key signs after the build (the image is written unsigned, then signed in place).
+    let mut kms_key = None;
+    match (&a.private_key, &a.signing_certificate) {
+        (Some(k), Some(c)) => match key_ref(k) {
+            KeyRef::Pem(k) => b = b.signer(PemSigner::from_files(k, c)?),
+            KeyRef::Kms(arn) => kms_key = Some((arn, c.clone())),
+        },
         (None, None) => {}
-        _ => bail!("--sign-key and --sign-cert go together"),
+        _ => bail!("--private-key and --signing-certificate go together"),
     }
     if let Some(t) = a.build_time {
         b = b.build_time(UNIX_EPOCH + Duration::from_secs(t));
@@ -223,10 +363,17 @@ fn build(a: Build) -> anyhow::Result<()> {
         });
         let out = b.build_file(&a.output);
         bar.finish_and_clear();
-        println!("{}", out?.describe().to_json_pretty());
+        out?;
     } else {
-        println!("{}", b.build_file(&a.output)?.describe().to_json_pretty());
+        b.build_file(&a.output)?;
     }
+    if let Some((arn, cert)) = kms_key {
+        sign_with(&a.output, &a.output, &arn, &cert)?;
+    }
+    println!(
+        "{}",
+        EifReader::open(&a.output)?.describe()?.to_json_pretty()
+    );
     Ok(())
 }
 
@@ -427,8 +574,58 @@ fn main() -> anyhow::Result<()> {
         Command::Build(b) => build(*b),
         Command::Describe {
             file,
+            eif_path,
             check_certificate_time,
-        } => describe(file, check_certificate_time),
+        } => describe(
+            file.or(eif_path).context("give the EIF path")?,
+            check_certificate_time,
+        ),
+        Command::SignRequest {
+            eif_path,
+            signing_certificate,
+            output,
+            digest,
+        } => {
+            let req = SignRequest::for_eif(&eif_path, &std::fs::read(&signing_certificate)?)?;
+            let bytes = if digest {
+                req.digest()
+            } else {
+                req.to_be_signed().to_vec()
+            };
+            std::fs::write(&output, bytes)
+                .with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "{}: sign with {} (PCR0 {})",
+                output.display(),
+                req.algorithm(),
+                req.pcr0()
+            );
+            Ok(())
+        }
+        Command::AttachSignature {
+            eif_path,
+            signing_certificate,
+            signature,
+            output,
+        } => {
+            let req = SignRequest::for_eif(&eif_path, &std::fs::read(&signing_certificate)?)?;
+            let sig = req.attach(&std::fs::read(&signature)?)?;
+            let out = output.unwrap_or_else(|| eif_path.clone());
+            sig.write_eif(&eif_path, &out)?;
+            println!("{}", EifReader::open(&out)?.describe()?.to_json_pretty());
+            Ok(())
+        }
+        Command::Sign {
+            eif_path,
+            private_key,
+            signing_certificate,
+            output,
+        } => {
+            let out = output.unwrap_or_else(|| eif_path.clone());
+            sign_with(&eif_path, &out, &private_key, &signing_certificate)?;
+            println!("{}", EifReader::open(&out)?.describe()?.to_json_pretty());
+            Ok(())
+        }
         Command::Pcr {
             signing_certificate,
             input,

@@ -189,10 +189,8 @@ async fn main() -> Result<()> {
     let egress = info
         .as_ref()
         .map(|i| {
-            let config = EgressConfig {
-                max_write: Some(EMULATOR_MAX_WRITE),
-                ..EgressConfig::default()
-            };
+            let mut config = EgressConfig::default();
+            config.max_write = Some(EMULATOR_MAX_WRITE);
             EgressClient::with_config(parent(i.egress_port), config)
         });
 

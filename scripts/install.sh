@@ -38,6 +38,36 @@ apt_install \
 # qemu-img / qemu-io / qemu-nbd: QEMU 10 from backports.
 apt_install -t bookworm-backports qemu-utils
 
+# --- Debian's arm64 kernel (input of the aarch64 EIF tests) ---------------------------------
+# Nitro Enclaves on Graviton boot an uncompressed arm64 `Image`; bookworm's arm64 vmlinuz is one
+# (EFI-stub Image, "ARMd" at 0x38). If a later package ships it gzip-compressed, it is unpacked.
+ARM64_IMAGE="$NITRO_CACHE/arm64/Image"
+if [ ! -s "$ARM64_IMAGE" ]; then
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        log "dpkg --add-architecture arm64 (to download Debian's arm64 kernel package)"
+        as_root dpkg --add-architecture arm64
+        _APT_UPDATED=0
+    fi
+    apt_update_once
+    pkg=$(apt-cache depends linux-image-cloud-arm64:arm64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    [ -n "$pkg" ] || die "cannot resolve linux-image-cloud-arm64:arm64"
+    log "apt-get download $pkg"
+    work=$(mktemp -d)
+    (cd "$work" && apt-get download -q "$pkg" >/dev/null 2>&1)
+    mkdir -p "$NITRO_CACHE/arm64"
+    dpkg-deb --fsys-tarfile "$work"/*.deb | tar -xO --wildcards './boot/vmlinuz-*' > "$work/vmlinuz"
+    if [ "$(head -c2 "$work/vmlinuz" | od -An -tx1 | tr -d ' ')" = 1f8b ]; then
+        gzip -dc "$work/vmlinuz" > "$ARM64_IMAGE.tmp"
+    else
+        cp "$work/vmlinuz" "$ARM64_IMAGE.tmp"
+    fi
+    [ "$(dd if="$ARM64_IMAGE.tmp" bs=1 skip=56 count=4 2>/dev/null)" = "ARMd" ] \
+        || die "$pkg: vmlinuz is not an arm64 Image"
+    mv "$ARM64_IMAGE.tmp" "$ARM64_IMAGE"
+    echo "$pkg" > "$NITRO_CACHE/arm64/PACKAGE"
+    rm -rf "$work"
+fi
+
 # --- Python packages -------------------------------------------------------------------------
 MOTO_VERSION=5.2.5
 if ! "$NITRO_VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then

@@ -378,7 +378,11 @@ impl EifBuilder {
                 let w = a.arch.clone();
                 (Input::Cpio(*a), 0, w)
             }
-            SourceInner::Bootstrap(b) => (Input::Cpio(b.into_archive()?), 0, None),
+            SourceInner::Bootstrap(b) => {
+                let a = b.into_archive()?;
+                let w = a.arch.clone();
+                (Input::Cpio(a), 0, w)
+            }
             SourceInner::Customer(c) => {
                 let a = c.into_archive()?;
                 let w = a.arch.clone();
@@ -446,6 +450,11 @@ impl EifBuilder {
                 });
             }
             (Some(a), _) | (None, Some(a)) => a,
+            (None, None) if head.starts_with(&[0x1f, 0x8b]) || head.get(4..8) == Some(b"zimg") => {
+                return Err(Error::InvalidInput(
+                    "the kernel is compressed (gzip or EFI zboot): Nitro Enclaves boot an x86 bzImage or an uncompressed arm64 Image; decompress it (e.g. gunzip) first".into(),
+                ));
+            }
             (None, None) => return Err(Error::UnknownArch),
         };
         let kernel = Prepared {

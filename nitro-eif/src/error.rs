@@ -53,6 +53,17 @@ pub enum Error {
     #[error("container image: {0}")]
     Image(String),
 
+    /// A container image unpacks to more than the configured cap
+    /// ([`ImageOptions::max_unpacked`](crate::ImageOptions::max_unpacked())): the running total
+    /// of its files' logical sizes, or one of its decompressed streams.
+    #[error("container image: {what} exceeds the unpacked size limit of {limit} bytes")]
+    ImageTooLarge {
+        /// What went over the limit (a member, a layer stream, the outer archive).
+        what: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
     /// A build input produced a different number of bytes than announced (e.g. a file changed
     /// while the image was being built).
     #[error("{what}: expected {expected} bytes, got {actual}")]

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,6 +24,10 @@ use crate::format::Arch;
 /// Largest JSON document (index, manifest, config) read from an image.
 const MAX_JSON: u64 = 16 << 20;
 
+/// Default cap on the unpacked size of an image ([`ImageOptions::max_unpacked()`]): 4 GiB. The
+/// ramdisk has to fit in the enclave's memory anyway.
+pub const DEFAULT_MAX_UNPACKED: u64 = 4 << 30;
+
 /// How to pick one image out of a layout or archive that holds several.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -34,9 +39,26 @@ pub struct ImageOptions {
     /// Platform to select from a multi-platform index (default: the kernel's architecture when
     /// built through [`EifBuilder`](crate::EifBuilder) is not known yet, so the host's).
     pub arch: Option<Arch>,
+    /// Cap on the unpacked size, in bytes (`None`: [`DEFAULT_MAX_UNPACKED`]). It bounds the
+    /// running total of the logical sizes of all regular files in all layers (a sparse member
+    /// counts with its full logical size, a file overwritten by a later layer still counts),
+    /// and every decompression: the outer archive when it is compressed, and each layer's
+    /// decompressed tar stream (including anything after its end-of-archive blocks). Exceeding
+    /// it fails with [`Error::ImageTooLarge`] before the offending member is spooled.
+    pub max_unpacked: Option<u64>,
 }
 
 impl ImageOptions {
+    /// Options capping the unpacked size at `bytes` (see the field of the same name).
+    pub fn max_unpacked(mut self, bytes: u64) -> Self {
+        self.max_unpacked = Some(bytes);
+        self
+    }
+
+    fn limit(&self) -> u64 {
+        self.max_unpacked.unwrap_or(DEFAULT_MAX_UNPACKED)
+    }
+
     /// Options selecting `reference`.
     pub fn reference(mut self, reference: impl Into<String>) -> Self {
         self.reference = Some(reference.into());
@@ -182,6 +204,47 @@ fn resolve(base_dir: &[u8], target: &[u8]) -> Option<Vec<u8>> {
     Some(parts.join(&b'/'))
 }
 
+/// A reader that fails once more than `left` bytes came through it (a decompression bomb
+/// guard); `tripped` records that this, and not a format error, stopped the read.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    tripped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<R> Capped<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Capped {
+            inner,
+            left: limit,
+            tripped: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // Ask for one byte more than allowed, so that reaching exactly the cap is not an error.
+        let want = usize::try_from(self.left.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            self.tripped
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "decompressed data exceeds the unpacked size limit",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 fn sniff(r: &mut dyn BufRead) -> io::Result<Compression> {
     let head = r.fill_buf()?;
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
@@ -278,11 +341,12 @@ impl<R: BufRead> Read for ZstdReader<R> {
 }
 
 impl Store {
-    fn open(path: &Path) -> Result<Store> {
+    fn open(path: &Path, limit: u64) -> Result<Store> {
         let ctx = |e| Error::io(format!("reading {}", path.display()), e);
         let meta = std::fs::metadata(path).map_err(ctx)?;
         if meta.is_dir() {
-            return Ok(Store::Dir(path.to_owned()));
+            // Members are resolved beneath the canonical root (see `Store::dir_member`).
+            return Ok(Store::Dir(std::fs::canonicalize(path).map_err(ctx)?));
         }
         let mut f = BufReader::new(File::open(path).map_err(ctx)?);
         let file = match sniff(&mut f).map_err(ctx)? {
@@ -291,8 +355,17 @@ impl Store {
                 // A compressed archive cannot be indexed: decompress it to a temporary file.
                 let mut tmp =
                     tempfile::tempfile().map_err(|e| Error::io("creating a temporary file", e))?;
-                let mut d = decompress(f).map_err(ctx)?;
-                io::copy(&mut d, &mut tmp).map_err(ctx)?;
+                let mut d = Capped::new(decompress(f).map_err(ctx)?, limit);
+                let tripped = Arc::clone(&d.tripped);
+                if let Err(e) = io::copy(&mut d, &mut tmp) {
+                    if tripped.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(Error::ImageTooLarge {
+                            what: format!("the decompressed archive {}", path.display()),
+                            limit,
+                        });
+                    }
+                    return Err(ctx(e));
+                }
                 tmp
             }
         };
@@ -345,30 +418,59 @@ impl Store {
         }
     }
 
+    /// The file for member `name` of a directory store, resolved beneath the root: symbolic
+    /// links are followed only while they stay inside it, as in the tar form of the same
+    /// archive. `Ok(None)` if there is no such member.
+    fn dir_member(root: &Path, name: &str) -> Result<Option<PathBuf>> {
+        let norm = normalize(name.as_bytes())
+            .map_err(|e| Error::Image(format!("bad path {name:?}: {e}")))?;
+        if norm.is_empty() {
+            return Ok(None);
+        }
+        let joined = root.join(std::ffi::OsStr::from_bytes(&norm));
+        let real = match std::fs::canonicalize(&joined) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("resolving {}", joined.display()), e)),
+        };
+        if !real.starts_with(root) {
+            return Err(Error::Image(format!(
+                "{name:?} resolves to {}, outside the image directory {}",
+                real.display(),
+                root.display()
+            )));
+        }
+        Ok(Some(real))
+    }
+
     fn exists(&self, name: &str) -> bool {
         match self {
-            Store::Dir(d) => d.join(name).is_file(),
+            Store::Dir(d) => {
+                matches!(Self::dir_member(d, name), Ok(Some(p)) if p.is_file())
+            }
             Store::Tar { members, .. } => members.contains_key(name.as_bytes()),
         }
     }
 
     /// Opens member `name` and returns a reader and its size.
     fn open_member(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
-        let norm = normalize(name.as_bytes())
-            .map_err(|e| Error::Image(format!("bad path {name:?}: {e}")))?;
         match self {
             Store::Dir(d) => {
-                let p = d.join(std::str::from_utf8(&norm).unwrap_or(name));
+                let p = Self::dir_member(d, name)?
+                    .ok_or_else(|| Error::Image(format!("{} has no file {name:?}", d.display())))?;
                 let f =
                     File::open(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
-                let len = f
+                let meta = f
                     .metadata()
-                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
-                    .len();
-                Ok((Box::new(f), len))
+                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+                if !meta.is_file() {
+                    return Err(Error::Image(format!("{name:?} is not a regular file")));
+                }
+                Ok((Box::new(f), meta.len()))
             }
             Store::Tar { file, members } => {
-                let mut key = norm;
+                let mut key = normalize(name.as_bytes())
+                    .map_err(|e| Error::Image(format!("bad path {name:?}: {e}")))?;
                 for _ in 0..16 {
                     match members.get(&key) {
                         Some(Member::Data { offset, size }) => {
@@ -739,12 +841,30 @@ fn pick_docker(store: &Store, opts: &ImageOptions) -> Result<Picked> {
 struct Spool {
     out: BufWriter<File>,
     len: u64,
+    /// The cap on `len`: the running total of logical bytes of all regular files.
+    limit: u64,
 }
 
 impl Spool {
     fn add(&mut self, r: &mut dyn Read, expected: u64, what: &[u8]) -> Result<Data> {
+        // Refuse before copying anything: `expected` is the member's logical size (for a sparse
+        // member, holes included), which is what the spool and the ramdisk will hold.
+        if self
+            .len
+            .checked_add(expected)
+            .is_none_or(|t| t > self.limit)
+        {
+            return Err(Error::ImageTooLarge {
+                what: format!(
+                    "{} ({expected} bytes, after {} bytes of earlier files)",
+                    String::from_utf8_lossy(what),
+                    self.len
+                ),
+                limit: self.limit,
+            });
+        }
         let offset = self.len;
-        let n = io::copy(r, &mut self.out)
+        let n = io::copy(&mut r.take(expected.saturating_add(1)), &mut self.out)
             .map_err(|e| Error::io(format!("unpacking {}", String::from_utf8_lossy(what)), e))?;
         if n != expected {
             return Err(Error::Image(format!(
@@ -911,7 +1031,8 @@ impl CpioArchive {
 
 /// Loads and flattens the image at `path`.
 pub(crate) fn load(path: &Path, opts: &ImageOptions) -> Result<LoadedImage> {
-    let store = Store::open(path)?;
+    let limit = opts.limit();
+    let store = Store::open(path, limit)?;
     let picked = if store.exists("index.json")
         && (store.exists("oci-layout") || !store.exists("manifest.json"))
     {
@@ -951,6 +1072,7 @@ pub(crate) fn load(path: &Path, opts: &ImageOptions) -> Result<LoadedImage> {
     let mut spool = Spool {
         out: BufWriter::with_capacity(1 << 20, spool_file),
         len: 0,
+        limit,
     };
     let mut tree = CpioArchive::new();
     for (i, layer) in picked.layers.iter().enumerate() {
@@ -968,11 +1090,26 @@ pub(crate) fn load(path: &Path, opts: &ImageOptions) -> Result<LoadedImage> {
         {
             let buffered = BufReader::with_capacity(1 << 20, &mut blob);
             let d = decompress(buffered).map_err(|e| Error::Image(format!("layer {what}: {e}")))?;
+            let d = Capped::new(d, limit);
+            let tripped = Arc::clone(&d.tripped);
+            let too_large = || Error::ImageTooLarge {
+                what: format!("the decompressed layer {what}"),
+                limit,
+            };
             let mut plain = Hashing::new(d, diff_ids.get(i).map(|v| v.alg));
-            apply_layer(&mut tree, &mut spool, &mut plain, &what)?;
-            // Hash (and check) anything after the tar end-of-archive blocks too.
-            io::copy(&mut plain, &mut io::sink())
-                .map_err(|e| Error::Image(format!("layer {what}: {e}")))?;
+            match apply_layer(&mut tree, &mut spool, &mut plain, &what) {
+                Err(_) if tripped.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(too_large());
+                }
+                r => r?,
+            }
+            // Hash (and check) anything after the tar end-of-archive blocks too (still capped).
+            if let Err(e) = io::copy(&mut plain, &mut io::sink()) {
+                if tripped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(too_large());
+                }
+                return Err(Error::Image(format!("layer {what}: {e}")));
+            }
             if let (Some(v), Some(got)) = (diff_ids.get(i), plain.finish())
                 && !v.matches(&got)
             {

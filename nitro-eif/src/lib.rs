@@ -10,6 +10,7 @@ compile_error!(
 
 mod builder;
 mod cpio;
+mod detached;
 mod error;
 mod format;
 mod image;
@@ -23,12 +24,15 @@ mod stream;
 
 pub use builder::{BuildOutput, EifBuilder, Progress, Source};
 pub use cpio::{CpioArchive, CpioReader};
+pub use detached::{
+    AsyncSigner, Blocking, BoxError, EifSignature, SignRequest, sign_eif, sign_eif_async,
+};
 pub use error::{Error, FormatError, Result, SignatureError};
 pub use format::{
     Arch, CRC_OFFSET, DEFAULT_CPUS, DEFAULT_MEM, EifHeader, FLAG_ARM64, HEADER_SIZE, MAGIC,
     MAX_SECTIONS, SECTION_HEADER_SIZE, SectionKind, VERSION,
 };
-pub use image::{ImageConfig, ImageOptions};
+pub use image::{DEFAULT_MAX_UNPACKED, ImageConfig, ImageOptions};
 pub use measure::{Measurements, PCR_LEN, Pcr};
 pub use metadata::{BuildInfo, Metadata, build_time_from_env, format_build_time};
 pub use ramdisk::{BootstrapRamdisk, CustomerRamdisk};

@@ -87,10 +87,25 @@ impl BootstrapRamdisk {
         self.modules.iter().map(|(n, _)| n.as_str())
     }
 
-    /// Builds the archive (file contents are read when it is streamed).
+    /// Builds the archive (file contents are read when it is streamed). An ELF `init` gives
+    /// the archive its architecture (x86_64 or aarch64 from `e_machine`), which the builder
+    /// checks against the kernel's.
     pub fn into_archive(self) -> Result<CpioArchive> {
         let mut a = CpioArchive::new();
         a.dir("dev", 0o755)?;
+        let head = match &self.init {
+            Blob::Bytes(b) => b.get(..20).map(<[u8]>::to_vec),
+            Blob::Path(p) => {
+                let mut h = [0u8; 20];
+                std::fs::File::open(p)
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut h))
+                    .ok()
+                    .map(|()| h.to_vec())
+            }
+        };
+        if let Some(arch) = head.as_deref().and_then(elf_arch) {
+            a.arch = Some((arch, "the init".into()));
+        }
         add_blob(&mut a, "init", 0o755, self.init)?;
         let mut order = String::new();
         for (name, blob) in self.modules {
@@ -116,6 +131,18 @@ impl BootstrapRamdisk {
             a.file("modules_load_order", 0o644, order.into_bytes())?;
         }
         Ok(a)
+    }
+}
+
+/// The architecture of a little-endian 64-bit ELF header (`e_machine` 62 or 183).
+fn elf_arch(head: &[u8]) -> Option<crate::Arch> {
+    if head.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    match u16::from_le_bytes([*head.get(18)?, *head.get(19)?]) {
+        62 => Some(crate::Arch::X86_64),
+        183 => Some(crate::Arch::Aarch64),
+        _ => None,
     }
 }
 

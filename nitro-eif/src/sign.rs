@@ -55,6 +55,83 @@ impl SigningAlgorithm {
         }
     }
 
+    /// The digest the algorithm signs with (SHA-256, SHA-384 or SHA-512).
+    pub(crate) fn digest(self) -> &'static aws_lc_rs::digest::Algorithm {
+        match self {
+            SigningAlgorithm::Es256 => &aws_lc_rs::digest::SHA256,
+            SigningAlgorithm::Es384 => &aws_lc_rs::digest::SHA384,
+            SigningAlgorithm::Es512 => &aws_lc_rs::digest::SHA512,
+        }
+    }
+
+    /// Converts a DER `ECDSA-Sig-Value` (`SEQUENCE { r INTEGER, s INTEGER }`, what OpenSSL,
+    /// AWS KMS and most HSM tools return) into the fixed-width `r || s` value COSE uses
+    /// ([`signature_len`](Self::signature_len) bytes, each half left-padded with zeros).
+    ///
+    /// ```
+    /// use nitro_eif::SigningAlgorithm;
+    /// // r = 1, s = 0x80 (DER needs a leading zero for the sign bit).
+    /// let der = [0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0x80];
+    /// let raw = SigningAlgorithm::Es384.signature_from_der(&der).unwrap();
+    /// assert_eq!(raw.len(), 96);
+    /// assert_eq!((raw[47], raw[95]), (1, 0x80));
+    /// assert!(SigningAlgorithm::Es384.signature_from_der(&der[..8]).is_err());
+    /// ```
+    pub fn signature_from_der(self, der: &[u8]) -> Result<Vec<u8>> {
+        let bad = |why: &str| Error::SigningKey(format!("DER ECDSA signature: {why}"));
+        fn tlv(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+            let (&t, rest) = b.split_first()?;
+            if t != tag {
+                return None;
+            }
+            let (&l, rest) = rest.split_first()?;
+            let (len, rest) = match l {
+                0..=0x7f => (usize::from(l), rest),
+                0x81 => {
+                    let (&n, rest) = rest.split_first()?;
+                    if n < 0x80 {
+                        return None; // not minimal
+                    }
+                    (usize::from(n), rest)
+                }
+                _ => return None, // no ECDSA signature needs more than 255 bytes
+            };
+            if rest.len() < len {
+                return None;
+            }
+            Some(rest.split_at(len))
+        }
+        let (seq, trailing) = tlv(der, 0x30).ok_or_else(|| bad("not a DER SEQUENCE"))?;
+        if !trailing.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        let half = self.signature_len() / 2;
+        let mut out = vec![0u8; 2 * half];
+        let mut rest = seq;
+        for i in 0..2 {
+            let (int, r) = tlv(rest, 0x02).ok_or_else(|| bad("expected an INTEGER"))?;
+            rest = r;
+            match int {
+                [] => return Err(bad("empty INTEGER")),
+                [first, ..] if first & 0x80 != 0 => return Err(bad("negative INTEGER")),
+                [0, second, ..] if second & 0x80 == 0 => return Err(bad("non-minimal INTEGER")),
+                _ => {}
+            }
+            let digits = match int {
+                [0, tail @ ..] => tail,
+                all => all,
+            };
+            if digits.len() > half {
+                return Err(bad("INTEGER too large for the curve"));
+            }
+            out[i * half + half - digits.len()..(i + 1) * half].copy_from_slice(digits);
+        }
+        if !rest.is_empty() {
+            return Err(bad("more than two INTEGERs"));
+        }
+        Ok(out)
+    }
+
     fn cose(self) -> iana::Algorithm {
         match self {
             SigningAlgorithm::Es256 => iana::Algorithm::ES256,
@@ -255,7 +332,7 @@ impl CertificateKey {
         })
     }
 
-    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+    pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         UnparsedPublicKey::new(self.algorithm.verification(), &self.public_key)
             .verify(message, signature)
             .is_ok()
@@ -332,6 +409,31 @@ fn cose_unsigned(algorithm: SigningAlgorithm, payload: Vec<u8>) -> CoseSign1 {
         .build()
 }
 
+/// The COSE payload and `Sig_structure` (the bytes a signer signs) for `pcr0`.
+pub(crate) fn to_be_signed(algorithm: SigningAlgorithm, pcr0: &Pcr) -> (Vec<u8>, Vec<u8>) {
+    let payload = pcr_info(pcr0);
+    let tbs = cose_unsigned(algorithm, payload.clone()).tbs_data(b"");
+    (payload, tbs)
+}
+
+/// The signature section for an already verified raw signature.
+pub(crate) fn section_from_parts(
+    certificate_pem: &[u8],
+    algorithm: SigningAlgorithm,
+    payload: &[u8],
+    signature: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let cose = cose_bytes(algorithm, payload.to_vec(), signature)?;
+    let section = section_bytes(certificate_pem, &cose);
+    if section.len() as u64 > MAX_SIGNATURE_SECTION {
+        return Err(Error::SigningKey(format!(
+            "the signature section would be {} bytes (limit {MAX_SIGNATURE_SECTION}); use a smaller certificate",
+            section.len()
+        )));
+    }
+    Ok(section)
+}
+
 /// Signs PCR0 with `signer` and returns the signature section. The signature is verified
 /// against the certificate before it is returned.
 pub(crate) fn signature_section(
@@ -346,23 +448,14 @@ pub(crate) fn signature_section(
             cert.algorithm
         )));
     }
-    let payload = pcr_info(pcr0);
-    let tbs = cose_unsigned(algorithm, payload.clone()).tbs_data(b"");
+    let (payload, tbs) = to_be_signed(algorithm, pcr0);
     let signature = signer.sign(&tbs).map_err(Error::Signer)?;
     if signature.len() != algorithm.signature_len() || !cert.verify(&tbs, &signature) {
         return Err(Error::SigningKey(
             "the signer's signature does not verify with the certificate's public key".into(),
         ));
     }
-    let cose = cose_bytes(algorithm, payload, signature)?;
-    let section = section_bytes(signer.certificate_pem(), &cose);
-    if section.len() as u64 > MAX_SIGNATURE_SECTION {
-        return Err(Error::SigningKey(format!(
-            "the signature section would be {} bytes (limit {MAX_SIGNATURE_SECTION}); use a smaller certificate",
-            section.len()
-        )));
-    }
-    Ok(section)
+    section_from_parts(signer.certificate_pem(), algorithm, &payload, signature)
 }
 
 /// The parsed signature section of an EIF.
@@ -683,6 +776,46 @@ mod tests {
             hex::encode(&bytes)
                 .ends_with("697369676e61747572658a18d21884184418a1011838182218a018401840")
         );
+    }
+
+    #[test]
+    fn der_signatures_convert_strictly() {
+        let alg = SigningAlgorithm::Es384;
+        // r and s of 48 bytes with the top bit set: 49-byte INTEGERs, total 0x66 (short form).
+        let mut der = vec![0x30, 0x66, 0x02, 0x31, 0x00];
+        der.extend_from_slice(&[0xff; 48]);
+        der.extend_from_slice(&[0x02, 0x31, 0x00]);
+        der.extend_from_slice(&[0x80; 48]);
+        let raw = alg.signature_from_der(&der).unwrap_or_default();
+        assert_eq!(raw.len(), 96);
+        assert!(raw[..48].iter().all(|&b| b == 0xff) && raw[48..].iter().all(|&b| b == 0x80));
+        // P-521: 66-byte halves need the long length form.
+        let mut long = vec![0x30, 0x81, 0x88, 0x02, 0x42, 0x01];
+        long.extend_from_slice(&[0x11; 65]);
+        long.extend_from_slice(&[0x02, 0x42, 0x01]);
+        long.extend_from_slice(&[0x22; 65]);
+        let raw = SigningAlgorithm::Es512
+            .signature_from_der(&long)
+            .unwrap_or_default();
+        assert_eq!((raw.len(), raw[0], raw[1], raw[66]), (132, 1, 0x11, 1));
+        for bad in [
+            &[][..],
+            &[0x30, 0x00],                                           // no INTEGERs
+            &[0x30, 0x06, 0x02, 0x01, 0x80, 0x02, 0x01, 0x01],       // negative r
+            &[0x30, 0x07, 0x02, 0x02, 0x00, 0x01, 0x02, 0x01, 0x01], // non-minimal r
+            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00], // trailing byte
+            &[
+                0x30, 0x09, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01,
+            ], // three
+            &[0x30, 0x81, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], // non-minimal length
+        ] {
+            assert!(alg.signature_from_der(bad).is_err(), "{bad:02x?}");
+        }
+        // An INTEGER wider than the curve.
+        let mut wide = vec![0x30, 0x35, 0x02, 0x31];
+        wide.extend_from_slice(&[0x01; 49]);
+        wide.extend_from_slice(&[0x02, 0x01, 0x01]);
+        assert!(alg.signature_from_der(&wide).is_err());
     }
 
     #[test]

@@ -7,6 +7,9 @@ mod ber;
 mod client;
 pub mod cms;
 pub mod credentials;
+#[cfg(feature = "eif-signer")]
+#[cfg_attr(docsrs, doc(cfg(feature = "eif-signer")))]
+pub mod eif_signer;
 mod error;
 mod http;
 #[cfg(feature = "local-kms")]
