@@ -383,7 +383,7 @@ async fn pcr0_policy_governs_asymmetric_keys() {
     };
     let resp = enclave.decrypt(decrypt()).await.unwrap();
     assert!(resp.ciphertext_for_recipient.is_some());
-    assert_eq!(resp.plaintext.unwrap().as_bytes(), b"secret");
+    assert_eq!(resp.plaintext.as_bytes(), b"secret");
     let e = other.decrypt(decrypt()).await.unwrap_err();
     assert_eq!(code(&e), "AccessDeniedException");
     let e = admin.decrypt(decrypt()).await.unwrap_err();
