@@ -323,17 +323,17 @@ async fn credential_source(
     Ok(match source {
         CredentialSource::Env => std::sync::Arc::new(EnvironmentCredentials),
         #[cfg(feature = "aws-config")]
-        CredentialSource::DefaultChain => std::sync::Arc::new(
-            nitro_kms::credentials::RefreshingCredentials::new(
+        CredentialSource::DefaultChain => {
+            std::sync::Arc::new(nitro_kms::credentials::RefreshingCredentials::new(
                 nitro_kms::credentials::default_chain().await?,
-            ),
-        ),
+            ))
+        }
         #[cfg(feature = "aws-config")]
-        CredentialSource::InstanceRole => std::sync::Arc::new(
-            nitro_kms::credentials::RefreshingCredentials::new(
+        CredentialSource::InstanceRole => {
+            std::sync::Arc::new(nitro_kms::credentials::RefreshingCredentials::new(
                 nitro_kms::credentials::instance_role()?,
-            ),
-        ),
+            ))
+        }
     })
 }
 
