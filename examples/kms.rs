@@ -305,7 +305,7 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum CredentialSource {
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, read on every request.
     Env,
@@ -319,18 +319,18 @@ enum CredentialSource {
 
 async fn credential_source(
     source: CredentialSource,
-) -> anyhow::Result<std::sync::Arc<dyn nitro_kms::ProvideCredentials>> {
+) -> anyhow::Result<Arc<dyn nitro_kms::ProvideCredentials>> {
     Ok(match source {
-        CredentialSource::Env => std::sync::Arc::new(EnvironmentCredentials),
+        CredentialSource::Env => Arc::new(EnvironmentCredentials),
         #[cfg(feature = "aws-config")]
         CredentialSource::DefaultChain => {
-            std::sync::Arc::new(nitro_kms::credentials::RefreshingCredentials::new(
+            Arc::new(nitro_kms::credentials::RefreshingCredentials::new(
                 nitro_kms::credentials::default_chain().await?,
             ))
         }
         #[cfg(feature = "aws-config")]
         CredentialSource::InstanceRole => {
-            std::sync::Arc::new(nitro_kms::credentials::RefreshingCredentials::new(
+            Arc::new(nitro_kms::credentials::RefreshingCredentials::new(
                 nitro_kms::credentials::instance_role()?,
             ))
         }
