@@ -480,4 +480,65 @@ mod tests {
         let e = conn.send(req).await.unwrap_err();
         assert!(e.to_string().contains("plain http"), "{e}");
     }
+
+    #[tokio::test]
+    async fn connect_and_read_timeouts_apply() {
+        // A connector that never completes: the SDK's connect timeout.
+        let never = |_host: String, _port: u16| {
+            std::future::pending::<std::io::Result<tokio::net::TcpStream>>()
+        };
+        let conn = NitroConnector {
+            client: NitroHttpClient::builder(never).build().unwrap(),
+            connect_timeout: Duration::from_millis(100),
+            read_timeout: None,
+        };
+        let e = conn
+            .send(HttpRequest::get("https://kms.example/").unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Timeout {
+                    what: "connect",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(connector_error(e).is_timeout());
+
+        // A server that accepts and never answers: the read timeout.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        });
+        let conn = NitroConnector {
+            client: NitroHttpClient::builder(TcpConnector)
+                .dangerous_allow_plain_http()
+                .build()
+                .unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Some(Duration::from_millis(100)),
+        };
+        let url = format!("http://127.0.0.1:{port}/");
+        let e = conn
+            .send(HttpRequest::get(url.as_str()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Timeout {
+                    what: "waiting for the response",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        silent.abort();
+    }
 }
