@@ -6,7 +6,7 @@
 //!   ciphertext. It reuses this crate's TLS configuration ([`TlsRoots`]) and keep-alive pool.
 //! - [`SdkCredentials`]: any of this crate's [`ProvideCredentials`] (e.g. credentials from the
 //!   parent) as the SDK's credentials provider.
-//! - [`SdkRecipient`] (feature `aws-sdk-kms`): the `RecipientInfo` of an `aws_sdk_kms` request,
+//! - `SdkRecipient` (feature `aws-sdk-kms`): the `RecipientInfo` of an `aws_sdk_kms` request,
 //!   from a [`Recipient`](crate::Recipient), and the opening of `CiphertextForRecipient` with the
 //!   matching private key.
 //!
