@@ -6,8 +6,7 @@
 //!   `CiphertextForRecipient` it opens; another PCR0 is refused with AccessDenied. Credentials
 //!   come from the parent over the credentials protocol, through `SdkCredentials`.
 //! - against moto (an independent KMS implementation): the plain operations, and fail-closed
-//!   opening when the server ignores `Recipient`; and `aws-sdk-s3`, unmodified too, against
-//!   moto's S3 (streamed upload and download of 1 MiB, listing, a modelled error).
+//!   opening when the server ignores `Recipient`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
 mod common;
@@ -256,7 +255,7 @@ async fn aws_sdk_kms_through_the_tunnel_with_recipient_against_the_local_kms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aws_sdk_kms_and_s3_through_the_tunnel_against_moto() {
+async fn aws_sdk_kms_through_the_tunnel_against_moto() {
     let Some(moto) = common::Moto::start() else {
         return;
     };
@@ -280,7 +279,7 @@ async fn aws_sdk_kms_and_s3_through_the_tunnel_against_moto() {
         .dangerous_allow_plain_http()
         .build()
         .unwrap();
-    let client = sdk_client(&moto.url, http.clone(), creds());
+    let client = sdk_client(&moto.url, http, creds());
     let key_id = client
         .create_key()
         .description("moto via nitro-net")
@@ -362,57 +361,7 @@ async fn aws_sdk_kms_and_s3_through_the_tunnel_against_moto() {
         .unwrap_err();
     assert_eq!(e.code(), Some("NotFoundException"), "{e:?}");
 
-    // S3, same HTTP client and tunnel.
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&moto.url)
-            .force_path_style(true)
-            .http_client(http)
-            .credentials_provider(SdkCredentials::new(creds()))
-            .build(),
-    );
-    s3.create_bucket().bucket("enclave").send().await.unwrap();
-    let object: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    s3.put_object()
-        .bucket("enclave")
-        .key("dir/object.bin")
-        .body(aws_sdk_s3::primitives::ByteStream::from(object.clone()))
-        .send()
-        .await
-        .unwrap();
-    let got = s3
-        .get_object()
-        .bucket("enclave")
-        .key("dir/object.bin")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(got.content_length(), Some(object.len() as i64));
-    let body = got.body.collect().await.unwrap().into_bytes();
-    assert!(body[..] == object[..], "downloaded object differs");
-    let listed = s3
-        .list_objects_v2()
-        .bucket("enclave")
-        .prefix("dir/")
-        .send()
-        .await
-        .unwrap();
-    let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
-    assert_eq!(keys, ["dir/object.bin"]);
-    let e = s3
-        .get_object()
-        .bucket("enclave")
-        .key("missing")
-        .send()
-        .await
-        .unwrap_err();
-    assert!(e.into_service_error().is_no_such_key());
-
-    let stats = egress.stats();
-    assert!(stats.bytes_down as usize > object.len(), "{stats:?}");
-    assert!(stats.bytes_up as usize > object.len(), "{stats:?}");
-    drop((client, s3));
+    assert!(egress.stats().bytes_down > 0);
+    drop(client);
     egress_server.shutdown().await.unwrap();
 }
