@@ -482,6 +482,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hostile_responses_are_errors() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let answers: [&[u8]; 3] = [
+            b"not http at all\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        ];
+        for answer in answers {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            });
+            let conn = NitroConnector {
+                client: NitroHttpClient::builder(TcpConnector)
+                    .dangerous_allow_plain_http()
+                    .build()
+                    .unwrap(),
+                connect_timeout: Duration::from_secs(5),
+                read_timeout: Some(Duration::from_secs(5)),
+            };
+            let url = format!("http://127.0.0.1:{port}/");
+            match conn.send(HttpRequest::get(url.as_str()).unwrap()).await {
+                Err(e) => assert!(matches!(e, Error::Http(_)), "{e}"),
+                // A truncated body is only noticed while reading it.
+                Ok(mut resp) => {
+                    let body = resp.take_body();
+                    let read = http_body_util::BodyExt::collect(body).await;
+                    assert!(read.is_err(), "truncated body accepted");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn connect_and_read_timeouts_apply() {
         // A connector that never completes: the SDK's connect timeout.
         let never = |_host: String, _port: u16| {
