@@ -328,11 +328,48 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: String,
     },
-    /// Serve the AWS_* environment credentials to enclaves (parent side).
+    /// Serve credentials to enclaves (parent side): the AWS_* environment variables, or (built
+    /// with feature `aws-config`) aws-config's default chain or the instance role (IMDSv2),
+    /// refreshed before they expire.
     ServeCredentials {
         #[arg(long)]
         listen: nitro_net::Addr,
+        /// Where the credentials come from.
+        #[arg(long, value_enum, default_value = "env")]
+        source: CredentialSource,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CredentialSource {
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, read on every request.
+    Env,
+    /// Environment, profile files, web identity, ECS, then the instance role (aws-config).
+    #[cfg(feature = "aws-config")]
+    DefaultChain,
+    /// The instance role through IMDSv2 only (aws-config).
+    #[cfg(feature = "aws-config")]
+    InstanceRole,
+}
+
+async fn credential_source(
+    source: CredentialSource,
+) -> anyhow::Result<Arc<dyn nitro_kms::ProvideCredentials>> {
+    Ok(match source {
+        CredentialSource::Env => Arc::new(EnvironmentCredentials),
+        #[cfg(feature = "aws-config")]
+        CredentialSource::DefaultChain => {
+            Arc::new(nitro_kms::credentials::RefreshingCredentials::new(
+                nitro_kms::credentials::default_chain().await?,
+            ))
+        }
+        #[cfg(feature = "aws-config")]
+        CredentialSource::InstanceRole => {
+            Arc::new(nitro_kms::credentials::RefreshingCredentials::new(
+                nitro_kms::credentials::instance_role()?,
+            ))
+        }
+    })
 }
 
 fn parse_pcr(s: &str) -> Result<(u16, Vec<u8>), String> {
@@ -722,17 +759,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
             }
         }
-        Command::ServeCredentials { listen } => {
+        Command::ServeCredentials { listen, source } => {
+            let source = credential_source(source).await?;
             let listener = listen.bind().await?;
             print(
                 &json!({"Listening": listener.local_tcp_addr().map(|a| format!("tcp:{a}")).unwrap_or_else(|| listen.to_string())}),
             )?;
             loop {
                 let (stream, peer) = listener.accept().await?;
+                let source = source.clone();
                 tokio::spawn(async move {
                     if let Err(e) =
-                        nitro_kms::credentials::serve_credentials(stream, &EnvironmentCredentials)
-                            .await
+                        nitro_kms::credentials::serve_credentials(stream, &*source).await
                     {
                         eprintln!("serve-credentials {peer:?}: {e}");
                     }

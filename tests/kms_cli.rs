@@ -389,3 +389,61 @@ fn base64_len(b64: &str) -> usize {
     let pad = b64.bytes().rev().take_while(|b| *b == b'=').count();
     b64.len() / 4 * 3 - pad
 }
+
+/// `serve-credentials` answers the enclave's credentials protocol from the environment and, when
+/// built with feature `aws-config`, from aws-config's default chain (here: its environment
+/// source, with IMDS disabled so that nothing else is asked).
+#[tokio::test]
+async fn serve_credentials_sources() {
+    let Some(bin) = example() else { return };
+    let mut sources = vec!["env"];
+    if cfg!(feature = "aws-config") {
+        sources.push("default-chain");
+    }
+    for source in sources {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("uds:{}:8001", dir.path().display());
+        let mut server = Killed(
+            env(&mut Command::new(&bin))
+                .args(["serve-credentials", "--listen", &listen, "--source", source])
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AWS_CONFIG_FILE", dir.path().join("none"))
+                .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut line = String::new();
+        BufReader::new(server.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("Listening"), "{source}: {line}");
+        let addr: nitro_net::Addr = listen.parse().unwrap();
+        let mut stream = addr.connect().await.unwrap();
+        let creds = nitro_kms::credentials::request_credentials(&mut stream)
+            .await
+            .unwrap();
+        assert_eq!(creds.access_key_id(), "AKIDCLITEST", "{source}");
+        assert_eq!(
+            creds.secret_access_key().expose(),
+            "cli-test-secret",
+            "{source}"
+        );
+    }
+    // Without the feature the source does not exist: refused at parse time.
+    if !cfg!(feature = "aws-config") {
+        let e = kms(
+            &bin,
+            &[
+                "serve-credentials",
+                "--listen",
+                "tcp:127.0.0.1:0",
+                "--source",
+                "default-chain",
+            ],
+        )
+        .unwrap_err();
+        assert!(e.contains("default-chain"), "{e}");
+    }
+}

@@ -218,6 +218,122 @@ impl ProvideCredentials for RefreshingCredentials {
     }
 }
 
+/// An AWS SDK credentials provider (`aws_credential_types::provider::ProvideCredentials`) used
+/// as one of this crate's: on the parent, to serve the SDK's credentials (instance role,
+/// profile, web identity, ...) to the enclave with [`serve_credentials`].
+///
+/// It asks the SDK provider on every call (the SDK's own providers do not cache; the SDK
+/// clients do): wrap it in [`RefreshingCredentials`] to keep credentials until shortly before
+/// they expire. With feature `aws-config`, [`default_chain`] and [`instance_role`] build the
+/// usual providers.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use nitro_kms::credentials::{AwsSdkCredentials, ProvideCredentials};
+///
+/// let sdk = aws_credential_types::Credentials::new("AKIDSDK", "secret", None, None, "example");
+/// let ours = AwsSdkCredentials::new(sdk);
+/// assert_eq!(ours.provide_credentials().await.unwrap().access_key_id(), "AKIDSDK");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct AwsSdkCredentials {
+    provider: aws_credential_types::provider::SharedCredentialsProvider,
+}
+
+impl AwsSdkCredentials {
+    /// Wraps an SDK credentials provider.
+    pub fn new(
+        provider: impl aws_credential_types::provider::ProvideCredentials + 'static,
+    ) -> Self {
+        Self {
+            provider: aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+        }
+    }
+}
+
+impl ProvideCredentials for AwsSdkCredentials {
+    fn provide_credentials(&self) -> BoxFuture<'_, Result<Credentials, Error>> {
+        Box::pin(async move {
+            use aws_credential_types::provider::ProvideCredentials as _;
+            let c = self
+                .provider
+                .provide_credentials()
+                .await
+                .map_err(|e| Error::Credentials(sdk_error_chain(&e)))?;
+            Ok(Credentials::new(
+                c.access_key_id(),
+                SecretString::new(c.secret_access_key().to_owned()),
+                c.session_token().map(|t| SecretString::new(t.to_owned())),
+                c.expiry(),
+            ))
+        })
+    }
+}
+
+/// The SDK's credential errors say little at the top level: the sources carry the reason.
+fn sdk_error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        // Some errors repeat their source in their message already.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
+/// `aws-config`'s default credentials chain on the parent instance (feature `aws-config`):
+/// environment variables, the shared config and credentials files (profile, SSO excluded), web
+/// identity (`AWS_WEB_IDENTITY_TOKEN_FILE`), the ECS container endpoint, then the instance
+/// role through IMDSv2 (`AWS_EC2_METADATA_SERVICE_ENDPOINT` overrides the address). Its HTTP
+/// requests (IMDS, STS) go through this crate's HTTP client over plain TCP, with rustls and the
+/// embedded Mozilla roots.
+///
+/// Wrap it in [`RefreshingCredentials`] and serve it with [`serve_credentials`]: the enclave
+/// never talks to IMDS, the parent does.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use nitro_kms::credentials::{RefreshingCredentials, default_chain};
+///
+/// let source = RefreshingCredentials::new(default_chain().await?);
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "aws-config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-config")))]
+pub async fn default_chain() -> Result<AwsSdkCredentials, Error> {
+    let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+        .configure(parent_provider_config()?)
+        .build()
+        .await;
+    Ok(AwsSdkCredentials::new(chain))
+}
+
+/// The instance role only, through IMDSv2 (feature `aws-config`); see [`default_chain`].
+#[cfg(feature = "aws-config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-config")))]
+pub fn instance_role() -> Result<AwsSdkCredentials, Error> {
+    let imds = aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+        .configure(&parent_provider_config()?)
+        .build();
+    Ok(AwsSdkCredentials::new(imds))
+}
+
+/// `aws-config`'s provider configuration with our HTTP client. IMDS is plain HTTP on a
+/// link-local address (this runs on the parent, never in the enclave).
+#[cfg(feature = "aws-config")]
+fn parent_provider_config() -> Result<aws_config::provider_config::ProviderConfig, Error> {
+    let http = crate::sdk::NitroHttpClient::builder(crate::transport::TcpConnector)
+        .dangerous_allow_plain_http()
+        .build()?;
+    Ok(aws_config::provider_config::ProviderConfig::default().with_http_client(http))
+}
+
 type StreamOpener = dyn Fn() -> BoxFuture<'static, std::io::Result<BoxStream>> + Send + Sync;
 
 /// Enclave side of the parent protocol: each call opens a stream to the parent and asks for

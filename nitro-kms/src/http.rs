@@ -89,26 +89,31 @@ impl Endpoint {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| Error::Config(format!("invalid endpoint URL {url:?}: {e}")))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(Error::Config(format!(
-                    "endpoint {url:?} must start with https:// or http://"
-                )));
-            }
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| Error::Config(format!("endpoint {url:?} has no host")))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(Error::Config(format!(
                 "endpoint {url:?} must not have a path"
             )));
         }
+        Self::from_uri(&uri)
+    }
+
+    /// Scheme, host and port of an absolute `https://` or `http://` URI (its path is ignored).
+    pub(crate) fn from_uri(uri: &http::Uri) -> Result<Self, Error> {
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(Error::Config(format!(
+                    "endpoint \"{uri}\" must start with https:// or http://"
+                )));
+            }
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::Config(format!("endpoint \"{uri}\" has no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         Ok(Self { tls, host, port })
     }
@@ -146,17 +151,110 @@ pub(crate) struct Response {
     pub(crate) body: Bytes,
 }
 
-struct Idle {
+struct Idle<B> {
     endpoint: Endpoint,
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<B>,
     since: Instant,
+}
+
+/// Keep-alive HTTP/1.1 connections, by endpoint (shared by [`HttpClient`] and the AWS SDK
+/// client of `crate::sdk`, which differ in their body types).
+pub(crate) struct Pool<B> {
+    idle: Mutex<Vec<Idle<B>>>,
+}
+
+impl<B> Pool<B> {
+    pub(crate) fn new() -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A connection to `endpoint` ready for a request, if one is pooled.
+    pub(crate) fn take(&self, endpoint: &Endpoint) -> Option<SendRequest<B>> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        let pos = idle
+            .iter()
+            .position(|c| &c.endpoint == endpoint && c.sender.is_ready())?;
+        Some(idle.swap_remove(pos).sender)
+    }
+
+    /// Keeps `sender` for reuse (dropped when the pool is full). A sender whose response body
+    /// is still being read may be put back: it is taken again only once it is ready.
+    pub(crate) fn put(&self, endpoint: &Endpoint, sender: SendRequest<B>) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|c| !c.sender.is_closed());
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle {
+                    endpoint: endpoint.clone(),
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+/// Opens a stream to `endpoint` through `connector` and, for `https`, runs the TLS handshake
+/// (rustls, in this process) on it; each step within `connect_timeout`.
+pub(crate) async fn open_stream(
+    connector: &dyn Connect,
+    tls: &Arc<rustls::ClientConfig>,
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+) -> Result<BoxStream, Error> {
+    let what = format!("connecting to {}:{}", endpoint.host, endpoint.port);
+    let stream: BoxStream = tokio::time::timeout(
+        connect_timeout,
+        connector.connect(&endpoint.host, endpoint.port),
+    )
+    .await
+    .map_err(|_| Error::Timeout {
+        what: "connect",
+        after: connect_timeout,
+    })?
+    .map_err(|e| Error::io(what, e))?;
+    if !endpoint.tls {
+        return Ok(stream);
+    }
+    let name = ServerName::try_from(endpoint.host.clone())
+        .map_err(|e| Error::Config(format!("invalid TLS server name: {e}")))?;
+    let tls = tokio_rustls::TlsConnector::from(tls.clone());
+    let stream = tokio::time::timeout(connect_timeout, tls.connect(name, stream))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "TLS handshake",
+            after: connect_timeout,
+        })?
+        .map_err(Error::Tls)?;
+    Ok(Box::new(stream))
+}
+
+/// The HTTP/1.1 client handshake on `stream`; the connection is driven by a spawned task.
+pub(crate) async fn handshake<B>(stream: BoxStream) -> Result<SendRequest<B>, Error>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Error::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("HTTP connection ended: {e}");
+        }
+    });
+    Ok(sender)
 }
 
 /// The HTTP(S) client.
 pub(crate) struct HttpClient {
     connector: Arc<dyn Connect>,
     tls: Arc<rustls::ClientConfig>,
-    idle: Mutex<Vec<Idle>>,
+    pool: Pool<Full<Bytes>>,
     connect_timeout: Duration,
 }
 
@@ -177,72 +275,15 @@ impl HttpClient {
         Self {
             connector,
             tls,
-            idle: Mutex::new(Vec::new()),
+            pool: Pool::new(),
             connect_timeout,
         }
     }
 
-    fn take_idle(&self, endpoint: &Endpoint) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().ok()?;
-        let now = Instant::now();
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
-        let pos = idle
-            .iter()
-            .position(|c| &c.endpoint == endpoint && c.sender.is_ready())?;
-        Some(idle.swap_remove(pos).sender)
-    }
-
-    fn put_idle(&self, endpoint: &Endpoint, sender: SendRequest<Full<Bytes>>) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
-        {
-            idle.push(Idle {
-                endpoint: endpoint.clone(),
-                sender,
-                since: Instant::now(),
-            });
-        }
-    }
-
     async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, Error> {
-        let what = format!("connecting to {}:{}", endpoint.host, endpoint.port);
-        let stream: BoxStream = tokio::time::timeout(
-            self.connect_timeout,
-            self.connector.connect(&endpoint.host, endpoint.port),
-        )
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "connect",
-            after: self.connect_timeout,
-        })?
-        .map_err(|e| Error::io(what, e))?;
-        if endpoint.tls {
-            let name = ServerName::try_from(endpoint.host.clone())
-                .map_err(|e| Error::Config(format!("invalid TLS server name: {e}")))?;
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
-            let stream = tokio::time::timeout(self.connect_timeout, tls.connect(name, stream))
-                .await
-                .map_err(|_| Error::Timeout {
-                    what: "TLS handshake",
-                    after: self.connect_timeout,
-                })?
-                .map_err(Error::Tls)?;
-            self.handshake(Box::new(stream)).await
-        } else {
-            self.handshake(stream).await
-        }
-    }
-
-    async fn handshake(&self, stream: BoxStream) -> Result<SendRequest<Full<Bytes>>, Error> {
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Error::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("HTTP connection ended: {e}");
-            }
-        });
-        Ok(sender)
+        let stream =
+            open_stream(&*self.connector, &self.tls, endpoint, self.connect_timeout).await?;
+        handshake(stream).await
     }
 
     /// Sends `req` to `endpoint` and reads the whole response (at most `max_body` bytes), all
@@ -254,7 +295,7 @@ impl HttpClient {
         timeout: Duration,
         max_body: usize,
     ) -> Result<Response, Error> {
-        let (sender, reused) = match self.take_idle(endpoint) {
+        let (sender, reused) = match self.pool.take(endpoint) {
             Some(s) => (s, true),
             None => (self.connect(endpoint).await?, false),
         };
@@ -294,7 +335,7 @@ impl HttpClient {
             .get(http::header::CONNECTION)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         if !close {
-            self.put_idle(endpoint, sender);
+            self.pool.put(endpoint, sender);
         }
         Ok(Response {
             status: parts.status,

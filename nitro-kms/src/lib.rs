@@ -21,6 +21,9 @@ pub mod model;
 pub mod proxy;
 mod recipient;
 pub mod s3;
+#[cfg(feature = "aws-sdk")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-sdk")))]
+pub mod sdk;
 pub mod sealed;
 mod secret;
 mod sigv4;
