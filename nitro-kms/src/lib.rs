@@ -22,7 +22,7 @@ pub mod transport;
 
 /// nitro-attest, whose [`Nsm`](nitro_attest::Nsm) attests a [`Recipient`]: re-exported so that
 /// the versions match. Its NSM implementations are behind this crate's features `device`
-/// (`NsmDevice`, `/dev/nsm`) and `simulator` (`SimulatedNsm`, `SimulatorPki`).
+/// (`NsmDevice`, `/dev/nsm`; default) and `simulator` (`SimulatedNsm`, `SimulatorPki`; opt-in).
 pub use nitro_attest;
 
 pub use client::{Clock, KmsClient, KmsClientBuilder, RetryConfig, SystemClock, default_endpoint};
