@@ -237,8 +237,8 @@ fn condition_keys(doc: &AttestationDocument) -> Result<BTreeMap<String, String>,
     let prefix = match doc.kind {
         DocumentKind::Enclave => "kms:RecipientAttestation:PCR",
         DocumentKind::NitroTpm => "kms:RecipientAttestation:NitroTPMPCR",
-        // A kind nitro-attest learns later provides no condition key until this code knows
-        // which keys AWS KMS gives it.
+        // A kind nitro-attest learns later is refused until this code knows which condition
+        // keys AWS KMS gives it (the policy above does not accept one anyway).
         other => {
             return Err(validation(format!(
                 "Invalid attestation document: the local KMS does not support {other} documents"
