@@ -1,7 +1,7 @@
 //! NitroTPM attestation documents in `Recipient` against the local KMS: the
 //! `kms:RecipientAttestation:NitroTPMPCR<n>` condition keys admit them, and the enclave keys
 //! (`PCR<n>`, `ImageSha384`) never do, nor the reverse, even when both documents carry the same
-//! PCR values.
+//! PCR values, with signed documents and in the dangerous unsigned mode.
 #![cfg(feature = "local-kms")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
@@ -267,4 +267,54 @@ async fn enclave_pcr_policies_refuse_nitrotpm_documents() {
     assert_eq!(payload.kind, DocumentKind::NitroTpm);
     assert_eq!(payload.pcr(0), Some(&PCR0[..]));
     assert_eq!(payload.pcr(4), Some(&PCR4[..]));
+}
+
+/// Under `DangerousUnsignedEmulator` (no signature check) the document kind still decides the
+/// condition keys: a simulated NitroTPM document provides `NitroTPMPCR<n>` only.
+#[tokio::test]
+async fn unsigned_mode_keeps_the_kinds_apart() {
+    let [enclave, tpm, _] = simulators();
+    let kms = LocalKms::new(
+        LocalKmsConfig::new(AttestationTrust::dangerous_unsigned_emulator())
+            .region(REGION)
+            .credentials(creds()),
+    )
+    .unwrap();
+    let server = server::spawn(Arc::new(kms), "127.0.0.1:0", None)
+        .await
+        .unwrap();
+    let env = Env { server };
+    let admin = env.client(None);
+    let tpm_key = create_key(
+        &admin,
+        serde_json::json!({"StringEquals": {
+            "kms:RecipientAttestation:NitroTPMPCR4": hex::encode(PCR4),
+        }}),
+    )
+    .await;
+    let enclave_key = create_key(
+        &admin,
+        serde_json::json!({"StringEquals": {
+            "kms:RecipientAttestation:PCR4": hex::encode(PCR4),
+        }}),
+    )
+    .await;
+    let tpm_blob = encrypt(&admin, &tpm_key, b"tpm").await;
+    let enclave_blob = encrypt(&admin, &enclave_key, b"enclave").await;
+    let tpm_client = env.client(Some(&tpm));
+    let enclave_client = env.client(Some(&enclave));
+    assert!(attested_use(&tpm_client, &tpm_key, &tpm_blob).await.is_ok());
+    assert!(
+        attested_use(&enclave_client, &enclave_key, &enclave_blob)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        attested_use(&tpm_client, &enclave_key, &enclave_blob).await,
+        Err("AccessDeniedException".to_owned())
+    );
+    assert_eq!(
+        attested_use(&enclave_client, &tpm_key, &tpm_blob).await,
+        Err("AccessDeniedException".to_owned())
+    );
 }
