@@ -22,10 +22,7 @@ pub(crate) fn fixtures_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/fixtures"
-            ))
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures"))
         });
     if dir.join("manifest.json").is_file() {
         return Some(dir);

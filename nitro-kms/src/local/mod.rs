@@ -1,6 +1,7 @@
 //! A local KMS for development and tests: the KMS JSON protocol, keys in memory or in a state
 //! file, key policies with the `kms:RecipientAttestation:*` conditions, attestation documents
-//! verified with nitro-attest, and `CiphertextForRecipient` in the BER shape real KMS produces.
+//! (Nitro Enclaves and NitroTPM) verified with nitro-attest, and `CiphertextForRecipient` in the
+//! BER shape real KMS produces.
 //!
 //! Operations (one module each under `ops/`): `Encrypt`, `Decrypt`, `ReEncrypt`,
 //! `GenerateDataKey`, `GenerateDataKeyWithoutPlaintext`, `GenerateDataKeyPair`,

@@ -7,8 +7,10 @@
 //! case-insensitive), `Resource` (`*` or the key ARN, wildcards allowed), and `Condition` with
 //! the operators `StringEquals`, `StringNotEquals`, `StringEqualsIgnoreCase`,
 //! `StringNotEqualsIgnoreCase`, `StringLike`, `StringNotLike`, `Bool`, `Null`, each also with
-//! the `IfExists` suffix. Condition keys: `kms:RecipientAttestation:ImageSha384`,
-//! `kms:RecipientAttestation:PCR<n>`, `kms:EncryptionContext:<key>`, `kms:CallerAccount`,
+//! the `IfExists` suffix. Condition keys: `kms:RecipientAttestation:ImageSha384` and
+//! `kms:RecipientAttestation:PCR<n>` (from a Nitro Enclaves document in `Recipient`),
+//! `kms:RecipientAttestation:NitroTPMPCR<n>` (from a NitroTPM document),
+//! `kms:EncryptionContext:<key>`, `kms:CallerAccount`,
 //! `kms:KeySpec`, `kms:KeyUsage`, `aws:PrincipalArn`. Anything else (`NotAction`, `NotPrincipal`, `NotResource`, unknown
 //! operators, `ForAnyValue:`…) makes the policy malformed, so that a policy never means less
 //! than it says.

@@ -1,13 +1,24 @@
 //! Attestation documents in `Recipient`: which roots the local KMS trusts, and what a
-//! verified document yields (the enclave's RSA key and the `kms:RecipientAttestation:*`
+//! verified document yields (the recipient's RSA key and the `kms:RecipientAttestation:*`
 //! condition keys).
+//!
+//! As in AWS KMS, `Recipient` takes both kinds of document nitro-attest knows, and each kind
+//! provides only its own condition keys:
+//!
+//! | document | condition keys |
+//! |---|---|
+//! | Nitro Enclaves (`pcrs`) | `kms:RecipientAttestation:PCR<n>`, `kms:RecipientAttestation:ImageSha384` (PCR0) |
+//! | NitroTPM (`nitrotpm_pcrs`) | `kms:RecipientAttestation:NitroTPMPCR<n>` |
+//!
+//! so a key policy pinned to enclave measurements never admits an EC2 instance's NitroTPM
+//! document with the same PCR values, nor the reverse.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use aws_lc_rs::rsa::PublicEncryptingKey;
-use nitro_attest::{Timestamp, TrustAnchors, Verifier};
+use nitro_attest::{AttestationDocument, DocumentKind, Timestamp, TrustAnchors, Verifier};
 
 use super::wire::Recipient;
 use super::{LocalKms, check_len, internal, validation};
@@ -172,7 +183,10 @@ impl LocalKms {
         }
         let doc = r.attestation_document.as_slice();
         check_len("recipient.attestationDocument", doc.len(), 1, 262_144)?;
-        let mut policy = nitro_attest::Policy::new().allow_debug(true);
+        // Both kinds, as AWS KMS: the condition keys below tell them apart.
+        let mut policy = nitro_attest::Policy::new()
+            .allow_debug(true)
+            .accept_kinds([DocumentKind::Enclave, DocumentKind::NitroTpm]);
         if let Some(age) = self.config.max_document_age {
             policy = policy.max_age(age);
         }
@@ -203,19 +217,7 @@ impl LocalKms {
                 "The recipient RSA key must have 2048 to 4096 bits",
             ));
         }
-        let mut keys = BTreeMap::new();
-        for (index, value) in &payload.pcrs {
-            keys.insert(
-                format!("kms:RecipientAttestation:PCR{index}"),
-                hex::encode(value),
-            );
-        }
-        if let Some(pcr0) = payload.pcr(0) {
-            keys.insert(
-                "kms:RecipientAttestation:ImageSha384".to_owned(),
-                hex::encode(pcr0),
-            );
-        }
+        let keys = condition_keys(&payload)?;
         Ok(Some(VerifiedRecipient { public_key, keys }))
     }
 
@@ -226,4 +228,35 @@ impl LocalKms {
         cms::seal(&recipient.public_key, secret)
             .map_err(|e| internal(format!("cannot build CiphertextForRecipient: {e}")))
     }
+}
+
+/// The `kms:RecipientAttestation:*` condition keys of a verified document: `PCR<n>` and
+/// `ImageSha384` for an enclave document, `NitroTPMPCR<n>` for a NitroTPM document. Values are
+/// lower-case hex, as AWS KMS compares them.
+fn condition_keys(doc: &AttestationDocument) -> Result<BTreeMap<String, String>, ServiceError> {
+    let prefix = match doc.kind {
+        DocumentKind::Enclave => "kms:RecipientAttestation:PCR",
+        DocumentKind::NitroTpm => "kms:RecipientAttestation:NitroTPMPCR",
+        // A kind nitro-attest learns later is refused until this code knows which condition
+        // keys AWS KMS gives it (the policy above does not accept one anyway).
+        other => {
+            return Err(validation(format!(
+                "Invalid attestation document: the local KMS does not support {other} documents"
+            )));
+        }
+    };
+    let mut keys: BTreeMap<String, String> = doc
+        .pcrs
+        .iter()
+        .map(|(index, value)| (format!("{prefix}{index}"), hex::encode(value)))
+        .collect();
+    if doc.kind == DocumentKind::Enclave
+        && let Some(pcr0) = doc.pcr(0)
+    {
+        keys.insert(
+            "kms:RecipientAttestation:ImageSha384".to_owned(),
+            hex::encode(pcr0),
+        );
+    }
+    Ok(keys)
 }

@@ -22,10 +22,7 @@ pub fn fixtures() -> Option<PathBuf> {
     let dir = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/fixtures"
-            ))
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures"))
         });
     if dir.join("cms").is_dir() {
         Some(dir)
