@@ -32,9 +32,7 @@ use nitro_attest::{
 fn load() -> (Vec<u8>, TrustAnchors, &'static str) {
     let dir = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
-        });
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
     let path = dir.join("attestation/marlin__sdks_rs_testcases_aws.bin");
     if let Ok(bytes) = std::fs::read(&path) {
         return (bytes, TrustAnchors::aws(), "genuine AWS document");

@@ -186,13 +186,11 @@ async fn main() -> Result<()> {
             Ok(info)
         })
         .await;
-    let egress = info
-        .as_ref()
-        .map(|i| {
-            let mut config = EgressConfig::default();
-            config.max_write = Some(EMULATOR_MAX_WRITE);
-            EgressClient::with_config(parent(i.egress_port), config)
-        });
+    let egress = info.as_ref().map(|i| {
+        let mut config = EgressConfig::default();
+        config.max_write = Some(EMULATOR_MAX_WRITE);
+        EgressClient::with_config(parent(i.egress_port), config)
+    });
 
     if let Some(info) = &info {
         let tunnel = parent(info.egress_port);

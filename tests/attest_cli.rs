@@ -191,9 +191,7 @@ fn sim_verify_inspect_bench() {
 fn genuine_fixtures() {
     let dir = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
-        });
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
     if !dir.join("manifest.json").is_file() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),

@@ -353,9 +353,7 @@ fn cli_end_to_end() {
 
     let fixtures = std::env::var_os("NITRO_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
-        });
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
     let cms = fixtures.join("cms");
     if cms.is_dir() {
         let opened = kms(
