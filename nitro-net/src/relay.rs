@@ -249,9 +249,15 @@ impl Future for SpliceRelay<'_> {
 }
 
 /// One direction of a [`SpliceRelay`]: socket → pipe → socket.
+///
+/// When no pipe can be made (the process is out of file descriptors: `EMFILE`, `ENFILE`), the
+/// direction copies through a pooled buffer instead, so that an established connection never
+/// loses bytes because of descriptor pressure.
 struct SplicePump<'c> {
     pipe: Option<Pipe>,
-    /// Bytes in the pipe not yet written out.
+    /// The copy buffer used instead of a pipe, and where its pending bytes start.
+    buf: Option<(Box<[u8]>, usize)>,
+    /// Bytes in the pipe (or the buffer) not yet written out.
     pending: usize,
     eof: bool,
     done: bool,
@@ -265,6 +271,7 @@ impl<'c> SplicePump<'c> {
     fn new(conn: &'c AtomicU64, total: &'c AtomicU64) -> Self {
         SplicePump {
             pipe: None,
+            buf: None,
             pending: 0,
             eof: false,
             done: false,
@@ -282,6 +289,11 @@ impl<'c> SplicePump<'c> {
         {
             give_pipe(p);
         }
+        if self.pending == 0
+            && let Some((b, _)) = self.buf.take()
+        {
+            give_buffer(b);
+        }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, r: &Stream, w: &mut Stream) -> Poll<io::Result<()>> {
@@ -292,6 +304,21 @@ impl<'c> SplicePump<'c> {
         }
         loop {
             if self.pending > 0 {
+                if let Some((buf, start)) = self.buf.as_mut() {
+                    let chunk = &buf[*start..*start + self.pending];
+                    match ready!(Pin::new(&mut *w).poll_write(cx, chunk)) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => {
+                            *start += n;
+                            self.pending -= n;
+                            self.moved += n as u64;
+                            self.conn.fetch_add(n as u64, Ordering::Relaxed);
+                            self.total.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => return self.write_failed(e),
+                    }
+                    continue;
+                }
                 if let Err(e) = ready!(w.poll_write_ready(cx)) {
                     return self.write_failed(e);
                 }
@@ -334,8 +361,29 @@ impl<'c> SplicePump<'c> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            if self.pipe.is_none() {
-                self.pipe = Some(take_pipe()?);
+            if self.pipe.is_none() && self.buf.is_none() {
+                match take_pipe() {
+                    Ok(p) => self.pipe = Some(p),
+                    Err(e) if out_of_descriptors(&e) => {
+                        tracing::debug!(error = %e, "relay: no pipe, copying through a buffer");
+                        self.buf = Some((take_buffer(), 0));
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if let Some((buf, start)) = self.buf.as_mut() {
+                match r.try_io(Interest::READABLE, |fd| {
+                    nix::unistd::read(fd, buf).map_err(io::Error::from)
+                }) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        *start = 0;
+                        self.pending = n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
             }
             let Some(pipe) = self.pipe.as_ref() else {
                 return Poll::Ready(Err(io::Error::other("relay pipe missing")));
@@ -351,6 +399,12 @@ impl<'c> SplicePump<'c> {
             }
         }
     }
+}
+
+/// Whether an error means that the process or the system has no file descriptor left.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(e.raw_os_error(), Some(c) if c == Errno::EMFILE as i32 || c == Errno::ENFILE as i32)
 }
 
 impl SplicePump<'_> {

@@ -531,9 +531,13 @@ async fn scenario() {
     writer.await.unwrap();
     assert_eq!(got, size, "50 MB echoed through the transparent path");
 
-    // --- 300 concurrent connections ----------------------------------------------------------------
+    // --- 300 concurrent connections (fewer under a low open-file limit) ---------------------------
+    // Every end lives in this process: the client, the transparent listener's accepted end and
+    // its tunnel, the parent's accepted tunnel and destination socket, the echo server's end,
+    // plus relay pipes while bytes are in flight.
+    let n = common::connection_budget(300, 8);
     let mut tasks = Vec::new();
-    for i in 0..300u32 {
+    for i in 0..n {
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(to).await?;
             let msg = format!("connection {i}\n").repeat(100);
@@ -550,7 +554,7 @@ async fn scenario() {
             ok += 1;
         }
     }
-    assert_eq!(ok, 300, "300 concurrent connections");
+    assert_eq!(ok, n, "{n} concurrent connections");
 
     // --- counters ------------------------------------------------------------------------------------
     let ds = dns.stats();
@@ -559,7 +563,7 @@ async fn scenario() {
         "{ds:?}"
     );
     let ts: u64 = proxies.iter().map(|p| p.stats().by_name).sum();
-    assert!(ts >= 306, "{ts}");
+    assert!(ts >= 6 + n as u64, "{ts}");
     eprintln!("dns {ds:?}");
     for p in &proxies {
         eprintln!("transparent {:?}", p.stats());

@@ -259,7 +259,9 @@ async fn a_thousand_concurrent_tunnels() {
     raise_fd_limit();
     let c = chain(loopback_policy(), test_limits()).await;
     let echo = echo_server().await;
-    let n = 1000;
+    // Client, parent's accepted end, parent's destination socket, echo's end; pipes while
+    // bytes are in flight.
+    let n = connection_budget(1000, 6);
     // Open all of them first (all alive at the same time), then talk on each.
     let mut opens = tokio::task::JoinSet::new();
     for i in 0..n {

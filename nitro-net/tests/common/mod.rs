@@ -15,9 +15,35 @@ use tokio::net::TcpListener;
 /// Raises the open-file soft limit to the hard limit (1,000 tunnels use ~4,000 descriptors).
 pub fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    // Root (CAP_SYS_RESOURCE) may also raise the hard limit: CI may start with 1024/1024,
+    // too few for hundreds of relayed connections whose every end lives in this process.
+    const WANT: u64 = 65536;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if hard < WANT && setrlimit(Resource::RLIMIT_NOFILE, WANT, WANT).is_ok() {
+            return;
+        }
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
+}
+
+/// How many connections a test may hold open at once when each one costs `per_conn`
+/// descriptors in this process: `want`, or fewer when the open-file limit (which an
+/// unprivileged or containerised CI cannot raise; 1024 is common) leaves less room. Says so on
+/// stderr when it scales down.
+pub fn connection_budget(want: usize, per_conn: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
+    let open = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
+    let free = usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(open + 64);
+    let n = want.min(free / per_conn.max(1)).max(1);
+    if n < want {
+        eprintln!("open-file limit {soft}: {n} concurrent connections instead of {want}");
+    }
+    n
 }
 
 /// The parent's egress server on `uds:DIR:8000` and the enclave's client for it.
