@@ -14,8 +14,8 @@ use tokio::io::{
 };
 
 use crate::device::{BlockDevice, DynBlockDevice};
-use crate::error::{Error, NbdErrno, ProtocolError, Result};
-use crate::proto::*;
+use crate::error::{Error, IoContext, NbdErrno, ProtocolError, Result};
+use crate::internal::proto::*;
 
 /// One named export: a block device offered to NBD clients.
 #[derive(Clone)]
@@ -140,7 +140,7 @@ impl Default for ServerConfig {
 ///
 /// ```no_run
 /// use nitro_fs::{Export, FileDevice, Server};
-/// # async fn demo() -> nitro_fs::Result<()> {
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let server = Server::new(vec![Export::new("disk0", FileDevice::create("disk0.img", 1 << 30)?)])?;
 /// let listener = tokio::net::UnixListener::bind("/run/nbd.sock")?;
 /// loop {
@@ -229,10 +229,13 @@ impl Server {
             {
                 Ok(r) => r?,
                 Err(_) => {
-                    return Err(Error::Io(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "NBD handshake timed out",
-                    )));
+                    return Err(Error::io(
+                        "NBD handshake with a client",
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("timed out after {:?}", cfg.handshake_timeout),
+                        ),
+                    ));
                 }
             };
         match chosen {
@@ -249,9 +252,14 @@ impl Server {
         let greeting = Greeting {
             handshake_flags: FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES,
         };
-        wr.write_all(&greeting.encode()).await?;
-        wr.flush().await?;
-        let client_flags = rd.read_u32().await?;
+        wr.write_all(&greeting.encode())
+            .await
+            .context("sending the NBD greeting")?;
+        wr.flush().await.context("sending the NBD greeting")?;
+        let client_flags = rd
+            .read_u32()
+            .await
+            .context("reading the NBD client flags")?;
         if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
             return Err(ProtocolError::Invalid("unknown client flags").into());
         }
@@ -261,7 +269,9 @@ impl Server {
 
         for _ in 0..cfg.max_options {
             let mut hdr = [0u8; OptionHeader::LEN];
-            rd.read_exact(&mut hdr).await?;
+            rd.read_exact(&mut hdr)
+                .await
+                .context("reading an NBD option header")?;
             let opt = OptionHeader::parse(&hdr)?;
             if opt.length > MAX_OPTION_DATA {
                 if opt.length > MAX_OPTION_DISCARD || !fixed {
@@ -277,7 +287,9 @@ impl Server {
                 continue;
             }
             let mut data = vec![0u8; opt.length as usize];
-            rd.read_exact(&mut data).await?;
+            rd.read_exact(&mut data)
+                .await
+                .context("reading NBD option data")?;
 
             if !fixed && opt.option != OPT_EXPORT_NAME {
                 // Non-fixed newstyle only knows NBD_OPT_EXPORT_NAME and cannot be told "no".
@@ -303,8 +315,10 @@ impl Server {
                     if !no_zeroes {
                         out.extend_from_slice(&[0u8; EXPORT_NAME_PADDING]);
                     }
-                    wr.write_all(&out).await?;
-                    wr.flush().await?;
+                    wr.write_all(&out)
+                        .await
+                        .context("sending an NBD option reply")?;
+                    wr.flush().await.context("sending an NBD option reply")?;
                     return Ok(Some(export.clone()));
                 }
                 OPT_ABORT => {
@@ -328,8 +342,10 @@ impl Server {
                         push_reply(&mut out, opt.option, REP_SERVER, &payload);
                     }
                     push_reply(&mut out, opt.option, REP_ACK, &[]);
-                    wr.write_all(&out).await?;
-                    wr.flush().await?;
+                    wr.write_all(&out)
+                        .await
+                        .context("sending an NBD option reply")?;
+                    wr.flush().await.context("sending an NBD option reply")?;
                 }
                 OPT_INFO | OPT_GO => {
                     let req = match InfoRequest::parse(&data) {
@@ -368,8 +384,10 @@ impl Server {
                         }
                     }
                     push_reply(&mut out, opt.option, REP_ACK, &[]);
-                    wr.write_all(&out).await?;
-                    wr.flush().await?;
+                    wr.write_all(&out)
+                        .await
+                        .context("sending an NBD option reply")?;
+                    wr.flush().await.context("sending an NBD option reply")?;
                     if opt.option == OPT_GO {
                         return Ok(Some(export.clone()));
                     }
@@ -424,8 +442,10 @@ async fn reply<W: AsyncWrite + Unpin>(
 ) -> Result<()> {
     let mut out = Vec::with_capacity(OptionReplyHeader::LEN + payload.len());
     push_reply(&mut out, option, reply_type, payload);
-    wr.write_all(&out).await?;
-    wr.flush().await?;
+    wr.write_all(&out)
+        .await
+        .context("sending an NBD option reply")?;
+    wr.flush().await.context("sending an NBD option reply")?;
     Ok(())
 }
 
@@ -433,7 +453,9 @@ async fn discard<R: AsyncRead + Unpin>(rd: &mut R, mut n: u64) -> Result<()> {
     let mut buf = [0u8; 8192];
     while n > 0 {
         let k = n.min(buf.len() as u64) as usize;
-        rd.read_exact(&mut buf[..k]).await?;
+        rd.read_exact(&mut buf[..k])
+            .await
+            .context("discarding NBD option data")?;
         n -= k as u64;
     }
     Ok(())
@@ -467,11 +489,16 @@ where
 async fn read_incoming<R: AsyncRead + Unpin>(rd: &mut R, max_request: u32) -> Result<Incoming> {
     let mut hdr = [0u8; Request::LEN];
     // EOF before the first byte of a request is a (hard but clean) disconnect.
-    let n = rd.read(&mut hdr).await?;
+    let n = rd
+        .read(&mut hdr)
+        .await
+        .context("reading an NBD request header")?;
     if n == 0 {
         return Ok(Incoming::Eof);
     }
-    rd.read_exact(&mut hdr[n..]).await?;
+    rd.read_exact(&mut hdr[n..])
+        .await
+        .context("reading an NBD request header")?;
     let req = Request::parse(&hdr)?;
     if req.command == CMD_DISC {
         return Ok(Incoming::Disconnect);
@@ -483,7 +510,9 @@ async fn read_incoming<R: AsyncRead + Unpin>(rd: &mut R, max_request: u32) -> Re
         discard(rd, u64::from(req.length)).await?;
         return Ok(Incoming::Oversized(req));
     }
-    let data = read_vec(rd, req.length as usize).await?;
+    let data = read_vec(rd, req.length as usize)
+        .await
+        .context("reading the data of an NBD write request")?;
     Ok(Incoming::Request(req, data))
 }
 
@@ -572,7 +601,7 @@ fn errno_of(err: &Error, writing: bool) -> u32 {
         }
         Error::ReadOnly => NbdErrno::EPERM.0,
         Error::Unsupported(_) => NbdErrno::ENOTSUP.0,
-        Error::Io(e) => match e.raw_os_error() {
+        Error::Io { source, .. } => match source.raw_os_error() {
             Some(nix::libc::ENOSPC | nix::libc::EDQUOT | nix::libc::EFBIG) => NbdErrno::ENOSPC.0,
             _ => NbdErrno::EIO.0,
         },
@@ -704,7 +733,7 @@ where
 {
     let result = transmission_loop(export, rd, &mut wr, cfg).await;
     if result.is_ok() {
-        wr.flush().await?;
+        wr.flush().await.context("sending NBD replies")?;
         let _ = wr.shutdown().await;
     }
     result
@@ -762,12 +791,12 @@ where
             )
             .await?;
             if out.len() >= DIRECT_WRITE {
-                wr.write_all(&out).await?;
+                wr.write_all(&out).await.context("sending NBD replies")?;
                 out.clear();
             }
         }
         if !out.is_empty() {
-            wr.write_all(&out).await?;
+            wr.write_all(&out).await.context("sending NBD replies")?;
             out.clear();
         }
         if read_fut.is_none() && inflight.is_empty() {
@@ -880,9 +909,9 @@ async fn encode_completion<W: AsyncWrite + Unpin>(
 ) -> Result<()> {
     push_simple(out, c.handle, c.error);
     if c.data.len() >= DIRECT_WRITE {
-        wr.write_all(out).await?;
+        wr.write_all(out).await.context("sending NBD replies")?;
         out.clear();
-        wr.write_all(&c.data).await?;
+        wr.write_all(&c.data).await.context("sending NBD replies")?;
     } else {
         out.extend_from_slice(&c.data);
     }

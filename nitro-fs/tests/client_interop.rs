@@ -202,7 +202,7 @@ async fn client_against_own_server_and_reconnection() {
     // A flushed write survives a broken connection; the client reconnects by itself.
     c.write_at(0, &[1; 4096]).await.unwrap();
     c.flush().await.unwrap();
-    c.break_connection();
+    nitro_fs::internal::break_connection(&c);
     let mut b = [0u8; 4096];
     c.read_at(0, &mut b).await.unwrap();
     assert_eq!(b, [1; 4096]);
@@ -211,7 +211,7 @@ async fn client_against_own_server_and_reconnection() {
     // An acknowledged but unflushed write on a connection that breaks: the next flush says
     // so (once), because a crashed server could have lost it.
     c.write_at(4096, &[2; 4096]).await.unwrap();
-    c.break_connection();
+    nitro_fs::internal::break_connection(&c);
     assert!(matches!(c.flush().await, Err(Error::UnflushedWritesLost)));
     c.flush().await.unwrap();
     assert_eq!(mem.snapshot()[4096..8192], [2; 4096]);
