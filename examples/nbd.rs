@@ -502,8 +502,10 @@ async fn measure_all<D: BlockDevice + Clone + 'static>(
     Ok([
         nitro_fs::internal::bench::run(dev, &w(Pattern::Random, true, 4096, depth)).await?,
         nitro_fs::internal::bench::run(dev, &w(Pattern::Random, false, 4096, depth)).await?,
-        nitro_fs::internal::bench::run(dev, &w(Pattern::Sequential, true, 1 << 20, depth.min(8))).await?,
-        nitro_fs::internal::bench::run(dev, &w(Pattern::Sequential, false, 1 << 20, depth.min(8))).await?,
+        nitro_fs::internal::bench::run(dev, &w(Pattern::Sequential, true, 1 << 20, depth.min(8)))
+            .await?,
+        nitro_fs::internal::bench::run(dev, &w(Pattern::Sequential, false, 1 << 20, depth.min(8)))
+            .await?,
     ])
 }
 

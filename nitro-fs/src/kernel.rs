@@ -34,7 +34,7 @@ use nix::libc;
 use tokio::task::JoinHandle;
 
 use crate::device::BlockDevice;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, display_chain};
 use crate::internal::proto::*;
 use crate::server::{Export, ServerConfig, serve_transmission};
 
@@ -193,7 +193,7 @@ pub async fn attach(
     let server = tokio::spawn(async move {
         let r = serve_transmission(&export, stream, &ServerConfig::default()).await;
         if let Err(e) = &r {
-            tracing::warn!(error = %e, "kernel NBD session ended with an error");
+            tracing::warn!(error = %display_chain(e), "kernel NBD session ended with an error");
         }
         r
     });

@@ -14,7 +14,7 @@ use tokio::io::{
 };
 
 use crate::device::{BlockDevice, DynBlockDevice};
-use crate::error::{Error, IoContext, NbdErrno, ProtocolError, Result};
+use crate::error::{Error, IoContext, NbdErrno, ProtocolError, Result, display_chain};
 use crate::internal::proto::*;
 
 /// One named export: a block device offered to NBD clients.
@@ -692,7 +692,7 @@ fn execute(export: &Export, req: Request, payload: Vec<u8>) -> Pending {
                     command = command_name(req.command),
                     offset = req.offset,
                     length = req.length,
-                    error = %e,
+                    error = %display_chain(&e),
                     "NBD request failed"
                 );
                 data = Vec::new();
@@ -866,7 +866,7 @@ where
             // Finish what is in flight, then close.
             Ok(Incoming::Disconnect | Incoming::Eof) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "NBD client sent a malformed request; closing");
+                tracing::warn!(error = %display_chain(&e), "NBD client sent a malformed request; closing");
                 *failure = Some(e);
             }
         },

@@ -260,7 +260,7 @@ async fn reader_task(shared: Arc<Shared>, rd: ReadHalf<BoxStream>) {
     let reason = match read_replies(&shared, &mut rd).await {
         Ok(()) => "the server closed the connection".to_owned(),
         Err(e) => {
-            tracing::warn!(error = %e, "NBD connection failed");
+            tracing::warn!(error = %display_chain(&e), "NBD connection failed");
             display_chain(&e)
         }
     };

@@ -273,7 +273,7 @@ impl NbdClient {
                     return Ok(conn);
                 }
                 Err(e) => {
-                    tracing::warn!(attempt, error = %e, "NBD reconnection failed");
+                    tracing::warn!(attempt, error = %display_chain(&e), "NBD reconnection failed");
                     last_err = e;
                 }
             }

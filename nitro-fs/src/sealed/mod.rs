@@ -74,7 +74,7 @@ pub use kms::KmsKeyWrap;
 use layout::{BLOCK, ENTRIES_PER_PAGE, Entry, FANOUT, Geometry, Header, state};
 
 use crate::device::{BlockDevice, check_range};
-use crate::error::{Error, IntegrityError, Result};
+use crate::error::{Error, IntegrityError, Result, display_chain};
 
 /// Lock shards for concurrent block access.
 const SHARDS: u64 = 4096;
@@ -1171,7 +1171,7 @@ impl<D: BlockDevice> Inner<D> {
             .iter()
             .flat_map(|&blk| [0u8, 1].map(|s| self.dev.trim(geo.data_offset(blk, s), b)));
         if let Err(e) = try_join_all(trims).await {
-            tracing::debug!(error = %e, "trimming freed blocks failed");
+            tracing::debug!(error = %display_chain(&e), "trimming freed blocks failed");
         }
         Ok(anchored)
     }
