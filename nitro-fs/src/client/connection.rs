@@ -4,9 +4,7 @@
 //! whether writes the server acknowledged may be lost (no flush covered them).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::ClientConfig;
 use super::handshake::{ExportInfo, negotiate};
+use crate::device::BoxFuture;
 use crate::error::{Error, IoContext, ProtocolError, Result, display_chain};
 use crate::internal::proto::*;
 
@@ -27,8 +26,8 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
 pub(super) type BoxStream = Box<dyn Transport>;
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-pub(super) type Connector = Box<dyn Fn() -> BoxFuture<io::Result<BoxStream>> + Send + Sync>;
+pub(super) type Connector =
+    Box<dyn Fn() -> BoxFuture<'static, io::Result<BoxStream>> + Send + Sync>;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
