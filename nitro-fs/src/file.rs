@@ -274,3 +274,27 @@ impl BlockDevice for FileDevice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: panics are failures
+
+    use super::*;
+
+    /// An I/O error says what was being done (with the path) and chains the OS error once.
+    #[test]
+    fn io_errors_carry_context_and_source_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.img");
+        let err = FileDevice::open(&missing).unwrap_err();
+        let Error::Io { context, source } = &err else {
+            panic!("expected Error::Io, got {err:?}");
+        };
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+        assert!(context.contains("missing.img"), "{context}");
+        let message = err.to_string();
+        assert!(!message.contains(&source.to_string()), "{message}");
+        let chain = crate::error::display_chain(&err);
+        assert_eq!(chain.matches(&source.to_string()).count(), 1, "{chain}");
+    }
+}

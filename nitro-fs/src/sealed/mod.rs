@@ -1071,7 +1071,7 @@ impl<D: BlockDevice> Inner<D> {
         match self.commit_locked().await {
             Ok(anchored) => anchored,
             Err(e) => {
-                self.poison(e.to_string());
+                self.poison(display_chain(&e));
                 Err(e)
             }
         }
