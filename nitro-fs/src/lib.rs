@@ -11,6 +11,7 @@ pub mod internal;
 pub mod kernel;
 pub mod sealed;
 mod server;
+mod sync;
 
 pub use client::{ClientConfig, ExportInfo, NbdClient, ReconnectPolicy, list_exports, negotiate};
 pub use device::{BlockDevice, MemDevice};

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{
@@ -20,6 +20,7 @@ use super::handshake::{ExportInfo, negotiate};
 use crate::device::BoxFuture;
 use crate::error::{Error, IoContext, ProtocolError, Result, display_chain};
 use crate::internal::proto::*;
+pub(super) use crate::sync::lock;
 
 /// A byte stream usable as an NBD transport.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -28,10 +29,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 pub(super) type BoxStream = Box<dyn Transport>;
 pub(super) type Connector =
     Box<dyn Fn() -> BoxFuture<'static, io::Result<BoxStream>> + Send + Sync>;
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// One request to send.
 pub(super) struct Op<'a> {

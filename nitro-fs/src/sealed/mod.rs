@@ -58,7 +58,7 @@ mod layout;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::hmac;
@@ -75,6 +75,7 @@ use layout::{BLOCK, ENTRIES_PER_PAGE, Entry, FANOUT, Geometry, Header, state};
 
 use crate::device::{BlockDevice, check_range};
 use crate::error::{Error, IntegrityError, Result, display_chain};
+use crate::sync::lock;
 
 /// Lock shards for concurrent block access.
 const SHARDS: u64 = 4096;
@@ -275,10 +276,6 @@ impl State {
 struct NonceGen {
     prefix: [u8; 8],
     counter: u32,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N]> {
