@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
-use nitro_fs::bench::{Measurement, Pattern, Workload};
+use nitro_fs::internal::bench::{Measurement, Pattern, Workload};
 use nitro_fs::sealed::{SealedConfig, SealedDevice, StaticKeyWrap};
 use nitro_fs::{BlockDevice, ClientConfig, Export, FileDevice, NbdClient, Server};
 use nitro_net::Addr;
@@ -500,10 +500,12 @@ async fn measure_all<D: BlockDevice + Clone + 'static>(
 ) -> anyhow::Result<[Measurement; 4]> {
     let w = |p, write, size, depth| Workload::new(p, write, size).duration(d).depth(depth);
     Ok([
-        nitro_fs::bench::run(dev, &w(Pattern::Random, true, 4096, depth)).await?,
-        nitro_fs::bench::run(dev, &w(Pattern::Random, false, 4096, depth)).await?,
-        nitro_fs::bench::run(dev, &w(Pattern::Sequential, true, 1 << 20, depth.min(8))).await?,
-        nitro_fs::bench::run(dev, &w(Pattern::Sequential, false, 1 << 20, depth.min(8))).await?,
+        nitro_fs::internal::bench::run(dev, &w(Pattern::Random, true, 4096, depth)).await?,
+        nitro_fs::internal::bench::run(dev, &w(Pattern::Random, false, 4096, depth)).await?,
+        nitro_fs::internal::bench::run(dev, &w(Pattern::Sequential, true, 1 << 20, depth.min(8)))
+            .await?,
+        nitro_fs::internal::bench::run(dev, &w(Pattern::Sequential, false, 1 << 20, depth.min(8)))
+            .await?,
     ])
 }
 
@@ -723,9 +725,9 @@ async fn compare(size: u64, d: Duration, dir: Option<PathBuf>) -> anyhow::Result
         let w = Workload::new(pattern, write, io).duration(d).depth(depth);
         let (mut p, mut s) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            let m = nitro_fs::bench::run(&plain, &w).await?;
+            let m = nitro_fs::internal::bench::run(&plain, &w).await?;
             p.push(if io == 4096 { m.iops() } else { m.mb_per_sec() });
-            let m = nitro_fs::bench::run(&sealed, &w).await?;
+            let m = nitro_fs::internal::bench::run(&sealed, &w).await?;
             s.push(if io == 4096 { m.iops() } else { m.mb_per_sec() });
         }
         client_rows.push((name, median(p), median(s)));

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io;
 
+use crate::internal::proto;
+
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -14,21 +16,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An operating-system I/O error (socket, file, ioctl).
-    #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
+    /// An operating-system I/O error (socket, file, ioctl). `context` says what was being
+    /// done; the operating system's error is the [`source`](std::error::Error::source).
+    #[error("{context}")]
+    Io {
+        /// What was being done, e.g. `reading the NBD greeting` or `opening /dev/nbd0`.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
 
     /// The peer sent bytes that do not follow the NBD protocol. The connection is unusable.
     #[error("NBD protocol violation by the peer: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
 
     /// The NBD server refused an option during the handshake.
-    #[error("NBD server refused {option}: {reason}")]
+    #[error("NBD server refused {option} with {reply}{}", message_suffix(.message))]
     Negotiation {
-        /// The option that was refused (e.g. `NBD_OPT_GO`).
-        option: &'static str,
-        /// The server's reply type and message.
-        reason: String,
+        /// The option that was refused (e.g. [`NbdOption::GO`]).
+        option: NbdOption,
+        /// The server's error reply (e.g. [`NbdReplyType::ERR_POLICY`],
+        /// [`NbdReplyType::ERR_TLS_REQD`]).
+        reply: NbdReplyType,
+        /// The server's human-readable message (may be empty).
+        message: String,
     },
 
     /// The server has no export of this name.
@@ -38,8 +50,8 @@ pub enum Error {
     /// The NBD server answered a request with an error.
     #[error("NBD server failed {command} at offset {offset} (length {length}): {errno}")]
     Server {
-        /// The command that failed (`read`, `write`, ...).
-        command: &'static str,
+        /// The command that failed ([`NbdCommand::READ`], [`NbdCommand::WRITE`], ...).
+        command: NbdCommand,
         /// Request offset.
         offset: u64,
         /// Request length.
@@ -140,13 +152,28 @@ pub enum Error {
         found: crate::sealed::DeviceId,
     },
 
-    /// Wrapping or unwrapping the data key failed.
-    #[error("key wrapping failed: {0}")]
-    KeyWrap(String),
+    /// Wrapping or unwrapping the data key failed. When a service failed (e.g. AWS KMS with
+    /// the `kms` feature: a `nitro_kms::Error`), it is the `source`, so a caller can downcast
+    /// it and decide whether to retry.
+    #[error("key wrapping failed: {reason}")]
+    KeyWrap {
+        /// What failed, e.g. `KMS Decrypt` or `wrapped key has the wrong length`.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 
-    /// The freshness anchor failed to load or store state.
-    #[error("freshness anchor failed: {0}")]
-    Anchor(String),
+    /// The freshness anchor failed to load or store state, or refused an update. An anchor
+    /// backed by a service reports that service's error as the `source`.
+    #[error("freshness anchor failed: {reason}")]
+    Anchor {
+        /// What failed.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// A previous flush of the sealed device failed, so its on-disk state is uncertain; the
     /// device must be reopened (which recovers the last committed state).
@@ -158,9 +185,49 @@ pub enum Error {
     Crypto(&'static str),
 }
 
+/// A boxed error from a key-wrapping service or a freshness-anchor store.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn message_suffix(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
 impl Error {
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         Self::InvalidArgument(msg.into())
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::KeyWrap`] without an underlying error.
+    pub fn key_wrap(reason: impl Into<String>) -> Self {
+        Self::KeyWrap {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Anchor`] without an underlying error.
+    pub fn anchor(reason: impl Into<String>) -> Self {
+        Self::Anchor {
+            reason: reason.into(),
+            source: None,
+        }
     }
 
     /// True when the error means that stored data did not authenticate, was rolled back, or
@@ -233,6 +300,132 @@ impl fmt::Display for IntegrityError {
     }
 }
 
+/// `e` and its sources, joined with `: ` (for messages that must carry the whole chain).
+pub(crate) fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Adds a context to an [`io::Result`], making it a crate [`Result`].
+pub(crate) trait IoContext<T> {
+    /// Wraps the error in [`Error::Io`] with `context`.
+    fn context(self, context: &str) -> Result<T>;
+    /// Wraps the error in [`Error::Io`] with the context `f` computes (only on error).
+    fn with_context(self, f: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn context(self, context: &str) -> Result<T> {
+        self.map_err(|e| Error::io(context, e))
+    }
+
+    fn with_context(self, f: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(f(), e))
+    }
+}
+
+/// An NBD option (`NBD_OPT_*`), as named in [`Error::Negotiation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NbdOption(pub u32);
+
+impl NbdOption {
+    /// `NBD_OPT_EXPORT_NAME`: enter transmission (legacy).
+    pub const EXPORT_NAME: Self = Self(proto::OPT_EXPORT_NAME);
+    /// `NBD_OPT_LIST`: list exports.
+    pub const LIST: Self = Self(proto::OPT_LIST);
+    /// `NBD_OPT_INFO`: describe an export.
+    pub const INFO: Self = Self(proto::OPT_INFO);
+    /// `NBD_OPT_GO`: describe an export and enter transmission.
+    pub const GO: Self = Self(proto::OPT_GO);
+
+    /// The option's name in the NBD specification (`NBD_OPT_GO`, ...).
+    pub fn name(self) -> &'static str {
+        proto::option_name(self.0)
+    }
+}
+
+impl fmt::Display for NbdOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An NBD option reply type (`NBD_REP_*`); in [`Error::Negotiation`] always an error reply
+/// (`NBD_REP_ERR_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NbdReplyType(pub u32);
+
+impl NbdReplyType {
+    /// `NBD_REP_ERR_UNSUP`: the server does not know the option.
+    pub const ERR_UNSUP: Self = Self(proto::REP_ERR_UNSUP);
+    /// `NBD_REP_ERR_POLICY`: forbidden by the server's policy.
+    pub const ERR_POLICY: Self = Self(proto::REP_ERR_POLICY);
+    /// `NBD_REP_ERR_INVALID`: the option was syntactically invalid.
+    pub const ERR_INVALID: Self = Self(proto::REP_ERR_INVALID);
+    /// `NBD_REP_ERR_PLATFORM`: not supported on the server's platform.
+    pub const ERR_PLATFORM: Self = Self(proto::REP_ERR_PLATFORM);
+    /// `NBD_REP_ERR_TLS_REQD`: the server requires TLS first.
+    pub const ERR_TLS_REQD: Self = Self(proto::REP_ERR_TLS_REQD);
+    /// `NBD_REP_ERR_UNKNOWN`: no such export.
+    pub const ERR_UNKNOWN: Self = Self(proto::REP_ERR_UNKNOWN);
+    /// `NBD_REP_ERR_SHUTDOWN`: the server is shutting down.
+    pub const ERR_SHUTDOWN: Self = Self(proto::REP_ERR_SHUTDOWN);
+    /// `NBD_REP_ERR_BLOCK_SIZE_REQD`: the client must request block sizes.
+    pub const ERR_BLOCK_SIZE_REQD: Self = Self(proto::REP_ERR_BLOCK_SIZE_REQD);
+    /// `NBD_REP_ERR_TOO_BIG`: a request or reply would be too large.
+    pub const ERR_TOO_BIG: Self = Self(proto::REP_ERR_TOO_BIG);
+
+    /// True for error replies (`NBD_REP_ERR_*`).
+    pub fn is_error(self) -> bool {
+        self.0 & proto::REP_FLAG_ERROR != 0
+    }
+
+    /// The reply type's name in the NBD specification (`NBD_REP_ERR_POLICY`, ...).
+    pub fn name(self) -> &'static str {
+        proto::reply_type_name(self.0)
+    }
+}
+
+impl fmt::Display for NbdReplyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An NBD transmission command (`NBD_CMD_*`), as named in [`Error::Server`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NbdCommand(pub u16);
+
+impl NbdCommand {
+    /// `NBD_CMD_READ`.
+    pub const READ: Self = Self(proto::CMD_READ);
+    /// `NBD_CMD_WRITE`.
+    pub const WRITE: Self = Self(proto::CMD_WRITE);
+    /// `NBD_CMD_FLUSH`.
+    pub const FLUSH: Self = Self(proto::CMD_FLUSH);
+    /// `NBD_CMD_TRIM`.
+    pub const TRIM: Self = Self(proto::CMD_TRIM);
+    /// `NBD_CMD_WRITE_ZEROES`.
+    pub const WRITE_ZEROES: Self = Self(proto::CMD_WRITE_ZEROES);
+
+    /// A short name for messages (`read`, `write`, `write-zeroes`, ...).
+    pub fn name(self) -> &'static str {
+        proto::command_name(self.0)
+    }
+}
+
+impl fmt::Display for NbdCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// An NBD error value as carried in replies (the spec's errno subset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NbdErrno(pub u32);
@@ -277,7 +470,7 @@ impl fmt::Display for NbdErrno {
     }
 }
 
-/// A violation of the NBD wire format, found by the pure parsers in [`crate::proto`].
+/// A violation of the NBD wire format, found by the crate's bounds-checked parsers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use nix::fcntl::{FallocateFlags, fallocate};
 
 use crate::device::{BlockDevice, check_range};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// A file or block device used as a [`BlockDevice`].
 ///
@@ -66,8 +66,7 @@ impl FileDevice {
     }
 
     fn open_with(path: &Path, read_only: bool, size: Option<u64>) -> Result<Self> {
-        let with_path =
-            |e: io::Error| Error::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+        let with_path = |e: io::Error| Error::io(format!("opening {}", path.display()), e);
         let mut opts = OpenOptions::new();
         opts.read(true).write(!read_only);
         if size.is_some() && !read_only {
@@ -150,25 +149,34 @@ impl FileDevice {
         check_range(self.inner.size, offset, len)
     }
 
+    /// Runs `f` on the blocking pool; an error is reported as `{what} {path}`.
     async fn blocking<T: Send + 'static>(
         &self,
+        what: &'static str,
         f: impl FnOnce(&Inner) -> io::Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| Error::Io(io::Error::other(e)))?
-            .map_err(Error::Io)
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .with_context(|| format!("{what} {}", self.inner.path.display()))
+    }
+
+    fn context(&self, what: &str, offset: u64) -> String {
+        format!("{what} {} at offset {offset}", self.inner.path.display())
     }
 
     async fn fallocate(&self, flags: FallocateFlags, offset: u64, len: u64) -> Result<bool> {
         let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(Error::invalid("range too large for fallocate"));
         };
-        self.blocking(move |inner| match fallocate(&inner.file, flags, off, l) {
-            Ok(()) => Ok(true),
-            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS) => Ok(false),
-            Err(e) => Err(io::Error::from(e)),
+        self.blocking("fallocate on", move |inner| {
+            match fallocate(&inner.file, flags, off, l) {
+                Ok(()) => Ok(true),
+                Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS) => Ok(false),
+                Err(e) => Err(io::Error::from(e)),
+            }
         })
         .await
     }
@@ -191,20 +199,26 @@ impl BlockDevice for FileDevice {
 
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(self.inner.size, offset, buf.len() as u64)?;
-        self.inner.file.read_exact_at(buf, offset)?;
+        self.inner
+            .file
+            .read_exact_at(buf, offset)
+            .with_context(|| self.context("reading", offset))?;
         Ok(())
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_write(offset, data.len() as u64)?;
-        self.inner.file.write_all_at(data, offset)?;
+        self.inner
+            .file
+            .write_all_at(data, offset)
+            .with_context(|| self.context("writing", offset))?;
         Ok(())
     }
 
     async fn write_at_fua(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_write(offset, data.len() as u64)?;
         let data = data.to_vec();
-        self.blocking(move |inner| match &inner.dsync {
+        self.blocking("writing (FUA) to", move |inner| match &inner.dsync {
             Some(f) => f.write_all_at(&data, offset),
             None => Err(io::Error::from(io::ErrorKind::PermissionDenied)),
         })
@@ -215,7 +229,8 @@ impl BlockDevice for FileDevice {
         if self.inner.read_only {
             return Ok(());
         }
-        self.blocking(|inner| inner.file.sync_data()).await
+        self.blocking("syncing", |inner| inner.file.sync_data())
+            .await
     }
 
     async fn trim(&self, offset: u64, len: u64) -> Result<()> {
@@ -250,9 +265,36 @@ impl BlockDevice for FileDevice {
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(zeroes.len() as u64) as usize;
-            self.inner.file.write_all_at(&zeroes[..n], offset + done)?;
+            self.inner
+                .file
+                .write_all_at(&zeroes[..n], offset + done)
+                .with_context(|| self.context("writing zeroes to", offset + done))?;
             done += n as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: panics are failures
+
+    use super::*;
+
+    /// An I/O error says what was being done (with the path) and chains the OS error once.
+    #[test]
+    fn io_errors_carry_context_and_source_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.img");
+        let err = FileDevice::open(&missing).unwrap_err();
+        let Error::Io { context, source } = &err else {
+            panic!("expected Error::Io, got {err:?}");
+        };
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+        assert!(context.contains("missing.img"), "{context}");
+        let message = err.to_string();
+        assert!(!message.contains(&source.to_string()), "{message}");
+        let chain = crate::error::display_chain(&err);
+        assert_eq!(chain.matches(&source.to_string()).count(), 1, "{chain}");
     }
 }

@@ -34,8 +34,8 @@ use nix::libc;
 use tokio::task::JoinHandle;
 
 use crate::device::BlockDevice;
-use crate::error::{Error, Result};
-use crate::proto::*;
+use crate::error::{Error, IoContext, Result, display_chain};
+use crate::internal::proto::*;
 use crate::server::{Export, ServerConfig, serve_transmission};
 
 type Request = nix::sys::ioctl::ioctl_num_type;
@@ -103,9 +103,14 @@ impl Attached {
     /// Disconnects the kernel device (after the kernel has flushed its requests) and waits
     /// until the in-process server has answered everything. Unmount filesystems first.
     pub async fn detach(mut self) -> Result<()> {
-        nbd_ioctl(self.nbd.as_raw_fd(), NBD_DISCONNECT, 0)?;
+        let path = self.path.display().to_string();
+        nbd_ioctl(self.nbd.as_raw_fd(), NBD_DISCONNECT, 0)
+            .with_context(|| format!("NBD_DISCONNECT on {path}"))?;
         if let Some(t) = self.do_it.take() {
-            t.await.map_err(|e| Error::Io(io::Error::other(e)))??;
+            t.await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+                .with_context(|| format!("NBD_DO_IT on {path}"))?;
         }
         if let Some(t) = self.server.take() {
             // The kernel closed its end of the socket; the server finishes its requests.
@@ -159,29 +164,36 @@ pub async fn attach(
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| Error::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?,
+            .with_context(|| format!("opening {}", path.display()))?,
     );
-    let (kernel_end, our_end) = StdUnixStream::pair()?;
+    let (kernel_end, our_end) = StdUnixStream::pair().context("creating a socket pair")?;
+    let ioctl = |name: &str| format!("{name} on {}", path.display());
     let fd = nbd.as_raw_fd();
     // Start from a clean state (a previous user may have left a socket behind).
     let _ = nbd_ioctl(fd, NBD_CLEAR_SOCK, 0);
-    nbd_ioctl(fd, NBD_SET_BLKSIZE, libc::c_ulong::from(bs))?;
-    nbd_ioctl(fd, NBD_SET_SIZE_BLOCKS, blocks)?;
-    nbd_ioctl(fd, NBD_SET_FLAGS, libc::c_ulong::from(flags))?;
+    nbd_ioctl(fd, NBD_SET_BLKSIZE, libc::c_ulong::from(bs))
+        .with_context(|| ioctl("NBD_SET_BLKSIZE"))?;
+    nbd_ioctl(fd, NBD_SET_SIZE_BLOCKS, blocks).with_context(|| ioctl("NBD_SET_SIZE_BLOCKS"))?;
+    nbd_ioctl(fd, NBD_SET_FLAGS, libc::c_ulong::from(flags))
+        .with_context(|| ioctl("NBD_SET_FLAGS"))?;
     if let Some(t) = options.timeout {
-        nbd_ioctl(fd, NBD_SET_TIMEOUT, t.as_secs().max(1) as libc::c_ulong)?;
+        nbd_ioctl(fd, NBD_SET_TIMEOUT, t.as_secs().max(1) as libc::c_ulong)
+            .with_context(|| ioctl("NBD_SET_TIMEOUT"))?;
     }
     let kernel_fd: OwnedFd = kernel_end.into();
-    nbd_ioctl(fd, NBD_SET_SOCK, kernel_fd.as_raw_fd() as libc::c_ulong)?;
+    nbd_ioctl(fd, NBD_SET_SOCK, kernel_fd.as_raw_fd() as libc::c_ulong)
+        .with_context(|| ioctl("NBD_SET_SOCK"))?;
     // The kernel holds its own reference to the socket now.
     drop(kernel_fd);
 
-    our_end.set_nonblocking(true)?;
-    let stream = tokio::net::UnixStream::from_std(our_end)?;
+    let stream = our_end
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(our_end))
+        .context("registering the NBD socket with tokio")?;
     let server = tokio::spawn(async move {
         let r = serve_transmission(&export, stream, &ServerConfig::default()).await;
         if let Err(e) = &r {
-            tracing::warn!(error = %e, "kernel NBD session ended with an error");
+            tracing::warn!(error = %display_chain(e), "kernel NBD session ended with an error");
         }
         r
     });

@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod bench;
 mod client;
 mod device;
 mod error;
@@ -10,12 +9,15 @@ mod file;
 pub mod internal;
 #[cfg(target_os = "linux")]
 pub mod kernel;
-pub mod proto;
 pub mod sealed;
 mod server;
+mod sync;
 
 pub use client::{ClientConfig, ExportInfo, NbdClient, ReconnectPolicy, list_exports, negotiate};
 pub use device::{BlockDevice, MemDevice};
-pub use error::{Error, IntegrityError, NbdErrno, ProtocolError, Result};
+pub use error::{
+    BoxError, Error, IntegrityError, NbdCommand, NbdErrno, NbdOption, NbdReplyType, ProtocolError,
+    Result,
+};
 pub use file::FileDevice;
 pub use server::{Export, Server, ServerConfig};

@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use nitro_fs::{BlockDevice, ClientConfig, Error, Export, MemDevice, NbdClient, Server};
+use nitro_fs::{
+    BlockDevice, ClientConfig, Error, Export, MemDevice, NbdClient, NbdOption, NbdReplyType, Server,
+};
 use tokio::process::{Child, Command};
 
 const MIB: u64 = 1 << 20;
@@ -165,6 +167,55 @@ async fn client_against_nbdkit_and_unknown_export() {
     }
 }
 
+/// A server that requires TLS refuses `NBD_OPT_GO` and `NBD_OPT_LIST` with
+/// `NBD_REP_ERR_TLS_REQD`: the error names the option and the reply, typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_against_nbdkit_requiring_tls() {
+    let Some(nbdkit) = tool("nbdkit") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("keys.psk");
+    std::fs::write(&psk, "alice:000102030405060708090a0b0c0d0e0f\n").unwrap();
+    let sock = dir.path().join("tls.sock");
+    let mut server = spawn_server(
+        &nbdkit,
+        &[
+            "-f",
+            "--tls=require",
+            &format!("--tls-psk={}", psk.display()),
+            "-U",
+            sock.to_str().unwrap(),
+            "memory",
+            "1M",
+        ],
+        &sock,
+    )
+    .await;
+    let e = unix_client(sock.clone(), "").await.unwrap_err();
+    match &e {
+        Error::Negotiation { option, reply, .. } => {
+            assert_eq!(*option, NbdOption::GO);
+            assert_eq!(*reply, NbdReplyType::ERR_TLS_REQD);
+            assert!(reply.is_error());
+        }
+        other => panic!("expected Negotiation, got {other:?}"),
+    }
+    let text = e.to_string();
+    assert!(
+        text.contains("NBD_OPT_GO") && text.contains("NBD_REP_ERR_TLS_REQD"),
+        "{text}"
+    );
+
+    let mut stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    match nitro_fs::list_exports(&mut stream).await {
+        Err(Error::Negotiation { option, reply, .. }) => {
+            assert_eq!(option, NbdOption::LIST);
+            assert_eq!(reply, NbdReplyType::ERR_TLS_REQD);
+        }
+        other => panic!("expected Negotiation, got {other:?}"),
+    }
+    let _ = server.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_against_read_only_nbdkit() {
     let Some(nbdkit) = tool("nbdkit") else { return };
@@ -202,7 +253,7 @@ async fn client_against_own_server_and_reconnection() {
     // A flushed write survives a broken connection; the client reconnects by itself.
     c.write_at(0, &[1; 4096]).await.unwrap();
     c.flush().await.unwrap();
-    c.break_connection();
+    nitro_fs::internal::break_connection(&c);
     let mut b = [0u8; 4096];
     c.read_at(0, &mut b).await.unwrap();
     assert_eq!(b, [1; 4096]);
@@ -211,7 +262,7 @@ async fn client_against_own_server_and_reconnection() {
     // An acknowledged but unflushed write on a connection that breaks: the next flush says
     // so (once), because a crashed server could have lost it.
     c.write_at(4096, &[2; 4096]).await.unwrap();
-    c.break_connection();
+    nitro_fs::internal::break_connection(&c);
     assert!(matches!(c.flush().await, Err(Error::UnflushedWritesLost)));
     c.flush().await.unwrap();
     assert_eq!(mem.snapshot()[4096..8192], [2; 4096]);

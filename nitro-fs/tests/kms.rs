@@ -83,11 +83,11 @@ async fn sealed_device_with_a_kms_data_key() {
     let intruder = KmsKeyWrap::new(client(Some(other)), &key_id).context("app", "test");
     assert!(matches!(
         SealedDevice::open(raw.clone(), &intruder, cfg.clone()).await,
-        Err(Error::KeyWrap(_))
+        Err(Error::KeyWrap { .. })
     ));
     let wrong_ctx = KmsKeyWrap::new(client(Some(nsm)), &key_id).context("app", "other");
     assert!(matches!(
         SealedDevice::open(raw, &wrong_ctx, cfg).await,
-        Err(Error::KeyWrap(_))
+        Err(Error::KeyWrap { .. })
     ));
 }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use nitro_fs::proto::*;
+use nitro_fs::internal::proto::*;
 use nitro_fs::{
-    BlockDevice, ClientConfig, Error, Export, MemDevice, NbdClient, NbdErrno, ProtocolError,
-    ReconnectPolicy, Server, ServerConfig,
+    BlockDevice, ClientConfig, Error, Export, MemDevice, NbdClient, NbdCommand, NbdErrno,
+    ProtocolError, ReconnectPolicy, Server, ServerConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
@@ -232,7 +232,7 @@ async fn server_closes_on_protocol_violations() {
     let slow = Server::with_config(vec![Export::new("x", MemDevice::new(4096))], cfg).unwrap();
     let (_c, task) = connect(slow);
     assert!(
-        matches!(task.await.unwrap(), Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut)
+        matches!(task.await.unwrap(), Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::TimedOut)
     );
 }
 
@@ -502,7 +502,7 @@ async fn client_rejects_hostile_handshakes() {
     })
     .await;
     assert!(
-        matches!(r, Err(Error::Io(ref e)) if e.kind() == std::io::ErrorKind::TimedOut),
+        matches!(r, Err(Error::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::TimedOut),
         "{r:?}"
     );
 }
@@ -604,7 +604,7 @@ async fn client_rejects_hostile_replies() {
     match c.read_at(0, &mut b).await {
         Err(Error::Server {
             errno,
-            command: "read",
+            command: NbdCommand::READ,
             ..
         }) => assert_eq!(errno, NbdErrno::EIO),
         other => panic!("{other:?}"),

@@ -93,7 +93,7 @@ async fn wrong_key_and_foreign_data_are_refused() {
     let other = StaticKeyWrap::new(&[0x43; 32]).unwrap();
     assert!(matches!(
         SealedDevice::open(raw, &other, config(&anchor)).await,
-        Err(Error::KeyWrap(_))
+        Err(Error::KeyWrap { .. })
     ));
     assert!(matches!(
         SealedDevice::open(MemDevice::new(1 << 20), &key(), config(&anchor)).await,
@@ -331,7 +331,10 @@ impl CrashDisk {
         let mut g = self.0.lock().unwrap();
         if let Some(n) = g.fail_after.as_mut() {
             if *n == 0 {
-                return Err(Error::Io(std::io::Error::other("server died")));
+                return Err(Error::Io {
+                    context: "serving a request".into(),
+                    source: std::io::Error::other("server died"),
+                });
             }
             *n -= 1;
         }

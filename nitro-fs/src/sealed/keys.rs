@@ -177,7 +177,7 @@ impl KeyWrap for StaticKeyWrap {
     ) -> BoxFuture<'a, Result<DataKey>> {
         Box::pin(async move {
             if wrapped.len() != NONCE_LEN + 32 + 16 {
-                return Err(Error::KeyWrap("wrapped key has the wrong length".into()));
+                return Err(Error::key_wrap("wrapped key has the wrong length"));
             }
             let mut nonce = [0u8; NONCE_LEN];
             nonce.copy_from_slice(&wrapped[..NONCE_LEN]);
@@ -190,9 +190,8 @@ impl KeyWrap for StaticKeyWrap {
                     &mut buf,
                 )
                 .map_err(|_| {
-                    Error::KeyWrap(
-                        "the wrapped data key does not open with this key (wrong key, or the header was altered)"
-                            .into(),
+                    Error::key_wrap(
+                        "the wrapped data key does not open with this key (wrong key, or the header was altered)",
                     )
                 })?;
             let mut k = [0u8; 32];
@@ -237,7 +236,7 @@ pub trait FreshnessAnchor: Send + Sync {
     /// [`bind_device`](Self::bind_device) to support `open_volume`.
     fn bound_device<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<Option<DeviceId>>> {
         Box::pin(async move {
-            Err(Error::Anchor(format!(
+            Err(Error::anchor(format!(
                 "this freshness anchor keeps no volume bindings (volume {volume:?})"
             )))
         })
@@ -247,7 +246,7 @@ pub trait FreshnessAnchor: Send + Sync {
     /// another device must fail.
     fn bind_device<'a>(&'a self, volume: &'a str, device: DeviceId) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            Err(Error::Anchor(format!(
+            Err(Error::anchor(format!(
                 "this freshness anchor keeps no volume bindings (volume {volume:?}, device {device})"
             )))
         })
@@ -307,7 +306,7 @@ impl FreshnessAnchor for MemoryAnchor {
         Box::pin(async move {
             let mut g = self.volumes.lock().unwrap_or_else(PoisonError::into_inner);
             match g.get(volume) {
-                Some(old) if *old != device => Err(Error::Anchor(format!(
+                Some(old) if *old != device => Err(Error::anchor(format!(
                     "volume {volume:?} is bound to device {old}, refusing to bind it to {device}"
                 ))),
                 _ => {
@@ -326,7 +325,7 @@ impl FreshnessAnchor for MemoryAnchor {
         Box::pin(async move {
             let mut g = self.states.lock().unwrap_or_else(PoisonError::into_inner);
             match g.get(device) {
-                Some(old) if old.generation > state.generation => Err(Error::Anchor(format!(
+                Some(old) if old.generation > state.generation => Err(Error::anchor(format!(
                     "refusing to move device {device} back from generation {} to {}",
                     old.generation, state.generation
                 ))),

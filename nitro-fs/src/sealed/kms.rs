@@ -64,7 +64,10 @@ impl KmsKeyWrap {
     }
 
     fn kms_error(op: &str, e: nitro_kms::Error) -> Error {
-        Error::KeyWrap(format!("KMS {op}: {e}"))
+        Error::KeyWrap {
+            reason: format!("KMS {op}"),
+            source: Some(Box::new(e)),
+        }
     }
 }
 
@@ -112,9 +115,9 @@ impl KeyWrap for KmsKeyWrap {
 }
 
 fn to_key(plaintext: Option<&[u8]>) -> Result<DataKey> {
-    let bytes = plaintext.ok_or_else(|| Error::KeyWrap("KMS returned no plaintext".into()))?;
+    let bytes = plaintext.ok_or_else(|| Error::key_wrap("KMS returned no plaintext"))?;
     let key: [u8; 32] = bytes
         .try_into()
-        .map_err(|_| Error::KeyWrap(format!("KMS returned a {}-byte key, not 32", bytes.len())))?;
+        .map_err(|_| Error::key_wrap(format!("KMS returned a {}-byte key, not 32", bytes.len())))?;
     Ok(DataKey::from_bytes(key))
 }

@@ -58,7 +58,7 @@ mod layout;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::hmac;
@@ -74,7 +74,8 @@ pub use kms::KmsKeyWrap;
 use layout::{BLOCK, ENTRIES_PER_PAGE, Entry, FANOUT, Geometry, Header, state};
 
 use crate::device::{BlockDevice, check_range};
-use crate::error::{Error, IntegrityError, Result};
+use crate::error::{Error, IntegrityError, Result, display_chain};
+use crate::sync::lock;
 
 /// Lock shards for concurrent block access.
 const SHARDS: u64 = 4096;
@@ -275,10 +276,6 @@ impl State {
 struct NonceGen {
     prefix: [u8; 8],
     counter: u32,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N]> {
@@ -1071,7 +1068,7 @@ impl<D: BlockDevice> Inner<D> {
         match self.commit_locked().await {
             Ok(anchored) => anchored,
             Err(e) => {
-                self.poison(e.to_string());
+                self.poison(display_chain(&e));
                 Err(e)
             }
         }
@@ -1171,7 +1168,7 @@ impl<D: BlockDevice> Inner<D> {
             .iter()
             .flat_map(|&blk| [0u8, 1].map(|s| self.dev.trim(geo.data_offset(blk, s), b)));
         if let Err(e) = try_join_all(trims).await {
-            tracing::debug!(error = %e, "trimming freed blocks failed");
+            tracing::debug!(error = %display_chain(&e), "trimming freed blocks failed");
         }
         Ok(anchored)
     }

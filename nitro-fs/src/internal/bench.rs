@@ -1,10 +1,10 @@
 //! A small load generator for any [`BlockDevice`]: random or sequential reads or writes with
 //! many requests in flight, for benchmarks and smoke tests (`nbd client bench`, the
-//! criterion bench).
+//! criterion bench). Not part of the stable API.
 //!
 //! ```
 //! use std::time::Duration;
-//! use nitro_fs::bench::{Pattern, Workload, run};
+//! use nitro_fs::internal::bench::{Pattern, Workload, run};
 //! use nitro_fs::MemDevice;
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let dev = MemDevice::new(16 << 20);
@@ -155,7 +155,7 @@ pub async fn run<D: BlockDevice + Clone + 'static>(
     let mut ops = 0u64;
     for r in try_join_all(workers)
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(|e| Error::io("a benchmark worker failed", std::io::Error::other(e)))?
     {
         ops += r?;
     }
