@@ -467,9 +467,9 @@ impl EifBuilder {
         let mut image_config = None;
         for (i, r) in self.ramdisks.into_iter().enumerate() {
             if let SourceInner::Customer(c) = &r.0
-                && let Some(cfg) = c.image_config()
+                && let Some(info) = c.docker_info()
             {
-                image_config.get_or_insert_with(|| cfg.raw.clone());
+                image_config.get_or_insert_with(|| info.clone());
             }
             let (p, _) = Self::prepare(r, format!("ramdisk {i}"), Some(arch))?;
             ramdisks.push(p);

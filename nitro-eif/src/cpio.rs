@@ -37,8 +37,16 @@ fn pad4(n: u64) -> u64 {
 #[derive(Clone)]
 pub(crate) enum Data {
     Bytes(Arc<[u8]>),
-    Path { path: PathBuf, len: u64 },
-    Spool { offset: u64, len: u64 },
+    Path {
+        path: PathBuf,
+        len: u64,
+    },
+    /// A range of the archive's spool file (container image layers).
+    #[cfg_attr(not(feature = "image"), allow(dead_code))]
+    Spool {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Data {
@@ -443,6 +451,7 @@ impl CpioArchive {
     }
 
     /// Removes `path` and everything below it.
+    #[cfg(feature = "image")]
     pub(crate) fn remove_tree(&mut self, path: &[u8]) {
         self.remove_children(path);
         self.entries.remove(path);

@@ -13,10 +13,10 @@ mod cpio;
 mod detached;
 mod error;
 mod format;
+#[cfg(feature = "image")]
 mod image;
 mod measure;
 mod metadata;
-mod pem;
 mod ramdisk;
 mod reader;
 mod sign;
@@ -32,6 +32,8 @@ pub use format::{
     Arch, CRC_OFFSET, DEFAULT_CPUS, DEFAULT_MEM, EifHeader, FLAG_ARM64, HEADER_SIZE, MAGIC,
     MAX_SECTIONS, SECTION_HEADER_SIZE, SectionKind, VERSION,
 };
+#[cfg(feature = "image")]
+#[cfg_attr(docsrs, doc(cfg(feature = "image")))]
 pub use image::{DEFAULT_MAX_UNPACKED, ImageConfig, ImageOptions};
 pub use measure::{Measurements, PCR_LEN, Pcr};
 pub use metadata::{BuildInfo, Metadata, build_time_from_env, format_build_time};

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cpio::{CpioArchive, Data, Entry, Kind};
 use crate::error::{Error, Result};
+#[cfg(feature = "image")]
 use crate::image::{self, ImageConfig, ImageOptions};
 
 enum Blob {
@@ -160,7 +161,9 @@ fn add_blob(a: &mut CpioArchive, name: &str, perm: u32, blob: Blob) -> Result<()
 /// use nitro_eif::CustomerRamdisk;
 /// // From a directory (owner/group 0, times fixed):
 /// let app = CustomerRamdisk::from_dir("rootfs")?.cmd(["/bin/app", "--serve"]).env("RUST_LOG", "info");
-/// // From `docker save app:1 -o app.tar` or an OCI layout, with its Entrypoint/Cmd/Env:
+/// // From `docker save app:1 -o app.tar` or an OCI layout, with its Entrypoint/Cmd/Env
+/// // (feature `image`):
+/// # #[cfg(feature = "image")]
 /// let app = CustomerRamdisk::from_image("app.tar")?;
 /// # Ok(()) }
 /// ```
@@ -169,6 +172,7 @@ pub struct CustomerRamdisk {
     cmd: Vec<String>,
     env: Vec<String>,
     workdir: Option<String>,
+    #[cfg(feature = "image")]
     config: Option<ImageConfig>,
     source: String,
 }
@@ -195,6 +199,7 @@ impl CustomerRamdisk {
             cmd: Vec::new(),
             env: Vec::new(),
             workdir: None,
+            #[cfg(feature = "image")]
             config: None,
             source: dir.as_ref().display().to_string(),
         })
@@ -205,11 +210,15 @@ impl CustomerRamdisk {
     /// into a temporary spool file; `cmd` is its `Entrypoint` followed by its `Cmd`, `env` its
     /// `Env`, `workdir` its `WorkingDir`. The image's architecture is checked against the kernel's
     /// when the EIF is built.
+    #[cfg(feature = "image")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "image")))]
     pub fn from_image(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_image_with(path, &ImageOptions::default())
     }
 
     /// Like [`from_image`](Self::from_image), selecting the image or platform with `options`.
+    #[cfg(feature = "image")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "image")))]
     pub fn from_image_with(path: impl AsRef<Path>, options: &ImageOptions) -> Result<Self> {
         let loaded = image::load(path.as_ref(), options)?;
         let config = loaded.config;
@@ -288,8 +297,22 @@ impl CustomerRamdisk {
     }
 
     /// The image config, when built from a container image.
+    #[cfg(feature = "image")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "image")))]
     pub fn image_config(&self) -> Option<&ImageConfig> {
         self.config.as_ref()
+    }
+
+    /// The whole image config document (the EIF metadata's default `DockerInfo`).
+    #[cfg(feature = "image")]
+    pub(crate) fn docker_info(&self) -> Option<&serde_json::Value> {
+        self.config.as_ref().map(|c| &c.raw)
+    }
+
+    /// Without the `image` feature no ramdisk comes from a container image.
+    #[cfg(not(feature = "image"))]
+    pub(crate) fn docker_info(&self) -> Option<&serde_json::Value> {
+        None
     }
 
     /// Builds the archive.

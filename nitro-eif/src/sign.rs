@@ -226,8 +226,8 @@ impl PemSigner {
     /// Builds a signer from PEM text. The key's curve selects the algorithm; the certificate
     /// must carry the key's public half.
     pub fn new(key_pem: &[u8], certificate_pem: &[u8]) -> Result<Self> {
-        let der = crate::pem::first_block(key_pem, &["PRIVATE KEY", "EC PRIVATE KEY"])
-            .map_err(Error::SigningKey)?;
+        let der =
+            pem_block(key_pem, &["PRIVATE KEY", "EC PRIVATE KEY"]).map_err(Error::SigningKey)?;
         let mut found = None;
         for alg in [
             SigningAlgorithm::Es384,
@@ -294,7 +294,7 @@ pub(crate) struct CertificateKey {
 
 impl CertificateKey {
     pub(crate) fn from_pem(pem: &[u8]) -> Result<Self> {
-        let der = crate::pem::first_block(pem, &["CERTIFICATE"])
+        let der = pem_block(pem, &["CERTIFICATE"])
             .map_err(|e| Error::Signature(SignatureError::Certificate(e)))?;
         let (algorithm, public_key) = {
             let cert = parse_certificate(&der)?;
@@ -751,8 +751,42 @@ impl CertificateInfo {
 /// Checks that a signature section is well formed for `PCR_LEN`-byte PCRs (compile-time sanity).
 const _: () = assert!(PCR_LEN == 48);
 
+/// Largest PEM input decoded (certificates and keys are a few KiB).
+const MAX_PEM: usize = 1 << 20;
+
+/// The contents (DER) of the first PEM block of `input` whose label is one of `labels`. The
+/// `pem` crate decodes; a malformed block anywhere in the input is an error.
+pub(crate) fn pem_block(input: &[u8], labels: &[&str]) -> std::result::Result<Vec<u8>, String> {
+    if input.len() > MAX_PEM {
+        return Err(format!("PEM input of {} bytes is too large", input.len()));
+    }
+    pem::parse_many(input)
+        .map_err(|e| format!("PEM: {e}"))?
+        .into_iter()
+        .find(|b| labels.contains(&b.tag()))
+        .map(pem::Pem::into_contents)
+        .ok_or_else(|| format!("no PEM block labelled {}", labels.join(" or ")))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pem_blocks() {
+        let block = |label: &str, der: &[u8]| pem::encode(&pem::Pem::new(label, der));
+        let der = b"hello world, this is not DER but it is bytes";
+        let text = format!("junk\n{}", block("PRIVATE KEY", b"k")) + &block("CERTIFICATE", der);
+        assert_eq!(
+            pem_block(text.as_bytes(), &["CERTIFICATE"]).as_deref(),
+            Ok(&der[..])
+        );
+        assert!(pem_block(b"-----BEGIN CERTIFICATE-----\nAAAA\n", &["CERTIFICATE"]).is_err());
+        let bad = b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n";
+        assert!(pem_block(bad, &["CERTIFICATE"]).is_err());
+        assert!(pem_block(&[0xff, 0xfe], &["CERTIFICATE"]).is_err());
+        assert!(pem_block(b"", &["CERTIFICATE"]).is_err());
+        assert!(pem_block(&vec![b' '; MAX_PEM + 1], &["CERTIFICATE"]).is_err());
+    }
+
     use super::*;
 
     #[test]

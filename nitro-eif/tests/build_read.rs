@@ -466,23 +466,11 @@ fn copy_section_extracts_data() {
 fn sec1_keys_and_p256_work() {
     use aws_lc_rs::encoding::AsDer as _;
     use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-    use base64::Engine as _;
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let sec1 = pair.private_key().as_der().unwrap();
-    let pem = |label: &str, der: &[u8]| {
-        let b = base64::engine::general_purpose::STANDARD.encode(der);
-        let body: Vec<String> = b
-            .as_bytes()
-            .chunks(64)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect();
-        format!(
-            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-            body.join("\n")
-        )
-    };
+    let pem = |label: &str, der: &[u8]| pem::encode(&pem::Pem::new(label, der));
     let key_pem = pem("EC PRIVATE KEY", sec1.as_ref());
     let rc_key = rcgen::KeyPair::try_from(pkcs8.as_ref()).unwrap();
     let cert = rcgen::CertificateParams::new(vec!["p256".into()])
