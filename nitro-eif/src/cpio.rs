@@ -320,7 +320,7 @@ impl CpioArchive {
         dir: impl AsRef<Path>,
     ) -> Result<&mut Self> {
         let dir = dir.as_ref();
-        let prefix = normalize(prefix.as_ref()).map_err(Error::InvalidInput)?;
+        let prefix = normalize(prefix.as_ref()).map_err(Error::InvalidArgument)?;
         let meta = std::fs::metadata(dir)
             .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
         if !meta.is_dir() {
@@ -396,9 +396,9 @@ impl CpioArchive {
     /// Inserts an entry, creating missing parent directories (0755). A non-directory replacing
     /// a directory removes the directory's contents.
     pub(crate) fn insert(&mut self, path: &[u8], entry: Entry) -> Result<()> {
-        let path = normalize(path).map_err(Error::InvalidInput)?;
+        let path = normalize(path).map_err(Error::InvalidArgument)?;
         if path.is_empty() {
-            return Err(Error::InvalidInput("empty archive path".into()));
+            return Err(Error::InvalidArgument("empty archive path".into()));
         }
         if path.len() > 4095 {
             return Err(Error::Unsupported {
@@ -419,7 +419,7 @@ impl CpioArchive {
             match self.entries.get(parent) {
                 Some(e) if e.is_dir() => {}
                 Some(_) => {
-                    return Err(Error::InvalidInput(format!(
+                    return Err(Error::InvalidArgument(format!(
                         "{}: parent {} is not a directory",
                         show(&path).display(),
                         show(parent).display()

@@ -9,7 +9,7 @@ use crate::format::{Arch, SectionKind};
 ///
 /// Errors caused by a malformed or hostile EIF are [`Error::Format`]; errors caused by the
 /// inputs of a build (files, container images, keys) have their own variants; mistakes in how
-/// the API was called are [`Error::InvalidInput`].
+/// the API was called are [`Error::InvalidArgument`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -102,9 +102,10 @@ pub enum Error {
         reason: String,
     },
 
-    /// The API was called with arguments that cannot produce a valid EIF.
-    #[error("invalid input: {0}")]
-    InvalidInput(String),
+    /// The API was called with arguments that cannot produce a valid EIF (a bad archive path,
+    /// a duplicate module, an unsigned image where a signed one is needed, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 impl From<FormatError> for Error {
@@ -244,9 +245,22 @@ pub enum SignatureError {
     /// The signature does not verify with the certificate's public key.
     #[error("the signature does not verify with the certificate's key")]
     BadSignature,
-    /// The certificate is not valid at the given time.
-    #[error("the signing certificate is not valid at {0} (validity {1})")]
-    Expired(String, String),
+    /// The certificate is not valid at the given time (expired, or not yet valid). Times are
+    /// seconds since the Unix epoch (negative before it).
+    #[error(
+        "the signing certificate is not valid at {} (valid from {} to {})",
+        crate::sign::format_unix(*at),
+        crate::sign::format_unix(*not_before),
+        crate::sign::format_unix(*not_after)
+    )]
+    Expired {
+        /// The time the certificate was checked at.
+        at: i64,
+        /// The start of its validity period (`notBefore`).
+        not_before: i64,
+        /// The end of its validity period (`notAfter`).
+        not_after: i64,
+    },
 }
 
 /// Shorthand for results of this crate.

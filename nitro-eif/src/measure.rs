@@ -93,7 +93,7 @@ impl FromStr for Pcr {
     fn from_str(s: &str) -> Result<Pcr> {
         let mut out = [0u8; PCR_LEN];
         hex::decode_to_slice(s.trim(), &mut out)
-            .map_err(|e| Error::InvalidInput(format!("PCR value {s:?}: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("PCR value {s:?}: {e}")))?;
         Ok(Pcr(out))
     }
 }

@@ -117,12 +117,14 @@ impl BootstrapRamdisk {
                 || name.starts_with('.')
                 || reserved.contains(&name.as_str())
             {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::InvalidArgument(format!(
                     "bad module file name {name:?}"
                 )));
             }
             if a.contains(&name) {
-                return Err(Error::InvalidInput(format!("module {name:?} given twice")));
+                return Err(Error::InvalidArgument(format!(
+                    "module {name:?} given twice"
+                )));
             }
             add_blob(&mut a, &name, 0o755, blob)?;
             order.push_str(&name);
@@ -319,7 +321,7 @@ impl CustomerRamdisk {
     pub fn into_archive(self) -> Result<CpioArchive> {
         for (what, items) in [("cmd", &self.cmd), ("env", &self.env)] {
             if let Some(bad) = items.iter().find(|s| s.contains('\n') || s.contains('\0')) {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::InvalidArgument(format!(
                     "{what} entry {bad:?} contains a newline or NUL, which the init's one-per-line format cannot carry"
                 )));
             }
@@ -351,7 +353,9 @@ impl CustomerRamdisk {
             .insert(b"env".to_vec(), file_entry(lines(&self.env)));
         if let Some(w) = self.workdir {
             if w.contains('\n') || w.contains('\0') {
-                return Err(Error::InvalidInput(format!("bad working directory {w:?}")));
+                return Err(Error::InvalidArgument(format!(
+                    "bad working directory {w:?}"
+                )));
             }
             a.entries.insert(
                 b"workdir".to_vec(),
@@ -426,15 +430,15 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e));
         let Ok(dir) = dir else { return };
         let r = CustomerRamdisk::from_dir(dir.path()).and_then(|c| c.cmd(["a\nb"]).into_archive());
-        assert!(matches!(r, Err(Error::InvalidInput(_))));
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
         let r = BootstrapRamdisk::from_bytes(vec![1])
             .module_bytes("x.ko", vec![])
             .module_bytes("x.ko", vec![])
             .into_archive();
-        assert!(matches!(r, Err(Error::InvalidInput(_))));
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
         let r = BootstrapRamdisk::from_bytes(vec![1])
             .module_bytes("init", vec![])
             .into_archive();
-        assert!(matches!(r, Err(Error::InvalidInput(_))));
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
     }
 }

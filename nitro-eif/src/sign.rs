@@ -600,14 +600,11 @@ impl SignatureSection {
             Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
         };
         if t < v.not_before.timestamp() || t > v.not_after.timestamp() {
-            return Err(SignatureError::Expired(
-                format_unix(t),
-                format!(
-                    "{} to {}",
-                    openssl_time(&v.not_before),
-                    openssl_time(&v.not_after)
-                ),
-            ));
+            return Err(SignatureError::Expired {
+                at: t,
+                not_before: v.not_before.timestamp(),
+                not_after: v.not_after.timestamp(),
+            });
         }
         Ok(())
     }
@@ -623,7 +620,8 @@ impl SignatureSection {
     }
 }
 
-fn format_unix(t: i64) -> String {
+/// `2024-01-02T03:04:05Z` (the number itself if out of range).
+pub(crate) fn format_unix(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .map(|d| {
             format!(

@@ -288,13 +288,13 @@ fn inputs_that_change_size_fail_the_build() {
     // No ramdisk, NUL in the command line.
     assert!(matches!(
         EifBuilder::new(&k, "").build(&mut Cursor::new(Vec::new())),
-        Err(Error::InvalidInput(_))
+        Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
         EifBuilder::new(&k, "a\0b")
             .ramdisk(customer_archive())
             .build(&mut Cursor::new(Vec::new())),
-        Err(Error::InvalidInput(_))
+        Err(Error::InvalidArgument(_))
     ));
 }
 
