@@ -345,6 +345,11 @@ pub enum CertificateError {
 
 impl Error {
     /// An [`Error::Io`] with its context.
+    // Only the NSM device, the simulator's PKI files and the HTTP API do I/O.
+    #[cfg_attr(
+        not(any(feature = "device", feature = "simulator", feature = "http-api")),
+        allow(dead_code)
+    )]
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
