@@ -53,6 +53,26 @@ pub enum Error {
     #[error("container image: {0}")]
     Image(String),
 
+    /// No image of a container image layout or archive matches the selection: none is named
+    /// `reference` ([`ImageOptions::reference`](crate::ImageOptions::reference)), none is for
+    /// `linux/<arch>` (the kernel's architecture or
+    /// [`ImageOptions::arch`](crate::ImageOptions::arch)), or the archive holds no image.
+    #[error("container image: no image{}{}", reference.as_ref().map(|r| format!(" named {r:?}")).unwrap_or_default(), arch.map(|a| format!(" for linux/{}", a.oci_name())).unwrap_or_default())]
+    ImageNotFound {
+        /// The reference asked for, if any.
+        reference: Option<String>,
+        /// The platform looked for, when the selection was by platform.
+        arch: Option<Arch>,
+    },
+
+    /// A container image layout or archive holds several images matching the selection: pick
+    /// one of `candidates` with [`ImageOptions::reference`](crate::ImageOptions::reference).
+    #[error("container image: {} images match ({}); select one by reference", candidates.len(), candidates.join(", "))]
+    AmbiguousImage {
+        /// The names (tags, reference annotations) of the matching images.
+        candidates: Vec<String>,
+    },
+
     /// A container image unpacks to more than the configured cap
     /// ([`ImageOptions::max_unpacked`](crate::ImageOptions::max_unpacked())): the running total
     /// of its files' logical sizes, or one of its decompressed streams.

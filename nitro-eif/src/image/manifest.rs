@@ -76,7 +76,10 @@ pub(super) fn pick_oci(store: &Store, opts: &ImageOptions) -> Result<Picked> {
         if let Some(r) = &opts.reference {
             cands.retain(|d| ref_matches(r, &desc_names(d)));
             if cands.is_empty() {
-                return Err(Error::Image(format!("no image named {r:?} in index.json")));
+                return Err(Error::ImageNotFound {
+                    reference: Some(r.clone()),
+                    arch: None,
+                });
             }
         }
         if cands.len() > 1 {
@@ -88,20 +91,18 @@ pub(super) fn pick_oci(store: &Store, opts: &ImageOptions) -> Result<Picked> {
         match cands.as_slice() {
             [one] => (*one).clone(),
             [] => {
-                return Err(Error::Image(format!(
-                    "index.json has no image for {target}"
-                )));
+                return Err(Error::ImageNotFound {
+                    reference: opts.reference.clone(),
+                    arch: Some(target),
+                });
             }
             many => {
-                let names: Vec<String> = many
+                let candidates: Vec<String> = many
                     .iter()
                     .flat_map(|d| desc_names(d))
                     .map(str::to_owned)
                     .collect();
-                return Err(Error::Image(format!(
-                    "index.json holds several images ({}); select one by reference",
-                    names.join(", ")
-                )));
+                return Err(Error::AmbiguousImage { candidates });
             }
         }
     };
@@ -127,11 +128,9 @@ pub(super) fn pick_oci(store: &Store, opts: &ImageOptions) -> Result<Picked> {
                 })
             });
             desc = found
-                .ok_or_else(|| {
-                    Error::Image(format!(
-                        "the image index has no linux/{} image",
-                        target.oci_name()
-                    ))
+                .ok_or_else(|| Error::ImageNotFound {
+                    reference: opts.reference.clone(),
+                    arch: Some(target),
                 })?
                 .clone();
             continue;
@@ -198,13 +197,15 @@ pub(super) fn pick_docker(store: &Store, opts: &ImageOptions) -> Result<Picked> 
     }
     let m = match cands.as_slice() {
         [one] => *one,
-        [] => return Err(Error::Image("manifest.json has no matching image".into())),
+        [] => {
+            return Err(Error::ImageNotFound {
+                reference: opts.reference.clone(),
+                arch: None,
+            });
+        }
         many => {
-            let names: Vec<String> = many.iter().flat_map(|m| tags(m)).collect();
-            return Err(Error::Image(format!(
-                "manifest.json holds several images ({}); select one by reference",
-                names.join(", ")
-            )));
+            let candidates: Vec<String> = many.iter().flat_map(|m| tags(m)).collect();
+            return Err(Error::AmbiguousImage { candidates });
         }
     };
     let cpath = m
