@@ -135,7 +135,25 @@ fn signed_images_verify_and_measure_pcr8() {
     assert_eq!(r.signing_certificate_pem(), Some(cert.as_bytes()));
     assert_eq!(r.verify().unwrap(), built.measurements);
     r.check_certificate_validity(SystemTime::now()).unwrap();
-    assert!(r.check_certificate_validity(UNIX_EPOCH).is_err());
+    // Typed: the check time and the validity period, in seconds since the epoch.
+    let e = r.check_certificate_validity(UNIX_EPOCH).unwrap_err();
+    let Error::Signature(SignatureError::Expired {
+        at,
+        not_before,
+        not_after,
+    }) = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(*at, 0);
+    assert!(0 < *not_before && not_before < not_after, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.starts_with(
+            "EIF signature: the signing certificate is not valid at 1970-01-01T00:00:00Z (valid from "
+        ),
+        "{message}"
+    );
     let d = r.describe().unwrap();
     assert_eq!(d.signature_check, Some(true));
     assert!(d.check_crc);
