@@ -174,32 +174,28 @@ fn load(der: &[u8]) -> Result<Anchor> {
     })
 }
 
-/// Decodes the first `CERTIFICATE` block of a PEM string.
-pub(crate) fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
-    for item in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
-        match item {
-            Ok(p) if p.label == "CERTIFICATE" => return Ok(p.contents),
-            Ok(_) => continue,
-            Err(e) => return Err(Error::InvalidArgument(format!("PEM: {e}"))),
-        }
-    }
-    Err(Error::InvalidArgument(
-        "PEM: no CERTIFICATE block found".to_owned(),
-    ))
+// PEM goes through the `pem` crate only (decoding and encoding, here and in the simulator).
+
+/// The blocks of a PEM text, in order; text outside the blocks is ignored.
+pub(crate) fn pem_blocks(text: &str) -> std::result::Result<Vec<pem::Pem>, pem::PemError> {
+    pem::parse_many(text)
 }
 
-/// Encodes DER as a PEM block with `label` (64-character lines, RFC 7468).
+/// Decodes the first `CERTIFICATE` block of a PEM string.
+pub(crate) fn pem_to_der(text: &str) -> Result<Vec<u8>> {
+    pem_blocks(text)
+        .map_err(|e| Error::InvalidArgument(format!("PEM: {e}")))?
+        .into_iter()
+        .find(|b| b.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .ok_or_else(|| Error::InvalidArgument("PEM: no CERTIFICATE block found".to_owned()))
+}
+
+/// Encodes DER as a PEM block with `label` (64-character lines ending in `\n`, RFC 7468).
 #[cfg_attr(not(feature = "simulator"), allow(dead_code))]
 pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), lf)
 }
 
 #[cfg(test)]

@@ -181,9 +181,17 @@ pub enum Error {
     /// The NSM answered with a response that does not match the request.
     #[error("unexpected NSM response: {0}")]
     NsmResponse(String),
-    /// Opening or talking to the NSM device failed, or reading or writing a simulator PKI file.
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
+    /// An I/O operation failed: opening or talking to the NSM device, reading or writing a
+    /// simulator PKI file, or serving the HTTP API. `context` says what was being done (the
+    /// message shows only it; the I/O error is the [`source`](std::error::Error::source)).
+    #[error("{context}")]
+    Io {
+        /// What was being done, e.g. `opening /dev/nsm`.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 
     // ---- caller errors -----------------------------------------------------------------------
     /// An argument supplied by the caller (not the document) is invalid, e.g. a trust anchor
@@ -333,6 +341,21 @@ pub enum CertificateError {
     /// An extension occurs twice or cannot be parsed.
     #[error("invalid extension: {0}")]
     InvalidExtension(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] with its context.
+    // Only the NSM device, the simulator's PKI files and the HTTP API do I/O.
+    #[cfg_attr(
+        not(any(feature = "device", feature = "simulator", feature = "http-api")),
+        allow(dead_code)
+    )]
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
 }
 
 /// Error codes the NSM returns (mirrors the NSM API's `ErrorCode`).

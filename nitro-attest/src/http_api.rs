@@ -1,52 +1,4 @@
-//! The attestation HTTP API (feature `http-api`): `POST /v1/attestation` on loopback, so that
-//! an unmodified service in the enclave (any language, any HTTP client) can obtain an
-//! attestation document from the NSM.
-//!
-//! # Protocol
-//!
-//! ```text
-//! POST /v1/attestation HTTP/1.1
-//! Content-Type: application/json            (optional; an empty body is `{}`)
-//! Accept: application/cbor | application/json (optional; default application/cbor)
-//!
-//! {"nonce": "<base64>", "user_data": "<base64>", "public_key": "<base64>"}
-//! ```
-//!
-//! Every field is optional (absent or `null`: not in the document); values are standard
-//! base64, padded or not. Unknown fields are refused.
-//!
-//! | answer | when |
-//! |---|---|
-//! | `200`, `application/cbor`, the COSE_Sign1 document exactly as the NSM produced it | by default, `Accept: application/cbor`, `*/*` |
-//! | `200`, `application/json`, `{"document": "<base64>"}` | `Accept: application/json` preferred |
-//! | `400 bad_request` | malformed JSON, unknown field, bad base64 |
-//! | `404 not_found`, `405 method_not_allowed` (with `Allow: POST`) | other paths and methods |
-//! | `406 not_acceptable` | `Accept` admits neither CBOR nor JSON |
-//! | `413 too_large` | body over [`MAX_BODY`], a field over [`MAX_OPTIONAL_FIELD`], or the whole NSM request over [`NSM_REQUEST_MAX_SIZE`] (the NSM's `InputTooLarge`) |
-//! | `415 unsupported_media_type` | a `Content-Type` other than `application/json` (or curl's default `application/x-www-form-urlencoded`: the body is read as JSON) |
-//! | `500 nsm_error` | any other NSM failure |
-//!
-//! Errors are JSON: `{"error": {"code": "too_large", "message": "..."}}`. Every answer carries
-//! `Cache-Control: no-store`.
-//!
-//! # Size limits
-//!
-//! The NSM takes requests of at most [`NSM_REQUEST_MAX_SIZE`] (4 KiB) of CBOR, all three fields
-//! together. The device does not check the specification's per-field limit of 1 KiB, but
-//! verifiers do (this crate's parser included): a document with a larger field would be
-//! refused everywhere, so the API refuses such a field up front with `413`.
-//!
-//! # Who may call
-//!
-//! Anyone who can reach the endpoint can have the enclave attest arbitrary `user_data`, nonce
-//! and public key (this is what the NSM device offers every process in the enclave too), so
-//! it must never be reachable from outside: [`AttestationApi::serve`] drops connections whose
-//! peer is not a loopback address, and [`AttestationApi::bind_loopback`] refuses non-loopback
-//! addresses. [`AttestationApi::serve_connection`] serves any accepted stream (vsock, Unix
-//! socket, ...): the caller decides who may connect.
-//!
-//! [`MAX_OPTIONAL_FIELD`]: crate::MAX_OPTIONAL_FIELD
-//! [`NSM_REQUEST_MAX_SIZE`]: crate::NSM_REQUEST_MAX_SIZE
+//! The attestation HTTP API (feature `http-api`): see [`AttestationApi`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -69,19 +21,67 @@ use crate::document::MAX_OPTIONAL_FIELD;
 use crate::error::{Error, NsmErrorCode, Result};
 use crate::nsm::Nsm;
 
-/// The path of the endpoint.
+/// The path of the attestation HTTP API's endpoint ([`AttestationApi`]).
 pub const ATTESTATION_PATH: &str = "/v1/attestation";
 
-/// Largest request body accepted (`413` beyond): the base64 of three maximal fields plus JSON
-/// fits with room to spare.
-pub const MAX_BODY: usize = 8 * 1024;
+/// Largest request body the attestation HTTP API ([`AttestationApi`]) accepts (`413` beyond):
+/// the base64 of three maximal fields plus JSON fits with room to spare.
+pub const ATTESTATION_MAX_BODY: usize = 8 * 1024;
 
 /// How long a client may take to send the request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The attestation HTTP API over an [`Nsm`]: the real `/dev/nsm`
-/// ([`NsmDevice`](crate::NsmDevice)), the [`SimulatedNsm`](crate::SimulatedNsm), or any other
-/// implementation. See the [module documentation](self) for the protocol.
+/// The attestation HTTP API (feature `http-api`): `POST /v1/attestation` on loopback, so that
+/// an unmodified service in the enclave (any language, any HTTP client) can obtain an
+/// attestation document from the NSM, over any [`Nsm`]: the real `/dev/nsm`
+/// ([`NsmDevice`](crate::NsmDevice)), the [`SimulatedNsm`](crate::SimulatedNsm), or another
+/// implementation.
+///
+/// # Protocol
+///
+/// ```text
+/// POST /v1/attestation HTTP/1.1
+/// Content-Type: application/json            (optional; an empty body is `{}`)
+/// Accept: application/cbor | application/json (optional; default application/cbor)
+///
+/// {"nonce": "<base64>", "user_data": "<base64>", "public_key": "<base64>"}
+/// ```
+///
+/// Every field is optional (absent or `null`: not in the document); values are standard
+/// base64, padded or not. Unknown fields are refused.
+///
+/// | answer | when |
+/// |---|---|
+/// | `200`, `application/cbor`, the COSE_Sign1 document exactly as the NSM produced it | by default, `Accept: application/cbor`, `*/*` |
+/// | `200`, `application/json`, `{"document": "<base64>"}` | `Accept: application/json` preferred |
+/// | `400 bad_request` | malformed JSON, unknown field, bad base64 |
+/// | `404 not_found`, `405 method_not_allowed` (with `Allow: POST`) | other paths and methods |
+/// | `406 not_acceptable` | `Accept` admits neither CBOR nor JSON |
+/// | `413 too_large` | body over [`ATTESTATION_MAX_BODY`], a field over [`MAX_OPTIONAL_FIELD`], or the whole NSM request over [`NSM_REQUEST_MAX_SIZE`] (the NSM's `InputTooLarge`) |
+/// | `415 unsupported_media_type` | a `Content-Type` other than `application/json` (or curl's default `application/x-www-form-urlencoded`: the body is read as JSON) |
+/// | `500 nsm_error` | any other NSM failure |
+///
+/// Errors are JSON: `{"error": {"code": "too_large", "message": "..."}}`. Every answer carries
+/// `Cache-Control: no-store`.
+///
+/// # Size limits
+///
+/// The NSM takes requests of at most [`NSM_REQUEST_MAX_SIZE`] (4 KiB) of CBOR, all three fields
+/// together. The device does not check the specification's per-field limit of 1 KiB, but
+/// verifiers do (this crate's parser included): a document with a larger field would be
+/// refused everywhere, so the API refuses such a field up front with `413`.
+///
+/// # Who may call
+///
+/// Anyone who can reach the endpoint can have the enclave attest arbitrary `user_data`, nonce
+/// and public key (this is what the NSM device offers every process in the enclave too), so
+/// it must never be reachable from outside: [`AttestationApi::serve`] drops connections whose
+/// peer is not a loopback address, and [`AttestationApi::bind_loopback`] refuses non-loopback
+/// addresses. [`AttestationApi::serve_connection`] serves any accepted stream (vsock, Unix
+/// socket, ...): the caller decides who may connect.
+///
+/// [`MAX_OPTIONAL_FIELD`]: crate::MAX_OPTIONAL_FIELD
+/// [`NSM_REQUEST_MAX_SIZE`]: crate::NSM_REQUEST_MAX_SIZE
 ///
 /// ```no_run
 /// # #[cfg(feature = "device")]
@@ -129,7 +129,9 @@ impl<N: Nsm + ?Sized + 'static> AttestationApi<N> {
                 "the attestation API listens on loopback only, not on {addr}"
             )));
         }
-        Ok(TcpListener::bind(addr).await?)
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io(format!("binding the attestation API to {addr}"), e))
     }
 
     /// Accepts connections forever, serving each on its own task; connections from peers that
@@ -156,7 +158,9 @@ impl<N: Nsm + ?Sized + 'static> AttestationApi<N> {
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
-                r = listener.accept() => r?,
+                r = listener.accept() => {
+                    r.map_err(|e| Error::io("accepting an attestation API connection", e))?
+                }
                 () = &mut shutdown => return Ok(()),
             };
             if !is_loopback(peer) {
@@ -192,10 +196,15 @@ impl<N: Nsm + ?Sized + 'static> AttestationApi<N> {
             .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(io), service)
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))
+            .map_err(|e| {
+                Error::io(
+                    "serving an attestation API connection",
+                    std::io::Error::other(e),
+                )
+            })
     }
 
-    /// Answers one request (reads at most [`MAX_BODY`] bytes of body; the NSM call runs on
+    /// Answers one request (reads at most [`ATTESTATION_MAX_BODY`] bytes of body; the NSM call runs on
     /// the blocking thread pool).
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
     where
@@ -208,14 +217,14 @@ impl<N: Nsm + ?Sized + 'static> AttestationApi<N> {
             Ok(h) => h,
             Err(e) => return e.into_response(),
         };
-        let body = match Limited::new(body, MAX_BODY).collect().await {
+        let body = match Limited::new(body, ATTESTATION_MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 let e = if e.is::<http_body_util::LengthLimitError>() {
                     error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "too_large",
-                        &format!("request body over {MAX_BODY} bytes"),
+                        &format!("request body over {ATTESTATION_MAX_BODY} bytes"),
                     )
                 } else {
                     error(StatusCode::BAD_REQUEST, "bad_request", "unreadable body")

@@ -15,8 +15,7 @@ pub mod dangerous;
 mod document;
 mod error;
 #[cfg(feature = "http-api")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http-api")))]
-pub mod http_api;
+mod http_api;
 mod input;
 mod nsm;
 mod time;
@@ -35,7 +34,7 @@ pub use document::{
 pub use error::{CertRef, CertificateError, Error, Field, NsmErrorCode, Result};
 #[cfg(feature = "http-api")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http-api")))]
-pub use http_api::AttestationApi;
+pub use http_api::{ATTESTATION_MAX_BODY, ATTESTATION_PATH, AttestationApi};
 pub use input::decode_input;
 #[cfg(feature = "device")]
 #[cfg_attr(docsrs, doc(cfg(feature = "device")))]

@@ -410,19 +410,19 @@ impl EifBuilder {
     pub fn build<W: Write + Seek>(self, out: &mut W) -> Result<BuildOutput> {
         let cmdline = self.cmdline.into_bytes();
         if cmdline.contains(&0) {
-            return Err(Error::InvalidInput(
+            return Err(Error::InvalidArgument(
                 "the kernel command line contains a NUL byte".into(),
             ));
         }
         if self.ramdisks.is_empty() {
-            return Err(Error::InvalidInput(
+            return Err(Error::InvalidArgument(
                 "an EIF needs at least one ramdisk".into(),
             ));
         }
         let signed = self.signer.is_some();
         let num_sections = 3 + self.ramdisks.len() + usize::from(signed);
         if num_sections > MAX_SECTIONS {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::InvalidArgument(format!(
                 "{} ramdisks: an EIF has at most {MAX_SECTIONS} sections",
                 self.ramdisks.len()
             )));
@@ -431,7 +431,7 @@ impl EifBuilder {
         // Kernel: look at its head (then stream it, head included, without reading it twice).
         let (kernel, _) = Self::prepare(self.kernel, "kernel".into(), None)?;
         let Input::Stream(mut kernel_reader) = kernel.input else {
-            return Err(Error::InvalidInput(
+            return Err(Error::InvalidArgument(
                 "the kernel cannot be a cpio archive".into(),
             ));
         };
@@ -451,7 +451,7 @@ impl EifBuilder {
             }
             (Some(a), _) | (None, Some(a)) => a,
             (None, None) if head.starts_with(&[0x1f, 0x8b]) || head.get(4..8) == Some(b"zimg") => {
-                return Err(Error::InvalidInput(
+                return Err(Error::InvalidArgument(
                     "the kernel is compressed (gzip or EFI zboot): Nitro Enclaves boot an x86 bzImage or an uncompressed arm64 Image; decompress it (e.g. gunzip) first".into(),
                 ));
             }
@@ -467,9 +467,9 @@ impl EifBuilder {
         let mut image_config = None;
         for (i, r) in self.ramdisks.into_iter().enumerate() {
             if let SourceInner::Customer(c) = &r.0
-                && let Some(cfg) = c.image_config()
+                && let Some(info) = c.docker_info()
             {
-                image_config.get_or_insert_with(|| cfg.raw.clone());
+                image_config.get_or_insert_with(|| info.clone());
             }
             let (p, _) = Self::prepare(r, format!("ramdisk {i}"), Some(arch))?;
             ramdisks.push(p);

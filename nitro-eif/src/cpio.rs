@@ -37,8 +37,16 @@ fn pad4(n: u64) -> u64 {
 #[derive(Clone)]
 pub(crate) enum Data {
     Bytes(Arc<[u8]>),
-    Path { path: PathBuf, len: u64 },
-    Spool { offset: u64, len: u64 },
+    Path {
+        path: PathBuf,
+        len: u64,
+    },
+    /// A range of the archive's spool file (container image layers).
+    #[cfg_attr(not(feature = "image"), allow(dead_code))]
+    Spool {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Data {
@@ -312,7 +320,7 @@ impl CpioArchive {
         dir: impl AsRef<Path>,
     ) -> Result<&mut Self> {
         let dir = dir.as_ref();
-        let prefix = normalize(prefix.as_ref()).map_err(Error::InvalidInput)?;
+        let prefix = normalize(prefix.as_ref()).map_err(Error::InvalidArgument)?;
         let meta = std::fs::metadata(dir)
             .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
         if !meta.is_dir() {
@@ -388,9 +396,9 @@ impl CpioArchive {
     /// Inserts an entry, creating missing parent directories (0755). A non-directory replacing
     /// a directory removes the directory's contents.
     pub(crate) fn insert(&mut self, path: &[u8], entry: Entry) -> Result<()> {
-        let path = normalize(path).map_err(Error::InvalidInput)?;
+        let path = normalize(path).map_err(Error::InvalidArgument)?;
         if path.is_empty() {
-            return Err(Error::InvalidInput("empty archive path".into()));
+            return Err(Error::InvalidArgument("empty archive path".into()));
         }
         if path.len() > 4095 {
             return Err(Error::Unsupported {
@@ -411,7 +419,7 @@ impl CpioArchive {
             match self.entries.get(parent) {
                 Some(e) if e.is_dir() => {}
                 Some(_) => {
-                    return Err(Error::InvalidInput(format!(
+                    return Err(Error::InvalidArgument(format!(
                         "{}: parent {} is not a directory",
                         show(&path).display(),
                         show(parent).display()
@@ -443,6 +451,7 @@ impl CpioArchive {
     }
 
     /// Removes `path` and everything below it.
+    #[cfg(feature = "image")]
     pub(crate) fn remove_tree(&mut self, path: &[u8]) {
         self.remove_children(path);
         self.entries.remove(path);

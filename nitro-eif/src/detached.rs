@@ -14,7 +14,7 @@ use std::io::{BufWriter, Seek as _, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SignatureError};
 use crate::format::{self, HEADER_SIZE, SECTION_HEADER_SIZE, SectionKind};
 use crate::measure::{Measurements, Pcr};
 use crate::reader::EifReader;
@@ -284,12 +284,7 @@ fn write_signed(input: &Path, output: &Path, signature: &EifSignature) -> Result
         });
     }
     if report.measurements.pcr0 != signature.pcr0 {
-        return Err(Error::InvalidInput(format!(
-            "{} measures to PCR0 {}, the signature is for PCR0 {}",
-            input.display(),
-            report.measurements.pcr0,
-            signature.pcr0
-        )));
+        return Err(SignatureError::PayloadMismatch.into());
     }
     let keep: Vec<_> = eif
         .sections()
@@ -302,7 +297,7 @@ fn write_signed(input: &Path, output: &Path, signature: &EifSignature) -> Result
     header.section_sizes = [0; format::MAX_SECTIONS];
     header.num_sections = u16::try_from(keep.len() + 1).unwrap_or(u16::MAX);
     if keep.len() + 1 > format::MAX_SECTIONS {
-        return Err(Error::InvalidInput(
+        return Err(Error::InvalidArgument(
             "too many sections to add a signature".into(),
         ));
     }

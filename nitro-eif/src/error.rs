@@ -9,7 +9,7 @@ use crate::format::{Arch, SectionKind};
 ///
 /// Errors caused by a malformed or hostile EIF are [`Error::Format`]; errors caused by the
 /// inputs of a build (files, container images, keys) have their own variants; mistakes in how
-/// the API was called are [`Error::InvalidInput`].
+/// the API was called are [`Error::InvalidArgument`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -52,6 +52,26 @@ pub enum Error {
     /// A container image (OCI layout or `docker save` archive) could not be used.
     #[error("container image: {0}")]
     Image(String),
+
+    /// No image of a container image layout or archive matches the selection: none is named
+    /// `reference` ([`ImageOptions::reference`](crate::ImageOptions::reference)), none is for
+    /// `linux/<arch>` (the kernel's architecture or
+    /// [`ImageOptions::arch`](crate::ImageOptions::arch)), or the archive holds no image.
+    #[error("container image: no image{}{}", reference.as_ref().map(|r| format!(" named {r:?}")).unwrap_or_default(), arch.map(|a| format!(" for linux/{}", a.oci_name())).unwrap_or_default())]
+    ImageNotFound {
+        /// The reference asked for, if any.
+        reference: Option<String>,
+        /// The platform looked for, when the selection was by platform.
+        arch: Option<Arch>,
+    },
+
+    /// A container image layout or archive holds several images matching the selection: pick
+    /// one of `candidates` with [`ImageOptions::reference`](crate::ImageOptions::reference).
+    #[error("container image: {} images match ({}); select one by reference", candidates.len(), candidates.join(", "))]
+    AmbiguousImage {
+        /// The names (tags, reference annotations) of the matching images.
+        candidates: Vec<String>,
+    },
 
     /// A container image unpacks to more than the configured cap
     /// ([`ImageOptions::max_unpacked`](crate::ImageOptions::max_unpacked())): the running total
@@ -102,9 +122,10 @@ pub enum Error {
         reason: String,
     },
 
-    /// The API was called with arguments that cannot produce a valid EIF.
-    #[error("invalid input: {0}")]
-    InvalidInput(String),
+    /// The API was called with arguments that cannot produce a valid EIF (a bad archive path,
+    /// a duplicate module, an unsigned image where a signed one is needed, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 impl From<FormatError> for Error {
@@ -244,9 +265,22 @@ pub enum SignatureError {
     /// The signature does not verify with the certificate's public key.
     #[error("the signature does not verify with the certificate's key")]
     BadSignature,
-    /// The certificate is not valid at the given time.
-    #[error("the signing certificate is not valid at {0} (validity {1})")]
-    Expired(String, String),
+    /// The certificate is not valid at the given time (expired, or not yet valid). Times are
+    /// seconds since the Unix epoch (negative before it).
+    #[error(
+        "the signing certificate is not valid at {} (valid from {} to {})",
+        crate::sign::format_unix(*at),
+        crate::sign::format_unix(*not_before),
+        crate::sign::format_unix(*not_after)
+    )]
+    Expired {
+        /// The time the certificate was checked at.
+        at: i64,
+        /// The start of its validity period (`notBefore`).
+        not_before: i64,
+        /// The end of its validity period (`notAfter`).
+        not_after: i64,
+    },
 }
 
 /// Shorthand for results of this crate.

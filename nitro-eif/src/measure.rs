@@ -52,7 +52,7 @@ impl Pcr {
     /// PCR8 of a signing certificate given in PEM, as `nitro-cli pcr --signing-certificate`
     /// computes it: `SHA384(0^48 || SHA384(DER))` of the first `CERTIFICATE` block.
     pub fn of_certificate_pem(pem: &[u8]) -> Result<Pcr> {
-        let der = crate::pem::first_block(pem, &["CERTIFICATE"])
+        let der = crate::sign::pem_block(pem, &["CERTIFICATE"])
             .map_err(|e| Error::Signature(SignatureError::Certificate(e)))?;
         crate::sign::parse_certificate(&der)?;
         Ok(Pcr::of_bytes(&der))
@@ -93,7 +93,7 @@ impl FromStr for Pcr {
     fn from_str(s: &str) -> Result<Pcr> {
         let mut out = [0u8; PCR_LEN];
         hex::decode_to_slice(s.trim(), &mut out)
-            .map_err(|e| Error::InvalidInput(format!("PCR value {s:?}: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("PCR value {s:?}: {e}")))?;
         Ok(Pcr(out))
     }
 }

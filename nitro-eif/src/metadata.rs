@@ -121,7 +121,7 @@ pub(crate) fn check_custom(v: &serde_json::Value) -> Result<()> {
     if v.is_null() || v.is_object() {
         Ok(())
     } else {
-        Err(Error::InvalidInput(
+        Err(Error::InvalidArgument(
             "custom metadata must be a JSON object (or null)".into(),
         ))
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cpio::{CpioArchive, Data, Entry, Kind};
 use crate::error::{Error, Result};
+#[cfg(feature = "image")]
 use crate::image::{self, ImageConfig, ImageOptions};
 
 enum Blob {
@@ -116,12 +117,14 @@ impl BootstrapRamdisk {
                 || name.starts_with('.')
                 || reserved.contains(&name.as_str())
             {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::InvalidArgument(format!(
                     "bad module file name {name:?}"
                 )));
             }
             if a.contains(&name) {
-                return Err(Error::InvalidInput(format!("module {name:?} given twice")));
+                return Err(Error::InvalidArgument(format!(
+                    "module {name:?} given twice"
+                )));
             }
             add_blob(&mut a, &name, 0o755, blob)?;
             order.push_str(&name);
@@ -160,7 +163,9 @@ fn add_blob(a: &mut CpioArchive, name: &str, perm: u32, blob: Blob) -> Result<()
 /// use nitro_eif::CustomerRamdisk;
 /// // From a directory (owner/group 0, times fixed):
 /// let app = CustomerRamdisk::from_dir("rootfs")?.cmd(["/bin/app", "--serve"]).env("RUST_LOG", "info");
-/// // From `docker save app:1 -o app.tar` or an OCI layout, with its Entrypoint/Cmd/Env:
+/// // From `docker save app:1 -o app.tar` or an OCI layout, with its Entrypoint/Cmd/Env
+/// // (feature `image`):
+/// # #[cfg(feature = "image")]
 /// let app = CustomerRamdisk::from_image("app.tar")?;
 /// # Ok(()) }
 /// ```
@@ -169,6 +174,7 @@ pub struct CustomerRamdisk {
     cmd: Vec<String>,
     env: Vec<String>,
     workdir: Option<String>,
+    #[cfg(feature = "image")]
     config: Option<ImageConfig>,
     source: String,
 }
@@ -195,6 +201,7 @@ impl CustomerRamdisk {
             cmd: Vec::new(),
             env: Vec::new(),
             workdir: None,
+            #[cfg(feature = "image")]
             config: None,
             source: dir.as_ref().display().to_string(),
         })
@@ -205,11 +212,15 @@ impl CustomerRamdisk {
     /// into a temporary spool file; `cmd` is its `Entrypoint` followed by its `Cmd`, `env` its
     /// `Env`, `workdir` its `WorkingDir`. The image's architecture is checked against the kernel's
     /// when the EIF is built.
+    #[cfg(feature = "image")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "image")))]
     pub fn from_image(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_image_with(path, &ImageOptions::default())
     }
 
     /// Like [`from_image`](Self::from_image), selecting the image or platform with `options`.
+    #[cfg(feature = "image")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "image")))]
     pub fn from_image_with(path: impl AsRef<Path>, options: &ImageOptions) -> Result<Self> {
         let loaded = image::load(path.as_ref(), options)?;
         let config = loaded.config;
@@ -288,15 +299,29 @@ impl CustomerRamdisk {
     }
 
     /// The image config, when built from a container image.
+    #[cfg(feature = "image")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "image")))]
     pub fn image_config(&self) -> Option<&ImageConfig> {
         self.config.as_ref()
+    }
+
+    /// The whole image config document (the EIF metadata's default `DockerInfo`).
+    #[cfg(feature = "image")]
+    pub(crate) fn docker_info(&self) -> Option<&serde_json::Value> {
+        self.config.as_ref().map(|c| &c.raw)
+    }
+
+    /// Without the `image` feature no ramdisk comes from a container image.
+    #[cfg(not(feature = "image"))]
+    pub(crate) fn docker_info(&self) -> Option<&serde_json::Value> {
+        None
     }
 
     /// Builds the archive.
     pub fn into_archive(self) -> Result<CpioArchive> {
         for (what, items) in [("cmd", &self.cmd), ("env", &self.env)] {
             if let Some(bad) = items.iter().find(|s| s.contains('\n') || s.contains('\0')) {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::InvalidArgument(format!(
                     "{what} entry {bad:?} contains a newline or NUL, which the init's one-per-line format cannot carry"
                 )));
             }
@@ -328,7 +353,9 @@ impl CustomerRamdisk {
             .insert(b"env".to_vec(), file_entry(lines(&self.env)));
         if let Some(w) = self.workdir {
             if w.contains('\n') || w.contains('\0') {
-                return Err(Error::InvalidInput(format!("bad working directory {w:?}")));
+                return Err(Error::InvalidArgument(format!(
+                    "bad working directory {w:?}"
+                )));
             }
             a.entries.insert(
                 b"workdir".to_vec(),
@@ -403,15 +430,15 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e));
         let Ok(dir) = dir else { return };
         let r = CustomerRamdisk::from_dir(dir.path()).and_then(|c| c.cmd(["a\nb"]).into_archive());
-        assert!(matches!(r, Err(Error::InvalidInput(_))));
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
         let r = BootstrapRamdisk::from_bytes(vec![1])
             .module_bytes("x.ko", vec![])
             .module_bytes("x.ko", vec![])
             .into_archive();
-        assert!(matches!(r, Err(Error::InvalidInput(_))));
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
         let r = BootstrapRamdisk::from_bytes(vec![1])
             .module_bytes("init", vec![])
             .into_archive();
-        assert!(matches!(r, Err(Error::InvalidInput(_))));
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
     }
 }

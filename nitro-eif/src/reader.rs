@@ -516,7 +516,7 @@ impl<R: Read + Seek> EifReader<R> {
         let s = self
             .signature
             .as_ref()
-            .ok_or_else(|| Error::InvalidInput("the image is not signed".into()))?;
+            .ok_or_else(|| Error::InvalidArgument("the image is not signed".into()))?;
         s.check_validity(at).map_err(Error::Signature)
     }
 
@@ -540,7 +540,7 @@ impl<R: Read + Seek> EifReader<R> {
         let s = *self
             .sections
             .get(index)
-            .ok_or_else(|| Error::InvalidInput(format!("no section {index}")))?;
+            .ok_or_else(|| Error::InvalidArgument(format!("no section {index}")))?;
         self.inner
             .seek(SeekFrom::Start(s.data_offset()))
             .map_err(|e| Error::io("reading the EIF", e))?;

@@ -226,8 +226,8 @@ impl PemSigner {
     /// Builds a signer from PEM text. The key's curve selects the algorithm; the certificate
     /// must carry the key's public half.
     pub fn new(key_pem: &[u8], certificate_pem: &[u8]) -> Result<Self> {
-        let der = crate::pem::first_block(key_pem, &["PRIVATE KEY", "EC PRIVATE KEY"])
-            .map_err(Error::SigningKey)?;
+        let der =
+            pem_block(key_pem, &["PRIVATE KEY", "EC PRIVATE KEY"]).map_err(Error::SigningKey)?;
         let mut found = None;
         for alg in [
             SigningAlgorithm::Es384,
@@ -294,7 +294,7 @@ pub(crate) struct CertificateKey {
 
 impl CertificateKey {
     pub(crate) fn from_pem(pem: &[u8]) -> Result<Self> {
-        let der = crate::pem::first_block(pem, &["CERTIFICATE"])
+        let der = pem_block(pem, &["CERTIFICATE"])
             .map_err(|e| Error::Signature(SignatureError::Certificate(e)))?;
         let (algorithm, public_key) = {
             let cert = parse_certificate(&der)?;
@@ -600,14 +600,11 @@ impl SignatureSection {
             Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
         };
         if t < v.not_before.timestamp() || t > v.not_after.timestamp() {
-            return Err(SignatureError::Expired(
-                format_unix(t),
-                format!(
-                    "{} to {}",
-                    openssl_time(&v.not_before),
-                    openssl_time(&v.not_after)
-                ),
-            ));
+            return Err(SignatureError::Expired {
+                at: t,
+                not_before: v.not_before.timestamp(),
+                not_after: v.not_after.timestamp(),
+            });
         }
         Ok(())
     }
@@ -623,7 +620,8 @@ impl SignatureSection {
     }
 }
 
-fn format_unix(t: i64) -> String {
+/// `2024-01-02T03:04:05Z` (the number itself if out of range).
+pub(crate) fn format_unix(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .map(|d| {
             format!(
@@ -751,8 +749,42 @@ impl CertificateInfo {
 /// Checks that a signature section is well formed for `PCR_LEN`-byte PCRs (compile-time sanity).
 const _: () = assert!(PCR_LEN == 48);
 
+/// Largest PEM input decoded (certificates and keys are a few KiB).
+const MAX_PEM: usize = 1 << 20;
+
+/// The contents (DER) of the first PEM block of `input` whose label is one of `labels`. The
+/// `pem` crate decodes; a malformed block anywhere in the input is an error.
+pub(crate) fn pem_block(input: &[u8], labels: &[&str]) -> std::result::Result<Vec<u8>, String> {
+    if input.len() > MAX_PEM {
+        return Err(format!("PEM input of {} bytes is too large", input.len()));
+    }
+    pem::parse_many(input)
+        .map_err(|e| format!("PEM: {e}"))?
+        .into_iter()
+        .find(|b| labels.contains(&b.tag()))
+        .map(pem::Pem::into_contents)
+        .ok_or_else(|| format!("no PEM block labelled {}", labels.join(" or ")))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pem_blocks() {
+        let block = |label: &str, der: &[u8]| pem::encode(&pem::Pem::new(label, der));
+        let der = b"hello world, this is not DER but it is bytes";
+        let text = format!("junk\n{}", block("PRIVATE KEY", b"k")) + &block("CERTIFICATE", der);
+        assert_eq!(
+            pem_block(text.as_bytes(), &["CERTIFICATE"]).as_deref(),
+            Ok(&der[..])
+        );
+        assert!(pem_block(b"-----BEGIN CERTIFICATE-----\nAAAA\n", &["CERTIFICATE"]).is_err());
+        let bad = b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n";
+        assert!(pem_block(bad, &["CERTIFICATE"]).is_err());
+        assert!(pem_block(&[0xff, 0xfe], &["CERTIFICATE"]).is_err());
+        assert!(pem_block(b"", &["CERTIFICATE"]).is_err());
+        assert!(pem_block(&vec![b' '; MAX_PEM + 1], &["CERTIFICATE"]).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -135,7 +135,25 @@ fn signed_images_verify_and_measure_pcr8() {
     assert_eq!(r.signing_certificate_pem(), Some(cert.as_bytes()));
     assert_eq!(r.verify().unwrap(), built.measurements);
     r.check_certificate_validity(SystemTime::now()).unwrap();
-    assert!(r.check_certificate_validity(UNIX_EPOCH).is_err());
+    // Typed: the check time and the validity period, in seconds since the epoch.
+    let e = r.check_certificate_validity(UNIX_EPOCH).unwrap_err();
+    let Error::Signature(SignatureError::Expired {
+        at,
+        not_before,
+        not_after,
+    }) = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(*at, 0);
+    assert!(0 < *not_before && not_before < not_after, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.starts_with(
+            "EIF signature: the signing certificate is not valid at 1970-01-01T00:00:00Z (valid from "
+        ),
+        "{message}"
+    );
     let d = r.describe().unwrap();
     assert_eq!(d.signature_check, Some(true));
     assert!(d.check_crc);
@@ -288,13 +306,13 @@ fn inputs_that_change_size_fail_the_build() {
     // No ramdisk, NUL in the command line.
     assert!(matches!(
         EifBuilder::new(&k, "").build(&mut Cursor::new(Vec::new())),
-        Err(Error::InvalidInput(_))
+        Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
         EifBuilder::new(&k, "a\0b")
             .ramdisk(customer_archive())
             .build(&mut Cursor::new(Vec::new())),
-        Err(Error::InvalidInput(_))
+        Err(Error::InvalidArgument(_))
     ));
 }
 
@@ -466,23 +484,11 @@ fn copy_section_extracts_data() {
 fn sec1_keys_and_p256_work() {
     use aws_lc_rs::encoding::AsDer as _;
     use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-    use base64::Engine as _;
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let sec1 = pair.private_key().as_der().unwrap();
-    let pem = |label: &str, der: &[u8]| {
-        let b = base64::engine::general_purpose::STANDARD.encode(der);
-        let body: Vec<String> = b
-            .as_bytes()
-            .chunks(64)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect();
-        format!(
-            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-            body.join("\n")
-        )
-    };
+    let pem = |label: &str, der: &[u8]| pem::encode(&pem::Pem::new(label, der));
     let key_pem = pem("EC PRIVATE KEY", sec1.as_ref());
     let rc_key = rcgen::KeyPair::try_from(pkcs8.as_ref()).unwrap();
     let cert = rcgen::CertificateParams::new(vec!["p256".into()])

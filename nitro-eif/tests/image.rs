@@ -340,7 +340,13 @@ fn docker_save_archives_flatten_like_the_oci_layout() {
         reference
     );
     let opts = ImageOptions::default().reference("other:2");
-    assert!(CustomerRamdisk::from_image_with(dir.path(), &opts).is_err());
+    match CustomerRamdisk::from_image_with(dir.path(), &opts) {
+        Err(Error::ImageNotFound {
+            reference: Some(r),
+            arch: None,
+        }) => assert_eq!(r, "other:2"),
+        r => panic!("{:?}", r.map(|_| ())),
+    }
 
     // Same bytes, same PCR2, whatever the packaging.
     let oci = tempfile::tempdir().unwrap();
@@ -350,6 +356,28 @@ fn docker_save_archives_flatten_like_the_oci_layout() {
         archive_of(CustomerRamdisk::from_image(oci.path()).unwrap()),
         reference
     );
+}
+
+#[test]
+fn several_images_need_a_reference() {
+    // Two images for the same platform: the error names them, and a reference picks one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = oci_layout(dir.path(), "amd64");
+    a["annotations"] = json!({"org.opencontainers.image.ref.name": "a"});
+    let mut b = oci_layout(dir.path(), "amd64");
+    b["annotations"] = json!({"org.opencontainers.image.ref.name": "b"});
+    finish_layout(dir.path(), vec![a, b]);
+    let opts = ImageOptions::default().arch(Arch::X86_64);
+    match CustomerRamdisk::from_image_with(dir.path(), &opts) {
+        Err(e @ Error::AmbiguousImage { .. }) => {
+            assert_eq!(
+                e.to_string(),
+                "container image: 2 images match (a, b); select one by reference"
+            );
+        }
+        r => panic!("{:?}", r.map(|_| ())),
+    }
+    CustomerRamdisk::from_image_with(dir.path(), &opts.reference("b")).unwrap();
 }
 
 #[test]

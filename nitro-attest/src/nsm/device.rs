@@ -57,7 +57,12 @@ impl NsmDevice {
     ///
     /// [`Error::Io`] if the device cannot be opened.
     pub fn open_path(path: impl AsRef<Path>) -> Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening the NSM device {}", path.display()), e))?;
         Ok(NsmDevice { file })
     }
 
@@ -179,7 +184,8 @@ mod tests {
     #[test]
     fn open_missing_device_is_an_io_error() {
         let e = NsmDevice::open_path("/nonexistent/nsm").unwrap_err();
-        assert!(matches!(e, Error::Io(_)), "{e}");
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        assert_eq!(e.to_string(), "opening the NSM device /nonexistent/nsm");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rcgen::{
 };
 use x509_parser::prelude::FromDer as _;
 
-use crate::anchors::{TrustAnchors, pem_block, sha256};
+use crate::anchors::{TrustAnchors, pem_block, pem_blocks, sha256};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
 
@@ -269,11 +269,10 @@ impl SimulatorPki {
         }
         let mut certs = Vec::new();
         let mut keys = Vec::new();
-        for item in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
-            let item = item.map_err(|e| bad(format!("PEM: {e}")))?;
-            match item.label.as_str() {
-                "CERTIFICATE" => certs.push(item.contents),
-                "PRIVATE KEY" => keys.push(item.contents),
+        for item in pem_blocks(pem).map_err(|e| bad(format!("PEM: {e}")))? {
+            match item.tag() {
+                "CERTIFICATE" => certs.push(item.into_contents()),
+                "PRIVATE KEY" => keys.push(item.into_contents()),
                 other => return Err(bad(format!("unexpected PEM block {other:?}"))),
             }
         }
@@ -395,10 +394,7 @@ fn root_params() -> CertificateParams {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Io(std::io::Error::new(
-        e.kind(),
-        format!("simulator PKI {}: {e}", path.display()),
-    ))
+    Error::io(format!("simulator PKI {}", path.display()), e)
 }
 
 /// Reads at most [`MAX_PKI_FILE`] bytes of UTF-8 text.
@@ -510,7 +506,7 @@ mod tests {
         ));
         assert!(matches!(
             SimulatorPki::load_or_create(dir.path().join("missing/pki.pem"), None),
-            Err(Error::Io(_))
+            Err(Error::Io { .. })
         ));
     }
 }
