@@ -1,4 +1,4 @@
-//! The emulator's parent services (`nitro_workspace::emulator::parent`) without QEMU: an
+//! The emulator's parent services (`nitro_emulator::parent`) without QEMU: an
 //! "enclave" on this host connects to the Unix sockets vhost-device-vsock would connect the
 //! guest's vsock connections to, and uses every service: the discovery document, the egress
 //! tunnel (with the policy extended for the local KMS), the credentials, the local KMS with
@@ -18,8 +18,8 @@ use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
 use nitro_kms::model::{DecryptRequest, GenerateDataKeyRequest};
 use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
 use nitro_net::{Addr, EgressClient};
-use nitro_workspace::emulator::hybrid_listen_path;
-use nitro_workspace::emulator::parent::{
+use nitro_emulator::hybrid_listen_path;
+use nitro_emulator::parent::{
     CREDENTIALS_PORT, EGRESS_PORT, EmulatorInfo, INFO_PORT, KmsSettings, NBD_PORT, NbdExport,
     ParentConfig, ParentServices,
 };

@@ -189,9 +189,7 @@ fn sim_verify_inspect_bench() {
 
 #[test]
 fn genuine_fixtures() {
-    let dir = std::env::var_os("NITRO_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
+    let dir = nitro_test_support::fixtures_dir();
     if !dir.join("manifest.json").is_file() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),

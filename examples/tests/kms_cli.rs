@@ -351,9 +351,7 @@ fn cli_end_to_end() {
     let e = kms(&bin, &["call", "NoSuchOperation", "--endpoint", ep]).unwrap_err();
     assert!(e.contains("UnknownOperationException"), "{e}");
 
-    let fixtures = std::env::var_os("NITRO_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
+    let fixtures = nitro_test_support::fixtures_dir();
     let cms = fixtures.join("cms");
     if cms.is_dir() {
         let opened = kms(
