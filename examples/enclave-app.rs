@@ -50,15 +50,15 @@ use clap::Parser;
 use nitro_attest::{
     Nsm, NsmDevice, Policy as AttestPolicy, Timestamp, UnverifiedDocument, dangerous,
 };
+use nitro_emulator::parent::{EmulatorInfo, INFO_PORT, image_key_policy};
 use nitro_fs::sealed::{KmsKeyWrap, SealedConfig, SealedDevice};
 use nitro_fs::{BlockDevice, ClientConfig, NbdClient, kernel};
+use nitro_init::{BootParams, EMULATOR_MAX_WRITE};
 use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
 use nitro_kms::model::{CreateKeyRequest, GenerateDataKeyRequest};
 use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
 use nitro_net::time::{StepPolicy, TimeConfig};
-use nitro_init::{BootParams, EMULATOR_MAX_WRITE};
 use nitro_net::{Addr, ClientConfig as EgressConfig, EgressClient, TimeClient};
-use nitro_emulator::parent::{EmulatorInfo, INFO_PORT, image_key_policy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Every step's time limit (the guest runs under TCG, so generously).

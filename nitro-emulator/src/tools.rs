@@ -280,7 +280,11 @@ pub fn build_example(name: &str) -> Result<PathBuf, Error> {
     } else {
         profile
     };
-    let kind = if name == "emulate" { "--bin" } else { "--example" };
+    let kind = if name == "emulate" {
+        "--bin"
+    } else {
+        "--example"
+    };
     cargo_build(
         &[
             "--workspace",

@@ -83,8 +83,7 @@ async fn boots_an_eif_and_reports_the_application_exit_status() -> anyhow::Resul
         return Ok(());
     };
     let t = Instant::now();
-    let init =
-        tokio::task::spawn_blocking(emulator::build_init).await??;
+    let init = tokio::task::spawn_blocking(emulator::build_init).await??;
     eprintln!("nitro-init (musl) ready in {:.1?}", t.elapsed());
     let dir = tempfile::tempdir()?;
     let eif = build_eif(&tools, &init, dir.path())?;

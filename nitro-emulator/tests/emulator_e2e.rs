@@ -334,8 +334,7 @@ async fn emulated_enclave_end_to_end() -> anyhow::Result<()> {
         return Ok(());
     };
     let t = Instant::now();
-    let init =
-        tokio::task::spawn_blocking(emulator::build_init).await??;
+    let init = tokio::task::spawn_blocking(emulator::build_init).await??;
     let app = tokio::task::spawn_blocking(|| emulator::build_example("enclave-app")).await??;
     let emulate = tokio::task::spawn_blocking(|| emulator::build_example("emulate")).await??;
     eprintln!("binaries ready in {:.1?}", t.elapsed());

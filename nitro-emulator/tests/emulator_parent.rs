@@ -13,16 +13,16 @@ use std::sync::Arc;
 
 use nitro_attest::SimulatedNsm;
 use nitro_eif::{Measurements, Pcr};
-use nitro_fs::{BlockDevice, ClientConfig, NbdClient};
-use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
-use nitro_kms::model::{DecryptRequest, GenerateDataKeyRequest};
-use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
-use nitro_net::{Addr, EgressClient};
 use nitro_emulator::hybrid_listen_path;
 use nitro_emulator::parent::{
     CREDENTIALS_PORT, EGRESS_PORT, EmulatorInfo, INFO_PORT, KmsSettings, NBD_PORT, NbdExport,
     ParentConfig, ParentServices,
 };
+use nitro_fs::{BlockDevice, ClientConfig, NbdClient};
+use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
+use nitro_kms::model::{DecryptRequest, GenerateDataKeyRequest};
+use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
+use nitro_net::{Addr, EgressClient};
 
 /// The address the guest's connection to vsock `(CID 2, port)` arrives at.
 fn guest_to(run_dir: &Path, port: u32) -> Addr {

@@ -145,8 +145,7 @@ pub fn parse_lines(bytes: &[u8], what: &str) -> Result<Vec<String>, Error> {
     if bytes.contains(&0) {
         return Err(Error::malformed(what, "contains a NUL byte"));
     }
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| Error::malformed(what, "not UTF-8"))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::malformed(what, "not UTF-8"))?;
     let text = text.strip_suffix('\n').unwrap_or(text);
     if text.is_empty() {
         return Ok(Vec::new());

@@ -2,7 +2,7 @@
 //! services around it.
 //!
 //! ```text
-//! cargo run --release --example emulate -- --eif app.eif \
+//! cargo run --release -p nitro-emulator -- --eif app.eif \
 //!     [--parent-policy egress.toml] [--kms [--kms-state kms.json]] \
 //!     [--nbd [NAME=]FILE[:SIZE]]... [--forward [ADDR:]PORT=ENCLAVE_PORT]... \
 //!     [--memory 512] [--cpus 2] [--timeout SECS] [--append WORD]...
