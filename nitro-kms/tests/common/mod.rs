@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-pub use nitro_test_support::{skip, strict};
+pub use nitro_test_support::skip;
 
 /// The fixtures directory (`NITRO_FIXTURES`, default `<workspace>/tests/fixtures`).
 pub fn fixtures() -> Option<PathBuf> {
