@@ -48,7 +48,7 @@ struct Args {
     /// The enclave image.
     #[arg(long)]
     eif: PathBuf,
-    /// Egress policy of the parent (nitro-net TOML, [[allow]] / [[deny]]); default: deny
+    /// Egress policy of the parent (nitro-net TOML, `[[allow]]` / `[[deny]]`); default: deny
     /// everything.
     #[arg(long)]
     parent_policy: Option<PathBuf>,
@@ -63,11 +63,11 @@ struct Args {
     /// Region of the local KMS.
     #[arg(long, default_value = nitro_emulator::parent::DEFAULT_REGION, requires = "kms")]
     kms_region: String,
-    /// Serve a file over NBD: [NAME=]FILE[:SIZE] (created with SIZE, e.g. 64M, when missing;
+    /// Serve a file over NBD: `[NAME=]FILE[:SIZE]` (created with SIZE, e.g. 64M, when missing;
     /// default name `disk`). Repeatable.
     #[arg(long, value_name = "[NAME=]FILE[:SIZE]")]
     nbd: Vec<NbdExport>,
-    /// Forward a parent TCP address to an enclave vsock port: [ADDR:]PORT=ENCLAVE_PORT
+    /// Forward a parent TCP address to an enclave vsock port: `[ADDR:]PORT=ENCLAVE_PORT`
     /// (ADDR defaults to 127.0.0.1; PORT 0 picks a free port). Repeatable.
     #[arg(long, value_name = "[ADDR:]PORT=ENCLAVE_PORT")]
     forward: Vec<String>,
