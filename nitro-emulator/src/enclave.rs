@@ -821,7 +821,7 @@ mod tests {
         let st = lock(&state);
         assert!(st.heartbeat.is_some());
         assert_eq!(st.app_status, Some(42));
-        assert!(st.diagnostics.joined().contains("invalid exit report"));
+        assert!(st.diagnostics.joined().contains("exit report: invalid"));
         Ok(())
     }
 }
