@@ -184,8 +184,9 @@ async fn main() -> Result<()> {
     let mut report = Report::default();
     let parent = |port: u32| Addr::Vsock { cid: None, port };
     say(format_args!(
-        "started; the parent is vsock CID {}",
-        nitro_net::parent_cid()
+        "started; the parent is vsock CID {}; vsock write cap {:?}",
+        nitro_net::parent_cid(),
+        write_cap()
     ));
 
     // Accept the ingress connection in the background while the other steps run.

@@ -274,6 +274,15 @@ fn check_boot(boot: &Boot, m: &Measurements, label: &str) -> anyhow::Result<()> 
         "{label}: not all steps passed\n{}",
         boot.dump()
     );
+    // The application found from its boot parameters that it runs under the emulator, and
+    // caps its vsock writes (nitro_init::BootParams::write_cap).
+    ensure!(
+        boot.console
+            .iter()
+            .any(|l| l.contains("vsock write cap Some(16384)")),
+        "{label}: the write cap is not applied\n{}",
+        boot.dump()
+    );
     check_document(boot, m)?;
     let nsm = boot.one_ok("nsm")?;
     ensure!(nsm.contains("PCR0, PCR1, PCR2 equal nitro-eif's"), "{nsm}");
