@@ -6,7 +6,10 @@
 //! - [`fixtures_dir`] / [`fixtures_or_skip`]: where the real fixtures are (`tests/fixtures` at
 //!   the workspace root, or `$NITRO_FIXTURES`), with the skip-or-fail rule of the test suite:
 //!   a missing fixture skips a test with a printed reason, except under `CI=true`
-//!   ([`strict`]), where it fails it.
+//!   ([`strict`]), where it fails it;
+//! - [`tool`]: an external program (on `PATH` or in the test venv), [`example`]: an example
+//!   binary of the package under test, [`Moto`]: moto's AWS emulation in server mode, each
+//!   skipped the same way when absent.
 //!
 //! ```
 //! let tls = nitro_test_support::try_tls_material("doc test CA")?;
@@ -109,6 +112,118 @@ pub fn fixtures_or_skip(marker: &str) -> Option<PathBuf> {
             "fixtures not found: no {marker} in {} (set {FIXTURES_VAR})",
             dir.display()
         ))
+    }
+}
+
+/// An executable named `name` on `PATH`, in `$NITRO_VENV/bin` or in `$NITRO_CACHE/venv/bin`
+/// (`NITRO_CACHE` defaulting to `~/.cache/nitro-rs`, as in `scripts/lib.sh`: where
+/// `scripts/install.sh` puts moto and the aws CLI); otherwise [`skip`]s.
+///
+/// # Panics
+/// Under `CI=true` when the tool is missing.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let var = |v: &str| {
+        std::env::var_os(v)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cache = var("NITRO_CACHE").unwrap_or_else(|| {
+        var("HOME")
+            .unwrap_or_default()
+            .join(".cache")
+            .join("nitro-rs")
+    });
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(var("NITRO_VENV").map(|v| v.join("bin")));
+    dirs.push(cache.join("venv").join("bin"));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .or_else(|| {
+            skip(&format!(
+                "{name} not found on PATH or in the test venv (scripts/install.sh installs it)"
+            ))
+        })
+}
+
+/// The example `name` of the package under test, as `cargo test` builds it beside the test
+/// binary (`target/<profile>/examples/<name>`); otherwise [`skip`]s (`cargo test --test X`
+/// alone does not build the examples).
+///
+/// # Panics
+/// Under `CI=true` when the example is not built.
+pub fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok();
+    let profile_dir = exe.as_deref().and_then(|e| e.parent()?.parent());
+    match profile_dir.map(|d| d.join("examples").join(name)) {
+        Some(bin) if bin.is_file() => Some(bin),
+        Some(bin) => skip(&format!(
+            "{} not built (run `cargo test` for the whole package)",
+            bin.display()
+        )),
+        None => skip(&format!("no target directory for example {name}")),
+    }
+}
+
+/// A `moto_server` (moto's AWS emulation, KMS and S3 among others) on a free loopback port,
+/// killed when dropped.
+#[derive(Debug)]
+pub struct Moto {
+    child: std::process::Child,
+    port: u16,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Moto {
+    /// Starts moto in server mode and waits (up to 30 s) until it accepts connections;
+    /// `None` ([`skip`]) when it is not installed.
+    ///
+    /// # Panics
+    /// When it cannot be started or does not come up, and under `CI=true` when it is missing.
+    pub fn start() -> Option<Self> {
+        let bin = tool("moto_server")?;
+        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => addr.port(),
+            Err(e) => panic!("no free loopback port: {e}"),
+        };
+        let child = match std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => panic!("starting {}: {e}", bin.display()),
+        };
+        let moto = Self {
+            child,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
