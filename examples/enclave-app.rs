@@ -1,7 +1,8 @@
 //! `enclave-app`: an enclave application that uses all five crates against the real devices of
-//! an emulated enclave (`examples/emulate.rs`): QEMU's emulated `/dev/nsm`, `AF_VSOCK` to the
-//! parent, the kernel's NBD driver. The end-to-end test (`tests/emulator_e2e.rs`) packs it into
-//! an EIF with nitro-eif and boots it twice.
+//! an emulated enclave (nitro-emulator's `emulate` binary): QEMU's emulated `/dev/nsm`,
+//! `AF_VSOCK` to the parent, the kernel's NBD driver. The end-to-end test
+//! (`nitro-emulator/tests/emulator_e2e.rs`) packs it into an EIF with nitro-eif and boots it
+//! twice.
 //!
 //! ```text
 //! enclave-app [--http http://HOST:PORT/PATH [--expect TEXT]] [--denied HOST:PORT]...
@@ -13,7 +14,7 @@
 //! the exit status is 0 when every step passed, 1 otherwise.
 //!
 //! - `[info]` reads the emulator's description of the parent's services
-//!   (`nitro_workspace::emulator::parent::EmulatorInfo`, vsock port 9001);
+//!   (`nitro_emulator::parent::EmulatorInfo`, vsock port 9001);
 //! - `[clock]` measures the parent's clock with nitro-net's time service and steps the guest's
 //!   clock when it is off by more than a second;
 //! - `[nsm]` asks `/dev/nsm` (nitro-attest `NsmDevice`) for an attestation document with a fresh
@@ -34,13 +35,14 @@
 //! - `[ingress]` accepts one connection on a vsock port (forwarded by the parent from TCP) and
 //!   answers each line with `echo: LINE`.
 //!
-//! Every stream to the parent keeps its writes at or below nitro-net's
-//! [`EMULATOR_MAX_WRITE`](nitro_net::EMULATOR_MAX_WRITE) (16 KiB): the emulator's vsock backend
-//! drops the multi-descriptor packets a 6.12 guest kernel makes of larger writes (see
-//! `nitro_workspace::emulator::guest`). The cap comes from nitro-net's own configuration
-//! (`ClientConfig::max_write`, `Stream::limit_writes`), not from a wrapper of this application.
+//! Under the emulator, every stream to the parent keeps its writes at or below
+//! [`EMULATOR_MAX_WRITE`] (16 KiB): the emulator's vsock backend drops the multi-descriptor
+//! packets a 6.12 guest kernel makes of larger writes. Whether the cap applies comes from the
+//! boot parameters (`nitro_init::BootParams::write_cap`), and the cap itself from nitro-net's
+//! own configuration (`ClientConfig::max_write`, `Stream::limit_writes`), not from a wrapper of
+//! this application.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
@@ -48,14 +50,15 @@ use clap::Parser;
 use nitro_attest::{
     Nsm, NsmDevice, Policy as AttestPolicy, Timestamp, UnverifiedDocument, dangerous,
 };
+use nitro_emulator::parent::{EmulatorInfo, INFO_PORT, image_key_policy};
 use nitro_fs::sealed::{KmsKeyWrap, SealedConfig, SealedDevice};
 use nitro_fs::{BlockDevice, ClientConfig, NbdClient, kernel};
+use nitro_init::{BootParams, EMULATOR_MAX_WRITE};
 use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
 use nitro_kms::model::{CreateKeyRequest, GenerateDataKeyRequest};
 use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
 use nitro_net::time::{StepPolicy, TimeConfig};
-use nitro_net::{Addr, ClientConfig as EgressConfig, EMULATOR_MAX_WRITE, EgressClient, TimeClient};
-use nitro_workspace::emulator::parent::{EmulatorInfo, INFO_PORT, image_key_policy};
+use nitro_net::{Addr, ClientConfig as EgressConfig, EgressClient, TimeClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Every step's time limit (the guest runs under TCG, so generously).
@@ -157,6 +160,17 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
+/// The write cap for streams to the parent, from the kernel command line (nitro-init's boot
+/// parameters: `Some` under the emulator); kept when `/proc/cmdline` cannot be read (a cap is
+/// harmless on a real enclave, its absence is not under the emulator).
+fn write_cap() -> Option<usize> {
+    static CAP: OnceLock<Option<usize>> = OnceLock::new();
+    *CAP.get_or_init(|| match std::fs::read_to_string("/proc/cmdline") {
+        Ok(cmdline) => BootParams::from_cmdline(&cmdline).0.write_cap(),
+        Err(_) => Some(EMULATOR_MAX_WRITE),
+    })
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -170,8 +184,9 @@ async fn main() -> Result<()> {
     let mut report = Report::default();
     let parent = |port: u32| Addr::Vsock { cid: None, port };
     say(format_args!(
-        "started; the parent is vsock CID {}",
-        nitro_net::parent_cid()
+        "started; the parent is vsock CID {}; vsock write cap {:?}",
+        nitro_net::parent_cid(),
+        write_cap()
     ));
 
     // Accept the ingress connection in the background while the other steps run.
@@ -188,7 +203,7 @@ async fn main() -> Result<()> {
         .await;
     let egress = info.as_ref().map(|i| {
         let mut config = EgressConfig::default();
-        config.max_write = Some(EMULATOR_MAX_WRITE);
+        config.max_write = write_cap();
         EgressClient::with_config(parent(i.egress_port), config)
     });
 
@@ -485,7 +500,7 @@ async fn data_key(
         let addr = creds_addr.clone();
         async move {
             let mut stream = addr.connect().await.map_err(std::io::Error::other)?;
-            stream.limit_writes(Some(EMULATOR_MAX_WRITE));
+            stream.limit_writes(write_cap());
             Ok(stream)
         }
     }));
@@ -570,7 +585,7 @@ async fn nbd_client(addr: &Addr, export: &str) -> Result<NbdClient> {
             let addr = addr.clone();
             async move {
                 let mut stream = addr.connect().await.map_err(std::io::Error::other)?;
-                stream.limit_writes(Some(EMULATOR_MAX_WRITE));
+                stream.limit_writes(write_cap());
                 Ok(stream)
             }
         },
@@ -796,7 +811,7 @@ async fn ingress_once(addr: Addr) -> Result<String> {
         .with_context(|| format!("listening on {addr}"))?;
     say(format_args!("[ingress] listening on {addr}"));
     let (mut stream, peer) = listener.accept().await?;
-    stream.limit_writes(Some(EMULATOR_MAX_WRITE));
+    stream.limit_writes(write_cap());
     let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read.take(1 << 16)).lines();
     let mut count = 0;

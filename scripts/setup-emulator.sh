@@ -14,7 +14,7 @@
 #                                 (`boot/vmlinuz-*`, the full `lib/modules/<release>` tree, and
 #                                 `modules/*.ko`: the modules an enclave init loads, decompressed).
 #   env                           KEY=VALUE lines with the resolved paths (read by
-#                                 `nitro_workspace::emulator`; documented there and below).
+#                                 `nitro_emulator::Tools`; documented there and below).
 #
 # Each component has its own stamp, so an interrupted run resumes and a complete cache is a no-op.
 # Runs from scripts/install.sh; run it directly to (re)install the emulator only. Set

@@ -32,17 +32,7 @@ pub(crate) struct Context {
 /// A throwaway CA named `ca_name` and a certificate for 127.0.0.1 issued by it, for a local
 /// KMS (what AWS's public certificate is to KMS): `(ca_pem, cert_pem, key_pem)`.
 pub(crate) fn tls_material(ca_name: &str) -> anyhow::Result<(String, String, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, ca_name);
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+    Ok(nitro_test_support::try_tls_material(ca_name)?.into_parts())
 }
 
 /// Prints a step heading, runs it, and prints how long it took.

@@ -322,14 +322,10 @@ fn corpus() -> Vec<Vec<u8>> {
         cms::seal(key.public_key_der(), b"0123456789abcdef0123").unwrap(),
         cms::seal_with(key.public_key_der(), b"x", ContentEncoding::Primitive).unwrap(),
     ];
-    if let Some(dir) = std::env::var_os("NITRO_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .or_else(|| Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures").into()))
-    {
-        for (name, _) in KMS_VECTORS {
-            if let Ok(b) = std::fs::read(dir.join("cms").join(name)) {
-                v.push(b);
-            }
+    let dir = nitro_test_support::fixtures_dir();
+    for (name, _) in KMS_VECTORS {
+        if let Ok(b) = std::fs::read(dir.join("cms").join(name)) {
+            v.push(b);
         }
     }
     v

@@ -27,23 +27,6 @@ struct Env {
     state_file: std::path::PathBuf,
 }
 
-/// A TLS certificate for 127.0.0.1/localhost from a throwaway CA.
-fn tls_material() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "local KMS test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
-
 /// A local KMS over TLS trusting the roots of `nsms`.
 async fn env(nsms: &[&SimulatedNsm]) -> Env {
     let roots: Vec<Vec<u8>> = nsms
@@ -59,7 +42,7 @@ async fn env(nsms: &[&SimulatedNsm]) -> Env {
             .credentials(creds()),
     )
     .unwrap();
-    let (ca_pem, cert_pem, key_pem) = tls_material();
+    let (ca_pem, cert_pem, key_pem) = nitro_test_support::tls_material();
     let tls = server::tls_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
     let server = server::spawn(Arc::new(kms), "127.0.0.1:0", Some(tls))
         .await

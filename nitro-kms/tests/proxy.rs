@@ -40,21 +40,6 @@ fn nsm(seed: u64, pcr0: &[u8]) -> Arc<SimulatedNsm> {
     )
 }
 
-/// A TLS certificate for localhost from a throwaway CA: (CA PEM, leaf PEM, key PEM).
-fn tls_material() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
-
 struct Env {
     _dir: tempfile::TempDir,
     socket: PathBuf,
@@ -77,7 +62,7 @@ async fn local_kms(nsms: &[&SimulatedNsm]) -> Env {
         )
         .unwrap(),
     );
-    let (ca_pem, cert_pem, key_pem) = tls_material();
+    let (ca_pem, cert_pem, key_pem) = nitro_test_support::tls_material();
     let tls = server::tls_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("kms.sock");

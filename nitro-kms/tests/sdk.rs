@@ -30,20 +30,6 @@ fn creds() -> Credentials {
     Credentials::new("AKIDSDK", "sdk-secret", Some("session".into()), None)
 }
 
-fn tls_material() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
-
 /// An `aws_sdk_kms` client, configured as an application would, with our HTTP client.
 fn sdk_client(
     url: &str,
@@ -106,7 +92,7 @@ async fn aws_sdk_kms_through_the_tunnel_with_recipient_against_the_local_kms() {
         .credentials(creds()),
     )
     .unwrap();
-    let (ca, cert, key) = tls_material();
+    let (ca, cert, key) = nitro_test_support::tls_material();
     let tls = server::tls_config(cert.as_bytes(), key.as_bytes()).unwrap();
     let kms_server = server::spawn(Arc::new(kms), "127.0.0.1:0", Some(tls))
         .await

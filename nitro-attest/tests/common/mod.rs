@@ -19,22 +19,7 @@ pub(crate) struct Fixture {
 /// The fixture directory, or `None` (after printing why) when it is absent. Under `CI=true`
 /// absence is a failure.
 pub(crate) fn fixtures_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("NITRO_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures"))
-        });
-    if dir.join("manifest.json").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but the fixtures are missing at {}", dir.display());
-    }
-    eprintln!(
-        "SKIPPED: attestation fixtures not found at {} (set NITRO_FIXTURES)",
-        dir.display()
-    );
-    None
+    nitro_test_support::fixtures_or_skip("manifest.json")
 }
 
 impl Fixture {

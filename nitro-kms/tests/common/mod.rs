@@ -5,30 +5,11 @@
 
 use std::path::PathBuf;
 
-/// Whether a missing fixture or tool must fail the test (CI) instead of skipping it.
-pub fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Skips (returns `None`, printing why) or, under `CI=true`, panics.
-pub fn skip<T>(why: &str) -> Option<T> {
-    assert!(!strict(), "CI=true and {why}");
-    eprintln!("SKIPPED: {why}");
-    None
-}
+pub use nitro_test_support::skip;
 
 /// The fixtures directory (`NITRO_FIXTURES`, default `<workspace>/tests/fixtures`).
 pub fn fixtures() -> Option<PathBuf> {
-    let dir = std::env::var_os("NITRO_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures"))
-        });
-    if dir.join("cms").is_dir() {
-        Some(dir)
-    } else {
-        skip(&format!("fixtures not found at {}", dir.display()))
-    }
+    nitro_test_support::fixtures_or_skip("cms")
 }
 
 /// Path of an executable on PATH or in `$NITRO_CACHE/venv/bin`.

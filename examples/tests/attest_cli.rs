@@ -1,28 +1,8 @@
 //! The `attest` example CLI end to end: `sim` → `verify` / `inspect` / `bench`, text encodings,
 //! exit statuses, and the genuine fixtures.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-/// `target/<profile>/examples/attest`, built by `cargo test` alongside this test.
-fn attest() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile_dir = exe.parent()?.parent()?;
-    let bin = profile_dir.join("examples").join("attest");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {} was not built",
-        bin.display()
-    );
-    eprintln!(
-        "SKIPPED: {} not built (run `cargo test` for the whole package)",
-        bin.display()
-    );
-    None
-}
 
 fn run(bin: &Path, args: &[&str]) -> Output {
     Command::new(bin)
@@ -44,7 +24,7 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 
 #[test]
 fn sim_verify_inspect_bench() {
-    let Some(bin) = attest() else {
+    let Some(bin) = nitro_test_support::example("attest") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -189,9 +169,7 @@ fn sim_verify_inspect_bench() {
 
 #[test]
 fn genuine_fixtures() {
-    let dir = std::env::var_os("NITRO_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
+    let dir = nitro_test_support::fixtures_dir();
     if !dir.join("manifest.json").is_file() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -200,7 +178,7 @@ fn genuine_fixtures() {
         eprintln!("SKIPPED: fixtures not found at {}", dir.display());
         return;
     }
-    let Some(bin) = attest() else {
+    let Some(bin) = nitro_test_support::example("attest") else {
         return;
     };
     let manifest: serde_json::Value =
@@ -302,7 +280,7 @@ fn genuine_fixtures() {
 
 #[test]
 fn sim_runs_sharing_a_pki_file_verify_against_one_root() {
-    let Some(bin) = attest() else {
+    let Some(bin) = nitro_test_support::example("attest") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -368,7 +346,7 @@ fn sim_runs_sharing_a_pki_file_verify_against_one_root() {
 
 #[test]
 fn nitrotpm_documents_need_the_kind_option() {
-    let Some(bin) = attest() else {
+    let Some(bin) = nitro_test_support::example("attest") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -457,7 +435,7 @@ fn nitrotpm_documents_need_the_kind_option() {
 
 #[test]
 fn serve_answers_curl_with_documents_that_verify() {
-    let Some(bin) = attest() else {
+    let Some(bin) = nitro_test_support::example("attest") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

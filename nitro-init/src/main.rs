@@ -1,15 +1,12 @@
-//! `enclave-init`: a small static PID 1 for enclave images, doing what the AWS init
+//! `nitro-init`: a small static PID 1 for enclave images, doing what the AWS init
 //! (aws-nitro-enclaves-sdk-bootstrap `init`) does, plus what emulation needs.
 //!
 //! Build it static and put it at `/init` of the bootstrap ramdisk:
 //!
 //! ```text
-//! cargo build --release --target x86_64-unknown-linux-musl --no-default-features --example enclave-init
-//! # → target/x86_64-unknown-linux-musl/release/examples/enclave-init
+//! cargo build --release --target x86_64-unknown-linux-musl -p nitro-init
+//! # → target/x86_64-unknown-linux-musl/release/nitro-init
 //! ```
-//!
-//! (`--no-default-features` leaves out the package's `full` feature: the init needs only nix,
-//! libc, anyhow and thiserror, so the musl build does not compile the whole crate family.)
 //!
 //! At boot it:
 //! 1. blocks all signals (PID 1 reaps children with `wait`);
@@ -26,7 +23,7 @@
 //!    `WorkingDir` there; default `/`) and deletes them;
 //! 7. switches the root to `/rootfs`; mounts devtmpfs, proc, sysfs, tmpfs on `/run`, `/tmp` and
 //!    `/dev/shm`, devpts, the cgroup (v1) hierarchies, and the `/dev/fd`, `/dev/std*` links;
-//! 8. brings up `lo`;
+//! 8. brings up `lo` (nitro-net's rtnetlink code);
 //! 9. runs `/cmd` with the environment of `/env` in its own process group, in the working
 //!    directory (`argv[0]` searched in `/sbin:/usr/sbin:/bin:/usr/bin`, like the AWS init), and
 //!    reaps every child until it exits;
@@ -34,19 +31,18 @@
 //!     to the parent's `nitro_exit_port` when given (`exit N\n`, acknowledged), and reboots,
 //!     which ends the enclave (QEMU exits under `-no-reboot`).
 //!
-//! Any failure is printed (`enclave-init: fatal: …`) and ends the enclave the same way.
-//! The wire formats are in `nitro_workspace::emulator::protocol`.
+//! Any failure is printed (`nitro-init: fatal: …`) and ends the enclave the same way.
+//! The wire formats are in this package's library (`nitro_init`).
 
 use anyhow::{Context, Result, bail};
-use nitro_workspace::emulator::protocol::{self, BootParams};
+use nitro_init::{self as protocol, BootParams};
 use nix::errno::Errno;
 use nix::kmod::{ModuleInitFlags, finit_module};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::reboot::{RebootMode, reboot};
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, VsockAddr, connect,
-    recv, sendto, setsockopt, socket, sockopt,
+    AddressFamily, SockFlag, SockType, VsockAddr, connect, setsockopt, socket, sockopt,
 };
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeVal;
@@ -61,7 +57,7 @@ use std::time::Duration;
 
 /// Prints a line on the console, ignoring errors (there may be no console yet).
 fn say(message: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr(), "enclave-init: {message}");
+    let _ = writeln!(std::io::stderr(), "nitro-init: {message}");
 }
 
 macro_rules! say {
@@ -71,7 +67,7 @@ macro_rules! say {
 fn main() {
     if getpid() != Pid::from_raw(1) {
         eprintln!(
-            "enclave-init is the PID 1 of an enclave image (/init of the bootstrap ramdisk); \
+            "nitro-init is the PID 1 of an enclave image (/init of the bootstrap ramdisk); \
              it does not run as an ordinary process"
         );
         std::process::exit(2);
@@ -145,7 +141,7 @@ fn boot(params: &mut BootParams) -> Result<u8> {
 
     switch_root("/rootfs")?;
     mount_pseudo_filesystems()?;
-    if let Err(e) = loopback_up() {
+    if let Err(e) = nitro_net::netlink::loopback_up() {
         say!("could not bring up lo: {e:#}");
     }
     if !workdir.starts_with('/') {
@@ -382,60 +378,6 @@ fn mount_pseudo_filesystems() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Sets `IFF_UP` on `lo` with one rtnetlink `RTM_NEWLINK` request (the kernel then adds
-/// 127.0.0.1/8 and ::1 itself).
-fn loopback_up() -> Result<()> {
-    const RTM_NEWLINK: u16 = 16;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_ACK: u16 = 4;
-    const NLMSG_ERROR: u16 = 2;
-    const IFF_UP: u32 = 1;
-    let index = nix::net::if_::if_nametoindex("lo").context("looking up lo")?;
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )
-    .context("creating a netlink socket")?;
-    // struct nlmsghdr (16 bytes) + struct ifinfomsg (16 bytes), native endian.
-    let mut msg = Vec::with_capacity(32);
-    msg.extend_from_slice(&32u32.to_ne_bytes()); // nlmsg_len
-    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes()); // nlmsg_type
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes()); // nlmsg_flags
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // nlmsg_seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid
-    msg.extend_from_slice(&[0, 0]); // ifi_family = AF_UNSPEC, padding
-    msg.extend_from_slice(&0u16.to_ne_bytes()); // ifi_type
-    msg.extend_from_slice(&(index as i32).to_ne_bytes()); // ifi_index
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // ifi_flags
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // ifi_change
-    sendto(
-        fd.as_raw_fd(),
-        &msg,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .context("sending RTM_NEWLINK")?;
-    let mut reply = [0u8; 256];
-    let n =
-        recv(fd.as_raw_fd(), &mut reply, MsgFlags::empty()).context("reading the netlink reply")?;
-    // The reply is an NLMSG_ERROR whose first field (after the 16-byte header) is -errno or 0.
-    let field = |at: usize| {
-        reply
-            .get(at..at + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-    };
-    let kind = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    match (n >= 20, kind, field(16).map(i32::from_ne_bytes)) {
-        (true, Some(NLMSG_ERROR), Some(0)) => Ok(()),
-        (true, Some(NLMSG_ERROR), Some(err)) => {
-            Err(Errno::from_raw(-err)).context("RTM_NEWLINK lo")
-        }
-        _ => bail!("unexpected netlink reply ({n} bytes)"),
-    }
 }
 
 /// Runs the application and reaps every child until it exits; returns its exit status.

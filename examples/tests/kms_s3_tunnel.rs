@@ -3,8 +3,6 @@
 //! tunnel.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use nitro_attest::SimulatedNsm;
@@ -14,63 +12,12 @@ use nitro_kms::sealed::{self, SealOptions, UnsealOptions};
 use nitro_kms::{Credentials, KmsClient, Recipient, S3Client, S3Location};
 use nitro_net::{Addr, EgressClient, EgressServer, Policy};
 
-struct Moto(Child, u16);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn moto() -> Option<Moto> {
-    let cache = std::env::var_os("NITRO_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/nitro-rs")
-        });
-    let bin = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([cache.join("venv/bin")])
-        .map(|d| d.join("moto_server"))
-        .find(|p| p.is_file());
-    let Some(bin) = bin else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and moto_server is missing"
-        );
-        eprintln!("SKIPPED: moto_server not found");
-        return None;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let m = Moto(child, port);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "moto_server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Some(m)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_secret_from_s3_through_the_tunnel() {
-    let Some(moto) = moto() else { return };
-    let s3_url = format!("http://127.0.0.1:{}", moto.1);
+    let Some(moto) = nitro_test_support::Moto::start() else {
+        return;
+    };
+    let s3_url = moto.url.clone();
     let kms_creds = Credentials::new("AKIDS3TUNNEL", "kms-secret", None, None);
     let s3_creds = Credentials::new("testing", "testing", None, None);
     let nsm = Arc::new(SimulatedNsm::builder().pcr(0, [0x77; 48]).build().unwrap());
@@ -123,7 +70,7 @@ async fn sealed_secret_from_s3_through_the_tunnel() {
         .parse()
         .unwrap();
     let policy = Policy::builder()
-        .allow_cidr("127.0.0.1/32", &[kms_port, moto.1])
+        .allow_cidr("127.0.0.1/32", &[kms_port, moto.port()])
         .build()
         .unwrap();
     let egress_server = EgressServer::new(policy).spawn(tunnel.bind().await.unwrap());

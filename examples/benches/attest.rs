@@ -19,7 +19,7 @@
 #![allow(missing_docs)] // criterion macros generate undocumented items
 
 use std::hint::black_box;
-use std::path::PathBuf;
+
 use std::sync::Arc;
 
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
@@ -30,9 +30,7 @@ use nitro_attest::{
 };
 
 fn load() -> (Vec<u8>, TrustAnchors, &'static str) {
-    let dir = std::env::var_os("NITRO_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
+    let dir = nitro_test_support::fixtures_dir();
     let path = dir.join("attestation/marlin__sdks_rs_testcases_aws.bin");
     if let Ok(bytes) = std::fs::read(&path) {
         return (bytes, TrustAnchors::aws(), "genuine AWS document");

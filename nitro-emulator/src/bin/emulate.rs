@@ -2,24 +2,24 @@
 //! services around it.
 //!
 //! ```text
-//! cargo run --release --example emulate -- --eif app.eif \
+//! cargo run --release -p nitro-emulator -- --eif app.eif \
 //!     [--parent-policy egress.toml] [--kms [--kms-state kms.json]] \
 //!     [--nbd [NAME=]FILE[:SIZE]]... [--forward [ADDR:]PORT=ENCLAVE_PORT]... \
 //!     [--memory 512] [--cpus 2] [--timeout SECS] [--append WORD]...
 //! ```
 //!
 //! It measures the EIF with nitro-eif (and prints PCR0/1/2/8), starts the parent's services on
-//! the hybrid vsock transport (`nitro_workspace::emulator::parent`: nitro-net's egress server
+//! the hybrid vsock transport (`nitro_emulator::parent`: nitro-net's egress server
 //! with `--parent-policy` on vsock port 8000, ingress forwards from parent TCP ports, the local
 //! KMS of nitro-kms in its unsafe emulator trust mode with a key whose policy admits the image's
 //! PCR0, credentials on port 8001, nitro-fs's NBD server on port 10809, the discovery document
 //! on port 9001), the heartbeat listener, vhost-device-vsock and QEMU's `nitro-enclave` machine
-//! (`nitro_workspace::emulator::Enclave`), streams the guest console to stdout, and exits with
+//! (`nitro_emulator::Enclave`), streams the guest console to stdout, and exits with
 //! the application's exit status.
 //!
 //! Requirements: the emulator installed by `scripts/setup-emulator.sh` (QEMU with the
 //! `nitro-enclave` machine, vhost-device-vsock), and an EIF whose init reports to a parent at
-//! the CID given by `nitro_parent_cid=` on the kernel command line (`examples/enclave-init.rs`
+//! the CID given by `nitro_parent_cid=` on the kernel command line (the `nitro-init` binary
 //! does; the AWS init always uses CID 3, which vhost-device-vsock cannot deliver: see
 //! `../shared/notes/vsock-and-emulation.md` §6). The guest sees the parent as CID 2, and QEMU
 //! does not measure the words this tool appends (`nitro_parent_cid=2 nitro_exit_port=9999`
@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use nitro_eif::EifReader;
-use nitro_workspace::emulator::parent::{
+use nitro_emulator::parent::{
     CREDENTIALS_PORT, EGRESS_PORT, INFO_PORT, KmsSettings, NBD_PORT, NbdExport, ParentConfig,
     ParentServices,
 };
-use nitro_workspace::emulator::{Enclave, EnclaveConfig, Tools};
+use nitro_emulator::{Enclave, EnclaveConfig, Tools};
 
 #[derive(Parser)]
 #[command(
@@ -48,7 +48,7 @@ struct Args {
     /// The enclave image.
     #[arg(long)]
     eif: PathBuf,
-    /// Egress policy of the parent (nitro-net TOML, [[allow]] / [[deny]]); default: deny
+    /// Egress policy of the parent (nitro-net TOML, `[[allow]]` / `[[deny]]`); default: deny
     /// everything.
     #[arg(long)]
     parent_policy: Option<PathBuf>,
@@ -61,13 +61,13 @@ struct Args {
     #[arg(long, requires = "kms")]
     kms_state: Option<PathBuf>,
     /// Region of the local KMS.
-    #[arg(long, default_value = nitro_workspace::emulator::parent::DEFAULT_REGION, requires = "kms")]
+    #[arg(long, default_value = nitro_emulator::parent::DEFAULT_REGION, requires = "kms")]
     kms_region: String,
-    /// Serve a file over NBD: [NAME=]FILE[:SIZE] (created with SIZE, e.g. 64M, when missing;
+    /// Serve a file over NBD: `[NAME=]FILE[:SIZE]` (created with SIZE, e.g. 64M, when missing;
     /// default name `disk`). Repeatable.
     #[arg(long, value_name = "[NAME=]FILE[:SIZE]")]
     nbd: Vec<NbdExport>,
-    /// Forward a parent TCP address to an enclave vsock port: [ADDR:]PORT=ENCLAVE_PORT
+    /// Forward a parent TCP address to an enclave vsock port: `[ADDR:]PORT=ENCLAVE_PORT`
     /// (ADDR defaults to 127.0.0.1; PORT 0 picks a free port). Repeatable.
     #[arg(long, value_name = "[ADDR:]PORT=ENCLAVE_PORT")]
     forward: Vec<String>,
@@ -292,6 +292,6 @@ fn bail_hint() {
     say(format_args!(
         "no heartbeat: the image's init must connect to the parent CID from `nitro_parent_cid=` \
          (2 here) on vsock port 9000; the AWS init's fixed CID 3 cannot be delivered by \
-         vhost-device-vsock (use examples/enclave-init.rs as /init)"
+         vhost-device-vsock (use the nitro-init binary as /init)"
     ));
 }

@@ -1,4 +1,4 @@
-//! The emulator's parent services (`nitro_workspace::emulator::parent`) without QEMU: an
+//! The emulator's parent services (`nitro_emulator::parent`) without QEMU: an
 //! "enclave" on this host connects to the Unix sockets vhost-device-vsock would connect the
 //! guest's vsock connections to, and uses every service: the discovery document, the egress
 //! tunnel (with the policy extended for the local KMS), the credentials, the local KMS with
@@ -13,16 +13,16 @@ use std::sync::Arc;
 
 use nitro_attest::SimulatedNsm;
 use nitro_eif::{Measurements, Pcr};
+use nitro_emulator::hybrid_listen_path;
+use nitro_emulator::parent::{
+    CREDENTIALS_PORT, EGRESS_PORT, EmulatorInfo, INFO_PORT, KmsSettings, NBD_PORT, NbdExport,
+    ParentConfig, ParentServices,
+};
 use nitro_fs::{BlockDevice, ClientConfig, NbdClient};
 use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
 use nitro_kms::model::{DecryptRequest, GenerateDataKeyRequest};
 use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
 use nitro_net::{Addr, EgressClient};
-use nitro_workspace::emulator::hybrid_listen_path;
-use nitro_workspace::emulator::parent::{
-    CREDENTIALS_PORT, EGRESS_PORT, EmulatorInfo, INFO_PORT, KmsSettings, NBD_PORT, NbdExport,
-    ParentConfig, ParentServices,
-};
 
 /// The address the guest's connection to vsock `(CID 2, port)` arrives at.
 fn guest_to(run_dir: &Path, port: u32) -> Addr {

@@ -1,7 +1,7 @@
 //! Starting vhost-device-vsock and QEMU for one EIF, and watching the guest until it powers off.
 
-use super::protocol::{self, BootParams};
-use super::{Error, Tools};
+use crate::{Error, Tools};
+use nitro_init::{self as protocol, BootParams};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -75,14 +75,14 @@ pub struct EnclaveConfig {
     /// Print console lines (`[enclave] …`) and tool diagnostics to stderr as they arrive.
     pub echo_console: bool,
     /// With [`EnclaveConfig::echo_console`], write console lines unprefixed to stdout (what
-    /// `examples/emulate.rs` does) instead of `[enclave] …` to stderr; diagnostics stay on stderr.
+    /// the `emulate` binary does) instead of `[enclave] …` to stderr; diagnostics stay on stderr.
     pub console_to_stdout: bool,
     /// Answer the enclave-ready heartbeat on port 9000 (turn off to run your own listener).
     pub answer_heartbeat: bool,
 }
 
 impl EnclaveConfig {
-    /// Defaults for booting `eif` with `examples/enclave-init.rs` as its init.
+    /// Defaults for booting `eif` with `the `nitro-init` binary` as its init.
     pub fn new(eif: impl Into<PathBuf>) -> Self {
         let accel = std::env::var("NITRO_EMULATOR_ACCEL")
             .ok()
@@ -821,7 +821,7 @@ mod tests {
         let st = lock(&state);
         assert!(st.heartbeat.is_some());
         assert_eq!(st.app_status, Some(42));
-        assert!(st.diagnostics.joined().contains("invalid exit report"));
+        assert!(st.diagnostics.joined().contains("exit report: invalid"));
         Ok(())
     }
 }

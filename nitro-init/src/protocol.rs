@@ -1,7 +1,7 @@
-//! The contract between an enclave image, its init (`examples/enclave-init.rs`) and the parent.
+//! The contract between an enclave image, its init (the `nitro-init` binary) and the parent.
 //!
 //! Everything here is pure (no IO), so the init inside the guest and the parent-side launcher
-//! ([`super::Enclave`]) share one definition of each format:
+//! (`nitro_emulator::Enclave`) share one definition of each format:
 //!
 //! - **heartbeat**: the init connects to the parent on vsock port [`HEARTBEAT_PORT`], writes
 //!   [`HEARTBEAT_BYTE`] and expects it back (the nitro-cli convention);
@@ -16,7 +16,7 @@
 //!   [`parse_load_order`]); the customer ramdisk holds `/rootfs/…`, `/cmd` and `/env` (one entry
 //!   per line, [`parse_lines`]).
 
-use super::Error;
+use crate::Error;
 
 /// Vsock port of the enclave-ready heartbeat (nitro-cli `ENCLAVE_READY_VSOCK_PORT`).
 pub const HEARTBEAT_PORT: u32 = 9000;
@@ -26,7 +26,7 @@ pub const HEARTBEAT_BYTE: u8 = 0xB7;
 pub const PARENT_CID: u32 = 3;
 /// The host's CID as seen from a guest of QEMU + vhost-device-vsock (`VMADDR_CID_HOST`).
 pub const HOST_CID: u32 = 2;
-/// The default port of the exit-status report used by [`super::Enclave`].
+/// The default port of the exit-status report used by `nitro_emulator::Enclave`.
 pub const DEFAULT_EXIT_PORT: u32 = 9999;
 /// Byte the parent answers an exit report with.
 pub const EXIT_ACK: u8 = 0x06;
@@ -88,6 +88,13 @@ impl BootParams {
         (params, warnings)
     }
 
+    /// The write cap an enclave program must apply to its vsock streams: `Some`
+    /// ([`crate::EMULATOR_MAX_WRITE`]) when the parent is the host of an emulator
+    /// ([`HOST_CID`]: QEMU with vhost-device-vsock), `None` on a real Nitro Enclave.
+    pub fn write_cap(&self) -> Option<usize> {
+        (self.parent_cid == HOST_CID).then_some(nitro_net::EMULATOR_MAX_WRITE)
+    }
+
     /// The kernel command-line words that make an init use these parameters.
     pub fn to_cmdline(&self) -> String {
         let mut s = format!("{PARENT_CID_PARAM}={}", self.parent_cid);
@@ -106,10 +113,10 @@ pub fn exit_message(status: u8) -> String {
 /// Parses an exit report ([`exit_message`]); the input is the whole message as received.
 pub fn parse_exit_message(msg: &[u8]) -> Result<u8, Error> {
     let invalid = || {
-        Error::Protocol(format!(
-            "invalid exit report {:?}",
-            String::from_utf8_lossy(msg)
-        ))
+        Error::malformed(
+            "exit report",
+            format!("invalid: {:?}", String::from_utf8_lossy(msg)),
+        )
     };
     if msg.len() > MAX_EXIT_MESSAGE {
         return Err(invalid());
@@ -130,24 +137,25 @@ pub fn parse_exit_message(msg: &[u8]) -> Result<u8, Error> {
 /// be passed to `execve`), non-UTF-8 text, and files or entry counts above the limits.
 pub fn parse_lines(bytes: &[u8], what: &str) -> Result<Vec<String>, Error> {
     if bytes.len() > MAX_CONFIG_FILE {
-        return Err(Error::Protocol(format!(
-            "{what}: larger than {MAX_CONFIG_FILE} bytes"
-        )));
+        return Err(Error::malformed(
+            what,
+            format!("larger than {MAX_CONFIG_FILE} bytes"),
+        ));
     }
     if bytes.contains(&0) {
-        return Err(Error::Protocol(format!("{what}: contains a NUL byte")));
+        return Err(Error::malformed(what, "contains a NUL byte"));
     }
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| Error::Protocol(format!("{what}: not UTF-8")))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::malformed(what, "not UTF-8"))?;
     let text = text.strip_suffix('\n').unwrap_or(text);
     if text.is_empty() {
         return Ok(Vec::new());
     }
     let lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
     if lines.len() > MAX_CONFIG_ENTRIES {
-        return Err(Error::Protocol(format!(
-            "{what}: more than {MAX_CONFIG_ENTRIES} entries"
-        )));
+        return Err(Error::malformed(
+            what,
+            format!("more than {MAX_CONFIG_ENTRIES} entries"),
+        ));
     }
     Ok(lines)
 }
@@ -163,9 +171,10 @@ pub fn parse_load_order(bytes: &[u8]) -> Result<Vec<String>, Error> {
             continue;
         }
         if entry.starts_with('/') || entry.split('/').any(|c| c == ".." || c.is_empty()) {
-            return Err(Error::Protocol(format!(
-                "{MODULES_LOAD_ORDER}: invalid module path {entry:?}"
-            )));
+            return Err(Error::malformed(
+                MODULES_LOAD_ORDER,
+                format!("invalid module path {entry:?}"),
+            ));
         }
         modules.push(entry.to_owned());
     }
@@ -240,6 +249,15 @@ mod tests {
         ] {
             assert_eq!(BootParams::from_cmdline(&p.to_cmdline()), (p, vec![]));
         }
+    }
+
+    #[test]
+    fn write_cap_only_under_the_emulator() {
+        assert_eq!(BootParams::default().write_cap(), None);
+        let (emulated, _) = BootParams::from_cmdline("nitro_parent_cid=2");
+        assert_eq!(emulated.write_cap(), Some(16 << 10));
+        let (other, _) = BootParams::from_cmdline("nitro_parent_cid=7");
+        assert_eq!(other.write_cap(), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::Command;
 
 #[test]
 fn quickstart_runs_every_step() -> anyhow::Result<()> {
-    let exe = nitro_workspace::emulator::build_example("quickstart")?;
+    let exe = nitro_emulator::build_example("quickstart")?;
     let out = Command::new(&exe)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")

@@ -7,36 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("examples").join(name);
-    if bin.is_file() {
-        return Some(bin);
-    }
-    skip(&format!("{} not built", bin.display()))
-}
-
-fn skip<T>(why: &str) -> Option<T> {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true and {why}"
-    );
-    eprintln!("SKIPPED: {why}");
-    None
-}
-
-fn tool(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(v) = std::env::var_os("NITRO_VENV") {
-        dirs.push(PathBuf::from(v).join("bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .or_else(|| skip(&format!("{name} not found")))
-}
+use nitro_test_support::{example, tool};
 
 fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -218,25 +189,10 @@ fn detached_signing_with_openssl_and_re_signing() {
 #[tokio::test]
 async fn private_key_takes_a_kms_key_arn() {
     let Some(s) = setup() else { return };
-    let Some(moto_bin) = tool("moto_server") else {
+    let Some(moto) = nitro_test_support::Moto::start() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let mut moto = Command::new(moto_bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "moto did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let url = moto.url.clone();
     let result = async {
         let kms = nitro_kms::KmsClient::builder("us-east-1")
             .endpoint(&url)
@@ -335,6 +291,5 @@ async fn private_key_takes_a_kms_key_arn() {
     ])))
     .unwrap();
     assert_eq!(signed["Measurements"]["PCR8"], pcr8["PCR8"]);
-    let _ = moto.kill();
-    let _ = moto.wait();
+    drop(moto);
 }

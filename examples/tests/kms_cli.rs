@@ -12,22 +12,6 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-fn example() -> Option<PathBuf> {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent()?.parent()?;
-    let bin = profile_dir.join("examples").join("kms");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true and the kms example is not built at {}",
-        bin.display()
-    );
-    eprintln!("SKIPPED: the kms example is not built ({})", bin.display());
-    None
-}
-
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -65,7 +49,9 @@ fn s(v: &Value, key: &str) -> String {
 
 #[test]
 fn cli_end_to_end() {
-    let Some(bin) = example() else { return };
+    let Some(bin) = nitro_test_support::example("kms") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let roots = dir.path().join("roots.pem");
     let roots_s = roots.to_str().unwrap();
@@ -351,9 +337,7 @@ fn cli_end_to_end() {
     let e = kms(&bin, &["call", "NoSuchOperation", "--endpoint", ep]).unwrap_err();
     assert!(e.contains("UnknownOperationException"), "{e}");
 
-    let fixtures = std::env::var_os("NITRO_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
+    let fixtures = nitro_test_support::fixtures_dir();
     let cms = fixtures.join("cms");
     if cms.is_dir() {
         let opened = kms(
@@ -393,7 +377,9 @@ fn base64_len(b64: &str) -> usize {
 /// source, with IMDS disabled so that nothing else is asked).
 #[tokio::test]
 async fn serve_credentials_sources() {
-    let Some(bin) = example() else { return };
+    let Some(bin) = nitro_test_support::example("kms") else {
+        return;
+    };
     let mut sources = vec!["env"];
     if cfg!(feature = "aws-config") {
         sources.push("default-chain");

@@ -1,6 +1,6 @@
 //! Locating the tools installed by `scripts/setup-emulator.sh`.
 
-use super::Error;
+use crate::Error;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -226,39 +226,47 @@ pub fn tools_or_skip(test: &str) -> Option<Tools> {
     }
 }
 
-/// Builds an example of the root package as a static, stripped `x86_64-unknown-linux-musl`
-/// release binary without the package's default `full` feature, and returns its path:
-/// `cargo build --release --target x86_64-unknown-linux-musl --no-default-features --example NAME`
+/// The workspace's root manifest (this package is `<root>/nitro-emulator`).
+fn workspace_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml")
+}
+
+/// Builds the `nitro-init` binary as a static, stripped `x86_64-unknown-linux-musl` release
+/// binary and returns its path:
+/// `cargo build --release --target x86_64-unknown-linux-musl -p nitro-init --bin nitro-init`
 /// with `profile.release.debug=false` and `strip=true` (the init shrinks from 8.8 MB to 0.7 MB,
-/// which the guest unpacks and the PCRs hash at every boot). Without `full` the package compiles
-/// only nix, libc, anyhow and thiserror (plus the dev-dependencies cargo builds for every
-/// example): about a minute and a half from scratch on two cores instead of five. The example
-/// must not need `full` (`examples/enclave-init.rs` only uses [`super::protocol`]). Uses `$CARGO`
-/// (set by cargo for tests) or `cargo`.
-pub fn build_static_example(name: &str) -> Result<PathBuf, Error> {
-    cargo_build_example(
-        name,
+/// which the guest unpacks and the PCRs hash at every boot). The package has few dependencies,
+/// so the musl build does not compile the whole crate family. Uses `$CARGO` (set by cargo for
+/// tests) or `cargo`.
+pub fn build_init() -> Result<PathBuf, Error> {
+    cargo_build(
         &[
             "--release",
             "--target",
             "x86_64-unknown-linux-musl",
-            "--no-default-features",
             "--config",
             "profile.release.debug=false",
             "--config",
             "profile.release.strip=true",
+            "-p",
+            "nitro-init",
+            "--bin",
+            "nitro-init",
         ],
+        "nitro-init",
         " (musl)",
     )
 }
 
-/// Builds an example of the root package for this machine (glibc) and returns its path, the
-/// `target/<profile>/examples/<name>` that `cargo test --workspace --all-features` builds.
+/// Builds an example of the `nitro-examples` package (`quickstart`, `attest`, `enclave-app`,
+/// ...) or the `emulate` binary of this package for this machine (glibc) and returns its path,
+/// the binary that `cargo test --workspace --all-features` builds.
 ///
-/// Runs `cargo build --workspace --all-features --example NAME` in the profile of the calling
-/// test binary (`--release` when it runs from `target/release`): the same packages and features
-/// as that `cargo test`, so after it the build is a no-op that only checks freshness, and a test
-/// run alone (`cargo test --release --test X`) still gets an up-to-date binary.
+/// Runs `cargo build --workspace --all-features --example NAME` (`--bin emulate` for
+/// `emulate`) in the profile of the calling test binary (`--release` when it runs from
+/// `target/release`): the same packages and features as that `cargo test`, so after it the
+/// build is a no-op that only checks freshness, and a test run alone
+/// (`cargo test --release --test X`) still gets an up-to-date binary.
 pub fn build_example(name: &str) -> Result<PathBuf, Error> {
     let profile = std::env::current_exe()
         .ok()
@@ -272,31 +280,41 @@ pub fn build_example(name: &str) -> Result<PathBuf, Error> {
     } else {
         profile
     };
-    cargo_build_example(
+    let kind = if name == "emulate" {
+        "--bin"
+    } else {
+        "--example"
+    };
+    cargo_build(
+        &[
+            "--workspace",
+            "--all-features",
+            "--profile",
+            &profile,
+            kind,
+            name,
+        ],
         name,
-        &["--workspace", "--all-features", "--profile", &profile],
         "",
     )
 }
 
-/// Runs `cargo build --message-format=json --manifest-path <root package> --example NAME` with
-/// `args` (cargo's output on stderr) and returns the example's executable. Uses `$CARGO` (set by
-/// cargo for tests) or `cargo`; `what` qualifies the build in the error message.
-fn cargo_build_example(name: &str, args: &[&str], what: &str) -> Result<PathBuf, Error> {
+/// Runs `cargo build --message-format=json --manifest-path <workspace root>` with `args`
+/// (cargo's output on stderr) and returns the executable of target `name`. Uses `$CARGO` (set
+/// by cargo for tests) or `cargo`; `what` qualifies the build in the error message.
+fn cargo_build(args: &[&str], name: &str, what: &str) -> Result<PathBuf, Error> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let output = Command::new(cargo)
         .args(["build", "--message-format=json"])
         .args(args)
         .arg("--manifest-path")
-        .arg(&manifest)
-        .args(["--example", name])
+        .arg(workspace_manifest())
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(Error::io("running cargo build"))?;
     if !output.status.success() {
         return Err(Error::Failed(format!(
-            "cargo build --example {name}{what} failed: {}",
+            "cargo build of {name}{what} failed: {}",
             output.status
         )));
     }
@@ -312,7 +330,7 @@ fn executable_of(json_lines: &[u8], name: &str) -> Result<PathBuf, Error> {
         .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
         .ok_or_else(|| {
             Error::Failed(format!(
-                "cargo build did not report the executable of example {name}"
+                "cargo build did not report the executable of {name}"
             ))
         })
 }

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use super::{Error, hybrid_uds};
+use crate::{Error, hybrid_uds};
 
 /// vsock port of the egress tunnel (nitro-net `EgressServer`, with the time service).
 pub const EGRESS_PORT: u32 = 8000;
@@ -275,8 +275,8 @@ pub struct ParentServices {
 }
 
 impl ParentServices {
-    /// Starts every service, listening in `run_dir` (the [`super::EnclaveConfig::run_dir`] of
-    /// the enclave to boot next). Call before [`super::Enclave::start`].
+    /// Starts every service, listening in `run_dir` (the [`crate::EnclaveConfig::run_dir`] of
+    /// the enclave to boot next). Call before [`crate::Enclave::start`].
     pub async fn start(run_dir: &Path, config: ParentConfig) -> Result<Self, Error> {
         let uds = hybrid_uds(run_dir);
         let hybrid = |port: u32| Addr::Hybrid {
@@ -455,7 +455,10 @@ async fn start_kms(
     let pcr0 = measurements
         .map(|m| m.pcr0.to_hex())
         .ok_or_else(|| Error::Failed("local KMS: the image's PCR0 is needed for its key".into()))?;
-    let (ca_pem, cert_pem, key_pem) = tls_material()?;
+    let (ca_pem, cert_pem, key_pem) =
+        nitro_test_support::try_tls_material("nitro emulator local KMS CA")
+            .map_err(|e| Error::Failed(format!("generating TLS material: {e}")))?
+            .into_parts();
     let credentials = Credentials::new(
         "AKIDNITROEMULATOR",
         hex::encode(random_bytes::<20>()?),
@@ -573,25 +576,6 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
         .fill(&mut b)
         .map_err(|_| Error::Failed("random number generator failed".into()))?;
     Ok(b)
-}
-
-/// A throwaway CA and a certificate for `127.0.0.1` / `localhost` signed by it (PEM: CA,
-/// certificate, key).
-fn tls_material() -> Result<(String, String, String), Error> {
-    let tls_err = |e: rcgen::Error| Error::Failed(format!("generating TLS material: {e}"));
-    let ca_key = rcgen::KeyPair::generate().map_err(tls_err)?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "nitro emulator local KMS CA");
-    let ca_cert = ca.self_signed(&ca_key).map_err(tls_err)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().map_err(tls_err)?;
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .map_err(tls_err)?
-        .signed_by(&key, &issuer)
-        .map_err(tls_err)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! Boots a minimal EIF in the emulator: QEMU's `nitro-enclave` machine (built by
 //! `scripts/setup-emulator.sh`) with vhost-device-vsock, the Debian 6.12 kernel, and
-//! `examples/enclave-init.rs` (built static for musl) as PID 1.
+//! the `nitro-init` binary (built static for musl) as PID 1.
 //!
 //! The image is built with nitro-eif: the bootstrap ramdisk carries the init and the vsock, nbd
 //! and nsm modules; the customer ramdisk a static busybox whose shell script checks, inside the
 //! guest, what the init promised (working directory, environment, arguments, `/dev/nsm`, the
 //! loaded modules, `lo` up, the pseudo file systems) and exits with status 7, or with the number
-//! of the first failed check. The parent side (nitro_workspace::emulator) must see the heartbeat
+//! of the first failed check. The parent side (nitro_emulator) must see the heartbeat
 //! and receive status 7 over vsock. A second boot whose parent does not answer the heartbeat
 //! must end without an application status; a third, whose application is killed, must report
 //! 137; a fourth, whose application never ends, must be stopped by the time limit.
@@ -14,7 +14,7 @@
 //! Skipped (with a message) when the emulator is not installed, except under `CI=true`.
 
 use nitro_eif::{BootstrapRamdisk, CustomerRamdisk, EifBuilder};
-use nitro_workspace::emulator::{self, Enclave, EnclaveConfig, Tools};
+use nitro_emulator::{self as emulator, Enclave, EnclaveConfig, Tools};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -83,9 +83,8 @@ async fn boots_an_eif_and_reports_the_application_exit_status() -> anyhow::Resul
         return Ok(());
     };
     let t = Instant::now();
-    let init =
-        tokio::task::spawn_blocking(|| emulator::build_static_example("enclave-init")).await??;
-    eprintln!("enclave-init (musl) ready in {:.1?}", t.elapsed());
+    let init = tokio::task::spawn_blocking(emulator::build_init).await??;
+    eprintln!("nitro-init (musl) ready in {:.1?}", t.elapsed());
     let dir = tempfile::tempdir()?;
     let eif = build_eif(&tools, &init, dir.path())?;
 
@@ -116,7 +115,7 @@ async fn boots_an_eif_and_reports_the_application_exit_status() -> anyhow::Resul
         "QEMU: {}",
         outcome.qemu_status
     );
-    for line in ["enclave-init: loaded 6 modules", "probe: all checks passed"] {
+    for line in ["nitro-init: loaded 6 modules", "probe: all checks passed"] {
         assert!(
             outcome.console.contains(line),
             "console lacks {line:?}:\n{}",
@@ -135,7 +134,7 @@ async fn boots_an_eif_and_reports_the_application_exit_status() -> anyhow::Resul
     assert_eq!(outcome.app_status, None);
     assert!(outcome.heartbeat.is_none());
     assert!(
-        outcome.console.contains("enclave-init: fatal: heartbeat"),
+        outcome.console.contains("nitro-init: fatal: heartbeat"),
         "console:\n{}",
         outcome.console
     );

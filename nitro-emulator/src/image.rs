@@ -1,6 +1,6 @@
 //! Putting host binaries into an enclave image's root file system.
 
-use super::Error;
+use crate::Error;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -4,10 +4,10 @@
 //! `$NITRO_CACHE/emulator` and writes their paths to an env file ([`Tools::env_file`]); this module
 //! reads it ([`Tools::locate`]), starts `vhost-device-vsock` (hybrid vsock over Unix sockets) and
 //! QEMU ([`Enclave::start`]), answers the enclave-ready heartbeat, streams the guest console,
-//! receives the application's exit status from `examples/enclave-init.rs`, enforces a timeout and
+//! receives the application's exit status from the `nitro-init` binary, enforces a timeout and
 //! kills everything it started when dropped.
 //!
-//! Guest → parent connections (CID 2 under vhost-device-vsock, see [`protocol::HOST_CID`]) arrive
+//! Guest → parent connections (CID 2 under vhost-device-vsock, see [`nitro_init::HOST_CID`]) arrive
 //! on the Unix socket [`hybrid_listen_path`]`(run_dir, port)`, which must be listening before the
 //! guest connects; parent → guest connections go through [`hybrid_uds`]`(run_dir)` with the
 //! `CONNECT <port>\n` handshake (nitro-net's `hybrid:UDS:PORT` address).
@@ -18,33 +18,26 @@
 //! Around that core:
 //! - [`parent`]: the parent instance's services for the guest (nitro-net egress with a policy,
 //!   ingress forwards, the local KMS of nitro-kms with a key admitting the image's PCR0, its
-//!   credentials, nitro-fs's NBD server, and a discovery document), as `examples/emulate.rs`
+//!   credentials, nitro-fs's NBD server, and a discovery document), as the `emulate` binary
 //!   runs them;
-//! - [`guest`]: what an enclave application needs under the emulator ([`guest::CappedWrites`]:
-//!   vhost-device-vsock drops packets larger than 32 KiB from 6.12 guests);
 //! - [`image`]: putting this machine's dynamically linked binaries into an image's root file
 //!   system with their shared libraries;
-//! - [`build_static_example`] / [`build_example`]: the init (static, musl, without the
-//!   package's `full` feature) and host builds of the examples, for tests.
+//! - [`build_init`] / [`build_example`]: the `nitro-init` binary (static, musl) and host builds
+//!   of the `nitro-examples` examples, for tests.
+//!
+//! The init↔parent protocol (heartbeat, boot parameters, exit report) is the `nitro-init`
+//! library's; an enclave program keeps its vsock writes at or below
+//! [`nitro_init::EMULATOR_MAX_WRITE`] under the emulator ([`nitro_init::BootParams::write_cap`]):
+//! vhost-device-vsock drops packets larger than 32 KiB from 6.12 guests.
 
-pub mod protocol;
-
-#[cfg(feature = "full")]
-pub mod guest;
-#[cfg(feature = "full")]
 pub mod image;
-#[cfg(feature = "full")]
 pub mod parent;
 
-#[cfg(feature = "full")]
 mod enclave;
-#[cfg(feature = "full")]
 mod tools;
 
-#[cfg(feature = "full")]
 pub use enclave::{Enclave, EnclaveConfig, Outcome, boot_tuning, hybrid_listen_path, hybrid_uds};
-#[cfg(feature = "full")]
-pub use tools::{Tools, build_example, build_static_example, tools_or_skip};
+pub use tools::{Tools, build_example, build_init, tools_or_skip};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,11 +57,11 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A message or file of the enclave protocol is malformed.
+    /// A message of the emulator's protocol (the discovery document) is malformed.
     #[error("{0}")]
     Protocol(String),
     /// An IO operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -90,7 +83,6 @@ pub enum Error {
 }
 
 impl Error {
-    #[cfg(feature = "full")]
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }

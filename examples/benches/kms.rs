@@ -154,20 +154,6 @@ fn base64_decode(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
 
-fn tls_material() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
-
 fn loopback(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -175,7 +161,7 @@ fn loopback(c: &mut Criterion) {
         .build()
         .unwrap();
     let nsm = Arc::new(SimulatedNsm::builder().seed(2).build().unwrap());
-    let (ca, cert, key) = tls_material();
+    let (ca, cert, key) = nitro_test_support::tls_material();
     let (server, url) = rt.block_on(async {
         let kms = LocalKms::new(
             LocalKmsConfig::new(AttestationTrust::root_der(nsm.root_certificate_der()).unwrap())

@@ -1,9 +1,10 @@
 //! The emulated enclave end to end: all five crates together on real parts.
 //!
-//! 1. nitro-eif builds an EIF from the Debian 6.12 kernel, `examples/enclave-init.rs` (static,
-//!    musl) with the vsock, nbd and nsm modules, and `examples/enclave-app.rs` (this machine's
-//!    build, shipped with the shared libraries it loads) plus a static busybox (for `mke2fs`).
-//! 2. `examples/emulate.rs` boots it twice under QEMU's `nitro-enclave` machine with
+//! 1. nitro-eif builds an EIF from the Debian 6.12 kernel, the `nitro-init` binary (static,
+//!    musl) with the vsock, nbd and nsm modules, and nitro-examples' `enclave-app` (this
+//!    machine's build, shipped with the shared libraries it loads) plus a static busybox (for
+//!    `mke2fs`).
+//! 2. nitro-emulator's `emulate` binary boots it twice under QEMU's `nitro-enclave` machine with
 //!    vhost-device-vsock, a parent egress policy, the local KMS (state kept between the boots),
 //!    two NBD exports and an ingress forward; a plain HTTP server of this test stands for a
 //!    service on the parent's network.
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use anyhow::{Context as _, bail, ensure};
 use nitro_attest::{Policy, Timestamp, UnverifiedDocument, dangerous};
 use nitro_eif::{BootstrapRamdisk, CustomerRamdisk, EifBuilder, Measurements};
-use nitro_workspace::emulator::{self, Tools};
+use nitro_emulator::{self as emulator, Tools};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -273,6 +274,15 @@ fn check_boot(boot: &Boot, m: &Measurements, label: &str) -> anyhow::Result<()> 
         "{label}: not all steps passed\n{}",
         boot.dump()
     );
+    // The application found from its boot parameters that it runs under the emulator, and
+    // caps its vsock writes (nitro_init::BootParams::write_cap).
+    ensure!(
+        boot.console
+            .iter()
+            .any(|l| l.contains("vsock write cap Some(16384)")),
+        "{label}: the write cap is not applied\n{}",
+        boot.dump()
+    );
     check_document(boot, m)?;
     let nsm = boot.one_ok("nsm")?;
     ensure!(nsm.contains("PCR0, PCR1, PCR2 equal nitro-eif's"), "{nsm}");
@@ -333,8 +343,7 @@ async fn emulated_enclave_end_to_end() -> anyhow::Result<()> {
         return Ok(());
     };
     let t = Instant::now();
-    let init =
-        tokio::task::spawn_blocking(|| emulator::build_static_example("enclave-init")).await??;
+    let init = tokio::task::spawn_blocking(emulator::build_init).await??;
     let app = tokio::task::spawn_blocking(|| emulator::build_example("enclave-app")).await??;
     let emulate = tokio::task::spawn_blocking(|| emulator::build_example("emulate")).await??;
     eprintln!("binaries ready in {:.1?}", t.elapsed());

@@ -20,20 +20,6 @@ fn creds() -> Credentials {
     Credentials::new("AKIDTUNNEL", "tunnel-secret", Some("session".into()), None)
 }
 
-fn tls_material() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attested_decrypt_through_the_tunnel_admits_one_pcr0_and_refuses_another() {
     let admitted_pcr0 = [0xA1u8; 48];
@@ -64,7 +50,7 @@ async fn attested_decrypt_through_the_tunnel_admits_one_pcr0_and_refuses_another
         .credentials(creds()),
     )
     .unwrap();
-    let (ca, cert, key) = tls_material();
+    let (ca, cert, key) = nitro_test_support::tls_material();
     let tls = server::tls_config(cert.as_bytes(), key.as_bytes()).unwrap();
     let kms_server = server::spawn(Arc::new(kms), "127.0.0.1:0", Some(tls))
         .await
