@@ -53,8 +53,8 @@ use nitro_fs::{BlockDevice, ClientConfig, NbdClient, kernel};
 use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
 use nitro_kms::model::{CreateKeyRequest, GenerateDataKeyRequest};
 use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
-use nitro_net::time::{StepPolicy, TimeConfig};
-use nitro_net::{Addr, ClientConfig as EgressConfig, EMULATOR_MAX_WRITE, EgressClient, TimeClient};
+use nitro_net::time::{StepPolicy, TimeClient, TimeConfig};
+use nitro_net::{Addr, ClientConfig as EgressConfig, EMULATOR_MAX_WRITE, EgressClient};
 use nitro_workspace::emulator::parent::{EmulatorInfo, INFO_PORT, image_key_policy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 

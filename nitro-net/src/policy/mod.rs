@@ -140,7 +140,7 @@ impl Rule {
 /// The egress policy. Build it with [`Policy::builder`] or parse it with [`Policy::from_toml`].
 ///
 /// ```
-/// use nitro_net::policy::Policy;
+/// use nitro_net::Policy;
 ///
 /// let policy = Policy::from_toml(r#"
 ///     [[allow]]
@@ -305,7 +305,7 @@ impl Policy {
     /// only those ports are checked.
     ///
     /// ```
-    /// use nitro_net::policy::Policy;
+    /// use nitro_net::Policy;
     ///
     /// let p = Policy::builder().allow_host("api.example.com", &[443]).build()?;
     /// assert_eq!(p.check_name_any_port("API.example.com.").unwrap(), "api.example.com");
@@ -504,7 +504,7 @@ enum RuleSpec {
 /// Builds a [`Policy`] in Rust.
 ///
 /// ```
-/// use nitro_net::policy::Policy;
+/// use nitro_net::Policy;
 ///
 /// let policy = Policy::builder()
 ///     .allow_host("*.amazonaws.com", &[443])
