@@ -26,7 +26,7 @@ impl fmt::Display for Host {
 }
 
 /// Normalises a host as an application wrote it: an IP literal in any spelling (see the
-/// [module documentation](super)) or a DNS name.
+/// documentation of [`Policy`](crate::Policy)) or a DNS name.
 ///
 /// ```
 /// use nitro_net::internal::{Host, normalize_host};
