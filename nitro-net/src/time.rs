@@ -651,7 +651,7 @@ impl TimeClient {
                         }
                         Err(e) => {
                             tracing::warn!(error = %crate::error::chain(&e), "time: synchronisation failed");
-                            st.last_error = Some(e.to_string());
+                            st.last_error = Some(crate::error::chain(&e).to_string());
                         }
                     }
                 });

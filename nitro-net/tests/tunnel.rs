@@ -798,7 +798,7 @@ async fn connection_limit_answers_busy() {
     drop(b);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn graceful_shutdown_drains_in_flight_transfers() {
     let c = chain(loopback_policy(), test_limits()).await;
     let dest = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -827,7 +827,7 @@ async fn graceful_shutdown_drains_in_flight_transfers() {
 
 /// Issue 15.6: dropping a handle stops its server; a detached server keeps serving until its
 /// signal is triggered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn dropped_handles_stop_servers_and_detached_ones_keep_running() {
     let echo = echo_server().await;
     // Dropped: the socket file goes away and connects fail.
