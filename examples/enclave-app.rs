@@ -57,8 +57,8 @@ use nitro_init::{BootParams, EMULATOR_MAX_WRITE};
 use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
 use nitro_kms::model::{CreateKeyRequest, GenerateDataKeyRequest};
 use nitro_kms::{KmsClient, Recipient, RetryConfig, TlsRoots};
-use nitro_net::time::{StepPolicy, TimeConfig};
-use nitro_net::{Addr, ClientConfig as EgressConfig, EgressClient, TimeClient};
+use nitro_net::time::{StepPolicy, TimeClient, TimeConfig};
+use nitro_net::{Addr, ClientConfig as EgressConfig, EgressClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Every step's time limit (the guest runs under TCG, so generously).

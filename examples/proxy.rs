@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use nitro_net::time::{StepPolicy, TimeConfig};
+use nitro_net::time::{StepPolicy, TimeClient, TimeConfig};
 use nitro_net::{
     Addr, ClientConfig, EgressClient, EgressServer, IngressForward, IngressServer, Limits,
-    LocalProxy, Policy, ServerHandle, Shutdown, TimeClient,
+    LocalProxy, Policy, ServerHandle, Shutdown,
 };
 
 #[derive(Parser)]

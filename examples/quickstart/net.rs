@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use nitro_net::time::TimeConfig;
-use nitro_net::{Addr, EgressClient, EgressServer, LocalProxy, Policy, TimeClient};
+use nitro_net::time::{TimeClient, TimeConfig};
+use nitro_net::{Addr, EgressClient, EgressServer, LocalProxy, Policy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Context;

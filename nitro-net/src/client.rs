@@ -221,7 +221,7 @@ impl EgressClient {
                     return Ok(s);
                 }
                 Err(e) if attempt < cfg.connect_retries => {
-                    tracing::debug!(parent = %self.inner.parent, error = %e, "retrying connection to the parent");
+                    tracing::debug!(parent = %self.inner.parent, error = %crate::error::chain(&e), "retrying connection to the parent");
                     attempt += 1;
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
@@ -233,7 +233,7 @@ impl EgressClient {
 }
 
 /// Reads exactly one response, never a byte beyond it (what follows belongs to the stream).
-pub(crate) async fn read_response(stream: &mut Stream) -> Result<Response, Error> {
+pub(crate) async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Response, Error> {
     let mut buf = vec![0u8; RESPONSE_HEADER_LEN];
     stream
         .read_exact(&mut buf)
@@ -348,5 +348,57 @@ impl AsyncWrite for TunnelStream {
 impl Drop for TunnelStream {
     fn drop(&mut self) {
         self.client.counters.closed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tunnel response reader over a 2-byte pipe: never a byte beyond the response.
+    #[tokio::test]
+    async fn response_reader_over_duplex() {
+        let resp = Response::Connected {
+            peer: "[2001:db8::1]:443".parse().unwrap(),
+        };
+        let mut sent = resp.encode();
+        sent.extend_from_slice(b"server first");
+        let (mut parent, mut enclave) = tokio::io::duplex(2);
+        let w = tokio::spawn(async move {
+            parent.write_all(&sent).await.unwrap();
+        });
+        assert_eq!(read_response(&mut enclave).await.unwrap(), resp);
+        let mut rest = Vec::new();
+        enclave.read_to_end(&mut rest).await.unwrap();
+        w.await.unwrap();
+        assert_eq!(rest, b"server first");
+    }
+
+    #[tokio::test]
+    async fn response_reader_errors_over_duplex() {
+        // The parent closes mid-header, then mid-body.
+        let sent = Response::Time {
+            nonce: 1,
+            unix_seconds: 1_700_000_000,
+            nanos: 5,
+        }
+        .encode();
+        for cut in [3, sent.len() - 1] {
+            let (mut parent, mut enclave) = tokio::io::duplex(64);
+            parent.write_all(&sent[..cut]).await.unwrap();
+            drop(parent);
+            let e = read_response(&mut enclave).await.unwrap_err();
+            assert!(
+                matches!(e, Error::Protocol(ProtocolError::UnexpectedEof(_))),
+                "{cut}: {e:?}"
+            );
+        }
+        // A length above the limit is refused from the header, before any allocation.
+        let mut huge = sent[..RESPONSE_HEADER_LEN].to_vec();
+        huge[5..7].copy_from_slice(&u16::MAX.to_be_bytes());
+        let (mut parent, mut enclave) = tokio::io::duplex(64);
+        parent.write_all(&huge).await.unwrap();
+        let e = read_response(&mut enclave).await.unwrap_err();
+        assert!(matches!(e, Error::Protocol(_)), "{e:?}");
     }
 }

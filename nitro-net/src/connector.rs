@@ -30,7 +30,7 @@ use crate::{EgressClient, Error, TunnelStream};
 /// hyper-util's legacy `Client`, alone (`http://`) or under hyper-rustls (`https://`).
 ///
 /// The port is the URI's, else 80 for `http` and 443 for `https` (other schemes without a port
-/// are refused with [`Error::InvalidInput`]). Refusals by either policy come back as
+/// are refused with [`Error::InvalidArgument`]). Refusals by either policy come back as
 /// [`Error::Refused`] (hyper wraps the error; find it with `std::error::Error::source`).
 ///
 /// ```no_run
@@ -70,13 +70,13 @@ fn target(uri: &http::Uri) -> Result<(String, u16), Error> {
     let host = uri
         .host()
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| Error::InvalidInput(format!("no host in URI {uri}")))?;
+        .ok_or_else(|| Error::InvalidArgument(format!("no host in URI {uri}")))?;
     let port = match (uri.port_u16(), uri.scheme_str()) {
         (Some(p), _) => p,
         (None, Some("http")) => 80,
         (None, Some("https")) => 443,
         (None, s) => {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::InvalidArgument(format!(
                 "no port in URI {uri} and no default for scheme {s:?}"
             )));
         }

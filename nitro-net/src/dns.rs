@@ -29,7 +29,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 use crate::protocol::{MAX_DNS_RESPONSE_BODY, MAX_REQUEST_BODY, Request, Response};
-use crate::stats::{DnsCounters, DnsStats, bump};
+pub use crate::stats::DnsStats;
+use crate::stats::{DnsCounters, bump};
 use crate::synthetic::SyntheticNames;
 use crate::{EgressClient, Error, Policy, ProtocolError, Refusal, RefusalCode, Shutdown};
 
@@ -457,7 +458,7 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> 
             Err(_) => continue,
         }
     }
-    Err(Error::InvalidInput(format!(
+    Err(Error::InvalidArgument(format!(
         "no port free for both UDP and TCP on {}",
         addr.ip()
     )))
@@ -514,7 +515,7 @@ impl Shared {
                     Some(r) if r.code == RefusalCode::DeniedByPolicy => ResponseCode::Refused,
                     _ => ResponseCode::ServFail,
                 };
-                tracing::warn!(name = %question.name, qtype = %question.query.query_type(), error = %e, "dns: forwarding failed");
+                tracing::warn!(name = %question.name, qtype = %question.query.query_type(), error = %crate::error::chain(&e), "dns: forwarding failed");
                 servfail(question, code)
             }
         }
@@ -558,7 +559,7 @@ async fn serve_udp(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
             Ok(r) => r,
             Err(e) => {
                 // Transient (an ICMP error reported on the socket, ...): never a busy loop.
-                tracing::debug!(error = %e, "dns: UDP receive failed");
+                tracing::debug!(error = %crate::error::chain(&e), "dns: UDP receive failed");
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
@@ -612,7 +613,7 @@ async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener, shutdown: Shutdow
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(error = %e, "dns: TCP accept failed");
+                tracing::debug!(error = %crate::error::chain(&e), "dns: TCP accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }

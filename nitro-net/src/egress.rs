@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::policy::NameVerdict;
@@ -215,7 +215,7 @@ impl EgressServer {
                 Ok(Ok(None)) => return,
                 Ok(Err(ReadError::Protocol(e, kind))) => {
                     ctx.registry.counters.failed_handshake();
-                    tracing::warn!(%peer, error = %e, "egress: malformed request");
+                    tracing::warn!(%peer, error = %crate::error::chain(&e), "egress: malformed request");
                     let code = match e {
                         ProtocolError::UnsupportedVersion(_) => RefusalCode::UnsupportedVersion,
                         ProtocolError::UnknownKind(_) => RefusalCode::NotSupported,
@@ -230,7 +230,7 @@ impl EgressServer {
                 }
                 Ok(Err(ReadError::Io(e))) => {
                     ctx.registry.counters.failed_handshake();
-                    tracing::debug!(%peer, error = %e, "egress: connection lost during the handshake");
+                    tracing::debug!(%peer, error = %crate::error::chain(&e), "egress: connection lost during the handshake");
                     return;
                 }
                 Err(_) => {
@@ -341,7 +341,7 @@ impl EgressServer {
             .write_all(&Response::Connected { peer: dest_addr }.encode())
             .await
         {
-            tracing::debug!(%peer, error = %e, "egress: enclave went away before the answer");
+            tracing::debug!(%peer, error = %crate::error::chain(&e), "egress: enclave went away before the answer");
             return;
         }
         ctx.handshake_done();
@@ -371,7 +371,7 @@ impl EgressServer {
                 )
             }
             Err(e) => {
-                tracing::info!(conn = guard.id, bytes_up = up, bytes_down = down, error = %e, "egress: closed with an error")
+                tracing::info!(conn = guard.id, bytes_up = up, bytes_down = down, error = %crate::error::chain(&e), "egress: closed with an error")
             }
         }
         drop(slot);
@@ -488,7 +488,7 @@ enum ReadError {
 }
 
 /// Reads exactly one request (never a byte more). `Ok(None)`: clean end of file before it.
-async fn read_request(s: &mut Stream) -> Result<Option<Request>, ReadError> {
+async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<Request>, ReadError> {
     let mut buf = [0u8; REQUEST_HEADER_LEN + MAX_REQUEST_BODY];
     let mut have = 0;
     while have < REQUEST_HEADER_LEN {
@@ -552,14 +552,17 @@ async fn read_request(s: &mut Stream) -> Result<Option<Request>, ReadError> {
 /// Sends a final response and closes "lingering": after the write shutdown, what the peer
 /// still sends is read and discarded for a moment, so that closing with unread bytes does not
 /// turn into a reset that destroys the response before the peer reads it.
-pub(crate) async fn write_and_close(s: &mut Stream, resp: &Response) -> io::Result<()> {
+pub(crate) async fn write_and_close<S>(s: &mut S, resp: &Response) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     s.write_all(&resp.encode()).await?;
     s.shutdown().await?;
     linger_drain(s).await;
     Ok(())
 }
 
-pub(crate) async fn linger_drain(s: &mut Stream) {
+pub(crate) async fn linger_drain<S: AsyncRead + Unpin>(s: &mut S) {
     let mut sink = [0u8; 4096];
     let mut left: usize = 64 * 1024;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -591,5 +594,86 @@ mod tests {
             let _ = from_unix_parts(i64::MIN, 999_999_999);
             assert_eq!(from_unix_parts(s, n), Some(t));
         }
+    }
+
+    /// The tunnel request reader over a 1-byte pipe: one request, and the bytes after it
+    /// (the start of the relayed stream) left in place.
+    #[tokio::test]
+    async fn request_reader_over_duplex() {
+        let req = Request::Connect {
+            host: "kms.us-east-1.amazonaws.com".into(),
+            port: 443,
+        };
+        let mut sent = req.encode().unwrap();
+        sent.extend_from_slice(b"early");
+        let (mut enclave, mut parent) = tokio::io::duplex(1);
+        let w = tokio::spawn(async move {
+            enclave.write_all(&sent).await.unwrap();
+        });
+        let got = match read_request(&mut parent).await {
+            Ok(Some(r)) => r,
+            _ => panic!("no request"),
+        };
+        assert_eq!(got, req);
+        let mut rest = Vec::new();
+        parent.read_to_end(&mut rest).await.unwrap();
+        w.await.unwrap();
+        assert_eq!(rest, b"early");
+    }
+
+    #[tokio::test]
+    async fn request_reader_ends_and_errors_over_duplex() {
+        // Clean end of file before a request.
+        let (enclave, mut parent) = tokio::io::duplex(8);
+        drop(enclave);
+        assert!(matches!(read_request(&mut parent).await, Ok(None)));
+        // Cut inside the body: a protocol error carrying the request's kind.
+        let sent = Request::Time { nonce: 7 }.encode().unwrap();
+        let (mut enclave, mut parent) = tokio::io::duplex(64);
+        enclave.write_all(&sent[..sent.len() - 1]).await.unwrap();
+        drop(enclave);
+        match read_request(&mut parent).await {
+            Err(ReadError::Protocol(ProtocolError::UnexpectedEof(_), kind)) => {
+                assert_eq!(kind, crate::protocol::KIND_TIME);
+            }
+            _ => panic!("expected a truncated-body error"),
+        }
+        // Another protocol entirely: refused after the first bytes, without waiting.
+        let (mut enclave, mut parent) = tokio::io::duplex(64);
+        enclave.write_all(b"GE").await.unwrap();
+        assert!(matches!(
+            read_request(&mut parent).await,
+            Err(ReadError::Protocol(ProtocolError::BadMagic, 0))
+        ));
+    }
+
+    /// `write_and_close` delivers the whole response through a 4-byte pipe, ends the write
+    /// side, and drains what the peer still sends for at most a second (paused time: the
+    /// linger bound itself is checked, not the machine's speed).
+    #[tokio::test(start_paused = true)]
+    async fn write_and_close_over_duplex() {
+        let resp = Response::Refused {
+            kind: KIND_CONNECT,
+            refusal: Refusal::new(RefusalCode::DeniedByPolicy, "no rule allows x:1"),
+        };
+        let (mut enclave, mut parent) = tokio::io::duplex(4);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let peer = tokio::spawn(async move {
+            let mut all = Vec::new();
+            enclave.read_to_end(&mut all).await.unwrap();
+            // The response is complete; the peer now keeps its side open and sends more.
+            enclave.write_all(b"more").await.unwrap();
+            let _ = done_rx.await;
+            all
+        });
+        let t0 = tokio::time::Instant::now();
+        write_and_close(&mut parent, &resp).await.unwrap();
+        let lingered = t0.elapsed();
+        assert!(
+            lingered >= Duration::from_secs(1) && lingered < Duration::from_millis(1010),
+            "linger bound: {lingered:?}"
+        );
+        done_tx.send(()).unwrap();
+        assert_eq!(peer.await.unwrap(), resp.encode());
     }
 }

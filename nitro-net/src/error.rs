@@ -22,8 +22,9 @@ pub enum Error {
         /// Why it is not an address.
         reason: String,
     },
-    /// An I/O operation failed.
-    #[error("{context}: {source}")]
+    /// An I/O operation failed. The message is the context only; the operating system's error
+    /// is the [`source`](std::error::Error::source) (print the chain to see both).
+    #[error("{context}")]
     Io {
         /// What was being done (and with which address).
         context: String,
@@ -55,7 +56,7 @@ pub enum Error {
     Time(#[from] TimeError),
     /// The caller passed an unusable argument or configuration (API misuse, not bad input).
     #[error("invalid argument: {0}")]
-    InvalidInput(String),
+    InvalidArgument(String),
 }
 
 impl Error {
@@ -100,7 +101,7 @@ impl Error {
                 _ => io::ErrorKind::Other,
             },
             Error::Protocol(_) => io::ErrorKind::InvalidData,
-            Error::InvalidAddr { .. } | Error::InvalidInput(_) | Error::Policy(_) => {
+            Error::InvalidAddr { .. } | Error::InvalidArgument(_) | Error::Policy(_) => {
                 io::ErrorKind::InvalidInput
             }
             Error::Time(_) => io::ErrorKind::Other,
@@ -264,6 +265,15 @@ pub enum ProtocolError {
         /// The limit.
         max: usize,
     },
+    /// An HTTP proxy request with a method other than `CONNECT` (the local HTTP proxy only
+    /// tunnels; it answers `405 Method Not Allowed`).
+    #[error(
+        "HTTP method {method:?} not supported: this proxy only tunnels with CONNECT (use https:// URLs, or curl --proxytunnel)"
+    )]
+    MethodNotAllowed {
+        /// The method the client sent.
+        method: String,
+    },
     /// A field has an impossible value.
     #[error("malformed {what}: {reason}")]
     Malformed {
@@ -355,7 +365,52 @@ pub enum TimeError {
     /// The authenticated time source has no observation recent enough to check against.
     #[error("the authenticated time source ({0}) has no recent observation")]
     NoTrustedObservation(String),
-    /// Stepping the system clock failed (typically `EPERM`: no `CAP_SYS_TIME`).
-    #[error("stepping the system clock failed: {0}")]
-    StepFailed(String),
+    /// Stepping the system clock failed (typically [`io::ErrorKind::PermissionDenied`]: no
+    /// `CAP_SYS_TIME`).
+    #[error("stepping the system clock failed: {kind}{}", errno.map(|n| format!(" (errno {n})")).unwrap_or_default())]
+    StepFailed {
+        /// What kind of failure.
+        kind: io::ErrorKind,
+        /// The operating system's error number, when there is one.
+        errno: Option<i32>,
+    },
+}
+
+/// Displays an error followed by its sources, `": "`-separated (for log lines and the text
+/// sent to a local client, where the chain would otherwise be lost).
+pub(crate) fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl fmt::Display + 'a {
+    struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+    impl fmt::Display for Chain<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}", self.0)?;
+            let mut next = self.0.source();
+            while let Some(s) = next {
+                write!(f, ": {s}")?;
+                next = s.source();
+            }
+            Ok(())
+        }
+    }
+    Chain(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The IO source is shown once: in the chain, not in the message.
+    #[test]
+    fn io_source_is_chained_not_repeated() {
+        let e = Error::io(
+            "connect to vsock:3:8000",
+            io::Error::from_raw_os_error(nix::libc::ECONNREFUSED),
+        );
+        let msg = e.to_string();
+        assert_eq!(msg, "connect to vsock:3:8000");
+        let src = std::error::Error::source(&e).expect("source").to_string();
+        assert!(src.contains("refused"), "{src}");
+        let full = chain(&e).to_string();
+        assert_eq!(full, format!("{msg}: {src}"));
+        assert_eq!(full.matches("refused").count(), 1, "{full}");
+    }
 }

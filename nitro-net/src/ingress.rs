@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::relay::relay_streams;
 use crate::server::{ConnCtx, Limits, ServerHandle, Shutdown, spawn_server};
@@ -43,7 +43,7 @@ pub enum ProxyHeader {
 /// families are sent as IPv6, the IPv4 side mapped).
 ///
 /// ```
-/// use nitro_net::ingress::{ProxyHeader, encode_proxy_v2, parse_proxy_v2};
+/// use nitro_net::internal::{ProxyHeader, encode_proxy_v2, parse_proxy_v2};
 /// let src = "203.0.113.7:51000".parse()?;
 /// let dst = "10.0.0.5:443".parse()?;
 /// let h = encode_proxy_v2(src, dst);
@@ -241,7 +241,7 @@ impl IngressServer {
             }
             Err(e) => {
                 ctx.registry.counters.refused();
-                tracing::warn!(%peer, target = %self.target, error = %e, "ingress: enclave unreachable");
+                tracing::warn!(%peer, target = %self.target, error = %crate::error::chain(&e), "ingress: enclave unreachable");
                 return;
             }
         };
@@ -257,7 +257,7 @@ impl IngressServer {
                 }
             };
             if let Err(e) = enclave.write_all(&header).await {
-                tracing::warn!(%peer, error = %e, "ingress: writing the PROXY header failed");
+                tracing::warn!(%peer, error = %crate::error::chain(&e), "ingress: writing the PROXY header failed");
                 return;
             }
         }
@@ -268,7 +268,7 @@ impl IngressServer {
         tracing::info!(conn = guard.id, %peer, target = %self.target, "ingress: connected");
         let r = relay_streams(client, enclave, &ctx.limits, &guard.bytes, guard.totals()).await;
         if let Err(e) = r {
-            tracing::debug!(conn = guard.id, error = %e, "ingress: closed with an error");
+            tracing::debug!(conn = guard.id, error = %crate::error::chain(&e), "ingress: closed with an error");
         }
         drop(slot);
     }
@@ -349,7 +349,7 @@ impl IngressListener {
                     });
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(%peer, error = %e, "ingress: bad PROXY header, connection dropped")
+                    tracing::warn!(%peer, error = %crate::error::chain(&e), "ingress: bad PROXY header, connection dropped")
                 }
                 Err(_) => {
                     tracing::warn!(%peer, "ingress: no PROXY header in time, connection dropped")
@@ -370,7 +370,7 @@ impl IngressListener {
 }
 
 /// Reads exactly one PROXY v2 header.
-async fn read_proxy_header(s: &mut Stream) -> Result<ProxyHeader, Error> {
+async fn read_proxy_header<S: AsyncRead + Unpin>(s: &mut S) -> Result<ProxyHeader, Error> {
     let mut buf = vec![0u8; 16];
     s.read_exact(&mut buf)
         .await
@@ -461,7 +461,7 @@ impl IngressForward {
             Ok(s) => s,
             Err(e) => {
                 ctx.registry.counters.refused();
-                tracing::warn!(%peer, target = %self.target, error = %e, "ingress-forward: application unreachable");
+                tracing::warn!(%peer, target = %self.target, error = %crate::error::chain(&e), "ingress-forward: application unreachable");
                 return;
             }
         };
@@ -471,7 +471,7 @@ impl IngressForward {
             .register(peer.to_string(), self.target.to_string());
         let r = relay_streams(from_parent, app, &ctx.limits, &guard.bytes, guard.totals()).await;
         if let Err(e) = r {
-            tracing::debug!(conn = guard.id, error = %e, "ingress-forward: closed with an error");
+            tracing::debug!(conn = guard.id, error = %crate::error::chain(&e), "ingress-forward: closed with an error");
         }
         drop(slot);
     }
@@ -535,5 +535,46 @@ mod tests {
         assert_eq!(parse_proxy_v2(&h).unwrap().unwrap().1, h.len());
         let local = [&PROXY_V2_SIGNATURE[..], &[0x20, 0, 0, 0]].concat();
         assert_eq!(parse_proxy_v2(&local), Ok(Some((ProxyHeader::Local, 16))));
+    }
+
+    /// The PROXY v2 reader over a 3-byte pipe: the header, and not one byte of the
+    /// application's data after it, is consumed.
+    #[tokio::test]
+    async fn proxy_header_reader_over_duplex() {
+        use tokio::io::AsyncWriteExt;
+        let src: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+        let dst: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let mut sent = encode_proxy_v2(src, dst);
+        sent.extend_from_slice(b"\x16\x03\x01 client hello");
+        let (mut parent, mut enclave) = tokio::io::duplex(3);
+        let w = tokio::spawn(async move {
+            parent.write_all(&sent).await.unwrap();
+        });
+        let h = read_proxy_header(&mut enclave).await.unwrap();
+        assert_eq!(
+            h,
+            ProxyHeader::Proxy {
+                source: src,
+                destination: dst
+            }
+        );
+        let mut rest = Vec::new();
+        enclave.read_to_end(&mut rest).await.unwrap();
+        w.await.unwrap();
+        assert_eq!(rest, b"\x16\x03\x01 client hello");
+
+        // Cut inside the addresses: an error, never a header made of partial bytes.
+        let full = encode_proxy_v2(src, dst);
+        let (mut parent, mut enclave) = tokio::io::duplex(64);
+        parent.write_all(&full[..full.len() - 1]).await.unwrap();
+        drop(parent);
+        assert!(read_proxy_header(&mut enclave).await.is_err());
+        // Not a PROXY header at all.
+        let (mut parent, mut enclave) = tokio::io::duplex(64);
+        parent.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(matches!(
+            read_proxy_header(&mut enclave).await,
+            Err(Error::Protocol(_))
+        ));
     }
 }

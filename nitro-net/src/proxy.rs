@@ -10,7 +10,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::relay::relay_streams;
 use crate::server::{ConnCtx, Limits, ServerHandle, Shutdown, spawn_server};
@@ -139,9 +139,11 @@ impl LocalProxy {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => {
                         ctx.registry.counters.failed_handshake();
-                        tracing::info!(%peer, error = %e, "http-proxy: bad request");
+                        tracing::info!(%peer, error = %crate::error::chain(&e), "http-proxy: bad request");
                         let (status, reason) = match &e {
-                            HttpError::Method(_) => (405, "Method Not Allowed"),
+                            Error::Protocol(ProtocolError::MethodNotAllowed { .. }) => {
+                                (405, "Method Not Allowed")
+                            }
                             _ => (400, "Bad Request"),
                         };
                         let _ = http_reply(&mut client, status, reason, None, &e.to_string()).await;
@@ -167,7 +169,7 @@ impl LocalProxy {
                     Ok(Ok(None)) => return,
                     Ok(Err(e)) => {
                         ctx.registry.counters.failed_handshake();
-                        tracing::info!(%peer, error = %e, "socks5: bad request");
+                        tracing::info!(%peer, error = %crate::error::chain(&e), "socks5: bad request");
                         return;
                     }
                     Err(_) => {
@@ -194,7 +196,7 @@ impl LocalProxy {
             Ok(t) => t,
             Err(e) => {
                 ctx.registry.counters.refused();
-                tracing::warn!(%peer, %host, port, error = %e, "{}: tunnel refused", self.kind);
+                tracing::warn!(%peer, %host, port, error = %crate::error::chain(&e), "{}: tunnel refused", self.kind);
                 self.refuse(&mut client, &e).await;
                 return;
             }
@@ -243,17 +245,20 @@ impl LocalProxy {
         tracing::debug!(conn = guard.id, %peer, %host, port, "{}: tunnel open", self.kind);
         let r = relay_streams(client, tunnel, &ctx.limits, &guard.bytes, guard.totals()).await;
         if let Err(e) = r {
-            tracing::debug!(conn = guard.id, error = %e, "{}: closed with an error", self.kind);
+            tracing::debug!(conn = guard.id, error = %crate::error::chain(&e), "{}: closed with an error", self.kind);
         }
         drop(slot);
     }
 
-    async fn refuse(&self, client: &mut Stream, e: &Error) {
+    async fn refuse<S>(&self, client: &mut S, e: &Error)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         match &self.kind {
             ProxyKind::HttpConnect => {
                 let (status, reason, proxy_status) = http_status_for(e);
-                let _ =
-                    http_reply(client, status, reason, Some(proxy_status), &e.to_string()).await;
+                let body = crate::error::chain(e).to_string();
+                let _ = http_reply(client, status, reason, Some(proxy_status), &body).await;
             }
             ProxyKind::Socks5 => {
                 let _ = client
@@ -294,8 +299,8 @@ fn socks5_code_for(e: &Error) -> u8 {
     }
 }
 
-async fn http_reply(
-    client: &mut Stream,
+async fn http_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
     status: u16,
     reason: &str,
     proxy_status: Option<&str>,
@@ -326,39 +331,6 @@ async fn http_reply(
     Ok(())
 }
 
-/// Why an HTTP `CONNECT` request was rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HttpError {
-    /// Not `CONNECT`: this proxy only tunnels.
-    Method(String),
-    /// Malformed request.
-    Malformed(String),
-    /// Request head above [`MAX_HTTP_HEAD`].
-    TooLong,
-    /// The client closed the connection mid-request.
-    Eof,
-    /// I/O error.
-    Io(String),
-}
-
-impl fmt::Display for HttpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HttpError::Method(m) => write!(
-                f,
-                "method {m:?} not supported: this proxy only tunnels with CONNECT (use https:// URLs, or curl --proxytunnel)"
-            ),
-            HttpError::Malformed(r) => write!(f, "malformed CONNECT request: {r}"),
-            HttpError::TooLong => write!(f, "request head above {MAX_HTTP_HEAD} bytes"),
-            HttpError::Eof => f.write_str("connection closed mid-request"),
-            HttpError::Io(e) => write!(f, "I/O error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for HttpError {}
-
 /// A parsed `CONNECT` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -374,28 +346,32 @@ pub struct HttpConnect {
 /// length of the head (bytes after it belong to the tunnel).
 ///
 /// ```
-/// use nitro_net::proxy::parse_http_connect;
+/// use nitro_net::internal::parse_http_connect;
 /// let (req, used) = parse_http_connect(b"CONNECT kms.us-east-1.amazonaws.com:443 HTTP/1.1\r\nHost: x\r\n\r\n\x16\x03")?
 ///     .unwrap();
 /// assert_eq!((req.host.as_str(), req.port, used), ("kms.us-east-1.amazonaws.com", 443, 61));
-/// # Ok::<(), nitro_net::proxy::HttpError>(())
+/// # Ok::<(), nitro_net::ProtocolError>(())
 /// ```
-pub fn parse_http_connect(buf: &[u8]) -> Result<Option<(HttpConnect, usize)>, HttpError> {
+pub fn parse_http_connect(buf: &[u8]) -> Result<Option<(HttpConnect, usize)>, ProtocolError> {
     let window = &buf[..buf.len().min(MAX_HTTP_HEAD)];
     // Fail early on a wrong method, before the whole head has arrived.
     if let Some(sp) = window.iter().position(|&b| b == b' ') {
         let method = &window[..sp];
         if method != b"CONNECT" {
-            return Err(HttpError::Method(
-                String::from_utf8_lossy(method).into_owned(),
-            ));
+            return Err(ProtocolError::MethodNotAllowed {
+                method: String::from_utf8_lossy(method).into_owned(),
+            });
         }
     } else if window.len() > 16 {
-        return Err(HttpError::Malformed("no request line".into()));
+        return Err(http_malformed("no request line"));
     }
     let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() >= MAX_HTTP_HEAD {
-            return Err(HttpError::TooLong);
+            return Err(ProtocolError::TooLong {
+                what: "HTTP request head",
+                len: buf.len(),
+                max: MAX_HTTP_HEAD,
+            });
         }
         return Ok(None);
     };
@@ -405,20 +381,23 @@ pub fn parse_http_connect(buf: &[u8]) -> Result<Option<(HttpConnect, usize)>, Ht
         .position(|w| w == b"\r\n")
         .unwrap_or(head.len());
     let line = std::str::from_utf8(&head[..line_end])
-        .map_err(|_| HttpError::Malformed("request line is not UTF-8".into()))?;
+        .map_err(|_| http_malformed("request line is not UTF-8"))?;
     let mut parts = line.split(' ');
     let (Some(_method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(HttpError::Malformed(format!("request line {line:?}")));
+        return Err(http_malformed(format!("request line {line:?}")));
     };
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(HttpError::Malformed(format!("version {version:?}")));
+        return Err(http_malformed(format!("version {version:?}")));
     }
-    let (host, port) = split_authority(target).ok_or_else(|| {
-        HttpError::Malformed(format!("CONNECT target {target:?} is not host:port"))
-    })?;
+    let (host, port) = split_authority(target)
+        .ok_or_else(|| http_malformed(format!("CONNECT target {target:?} is not host:port")))?;
     Ok(Some((HttpConnect { host, port }, end + 4)))
+}
+
+fn http_malformed(reason: impl Into<String>) -> ProtocolError {
+    ProtocolError::malformed("CONNECT request", reason)
 }
 
 /// `host:port` or `[v6]:port` → (host without brackets, port).
@@ -441,7 +420,12 @@ fn split_authority(a: &str) -> Option<(String, u16)> {
     (port != 0).then(|| (host.to_owned(), port))
 }
 
-async fn read_http_connect(client: &mut Stream) -> Result<(String, u16, Vec<u8>), HttpError> {
+/// Reads one `CONNECT` request head; returns the destination and the bytes the client sent
+/// after the head (a TLS ClientHello, say), which belong to the tunnel.
+async fn read_http_connect<S>(client: &mut S) -> Result<(String, u16, Vec<u8>), Error>
+where
+    S: AsyncRead + Unpin,
+{
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -451,9 +435,9 @@ async fn read_http_connect(client: &mut Stream) -> Result<(String, u16, Vec<u8>)
         let n = client
             .read(&mut chunk[..room.max(1)])
             .await
-            .map_err(|e| HttpError::Io(e.to_string()))?;
+            .map_err(|e| Error::io("reading the CONNECT request", e))?;
         if n == 0 {
-            return Err(HttpError::Eof);
+            return Err(ProtocolError::UnexpectedEof("CONNECT request").into());
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some((req, used)) = parse_http_connect(&buf)? {
@@ -597,8 +581,8 @@ type Parser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, ProtocolError>;
 
 /// Reads from `client` into `buf` until `parse` finds a complete message at its front; removes
 /// the message from `buf` (what follows stays there: pipelining clients send ahead).
-async fn read_socks<T>(
-    client: &mut Stream,
+async fn read_socks<S: AsyncRead + Unpin, T>(
+    client: &mut S,
     buf: &mut Vec<u8>,
     parse: Parser<T>,
 ) -> Result<Option<T>, Error> {
@@ -636,7 +620,10 @@ const SOCKS_MAX: usize = 600;
 
 /// Greeting and request; answers "no acceptable method" / "command not supported" itself.
 /// Returns the destination and the bytes the client sent after its request.
-async fn socks5_handshake(client: &mut Stream) -> Result<Option<(String, u16, Vec<u8>)>, Error> {
+async fn socks5_handshake<S>(client: &mut S) -> Result<Option<(String, u16, Vec<u8>)>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = Vec::with_capacity(64);
     let Some(methods) = read_socks(client, &mut buf, parse_socks5_greeting).await? else {
         return Ok(None);
@@ -710,7 +697,13 @@ mod tests {
         }
         let mut long = b"CONNECT a:1 HTTP/1.1\r\n".to_vec();
         long.resize(MAX_HTTP_HEAD + 10, b'a');
-        assert_eq!(parse_http_connect(&long), Err(HttpError::TooLong));
+        assert!(matches!(
+            parse_http_connect(&long),
+            Err(ProtocolError::TooLong {
+                max: MAX_HTTP_HEAD,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -755,5 +748,151 @@ mod tests {
             socks5_reply(0, Some("[::1]:1".parse().unwrap())).len(),
             4 + 16 + 2
         );
+    }
+
+    /// The HTTP `CONNECT` reader over a 7-byte in-memory pipe (every read is partial): the
+    /// destination comes out, and the bytes after the head (returned as early data plus what
+    /// is still in the pipe) are exactly the client's, none lost or duplicated.
+    #[tokio::test]
+    async fn http_connect_reader_over_duplex() {
+        let head = b"CONNECT [2001:db8::1]:8443 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let after: Vec<u8> = (0..200u8).collect();
+        let (mut client, mut server) = tokio::io::duplex(7);
+        let mut sent = head.to_vec();
+        sent.extend_from_slice(&after);
+        // The writer ends (and drops its half) once everything is in the pipe.
+        let writer = tokio::spawn(async move { client.write_all(&sent).await.unwrap() });
+        let (host, port, early) = read_http_connect(&mut server).await.unwrap();
+        assert_eq!((host.as_str(), port), ("2001:db8::1", 8443));
+        let mut rest = early;
+        server.read_to_end(&mut rest).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(rest, after);
+    }
+
+    #[tokio::test]
+    async fn http_connect_reader_errors_over_duplex() {
+        // Not CONNECT: refused as soon as the method is known (no wait for the head's end).
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET http://x/ HTT").await.unwrap();
+        let e = read_http_connect(&mut server).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Protocol(ProtocolError::MethodNotAllowed { method }) if method == "GET"),
+            "{e:?}"
+        );
+        // The client goes away mid-head.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client
+            .write_all(b"CONNECT a.b:443 HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        drop(client);
+        let e = read_http_connect(&mut server).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(ProtocolError::UnexpectedEof(_))),
+            "{e:?}"
+        );
+        // A head that never ends is cut at the limit, with bounded reading.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let w = tokio::spawn(async move {
+            let _ = client.write_all(b"CONNECT a.b:443 HTTP/1.1\r\n").await;
+            let filler = [b'a'; 512];
+            while client.write_all(&filler).await.is_ok() {}
+        });
+        let e = read_http_connect(&mut server).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Protocol(ProtocolError::TooLong {
+                    max: MAX_HTTP_HEAD,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        drop(server);
+        w.await.unwrap();
+    }
+
+    /// The whole SOCKS5 dialogue over a 3-byte pipe: greeting, method choice, request by
+    /// name, and the bytes after the request kept for the tunnel.
+    #[tokio::test]
+    async fn socks5_handshake_over_duplex() {
+        let (mut client, mut server) = tokio::io::duplex(3);
+        let peer = tokio::spawn(async move {
+            client.write_all(&[5, 2, 2, 0]).await.unwrap();
+            let mut choice = [0u8; 2];
+            client.read_exact(&mut choice).await.unwrap();
+            assert_eq!(choice, [5, 0]);
+            let mut req = vec![5, 1, 0, 3, 11];
+            req.extend_from_slice(b"example.com");
+            req.extend_from_slice(&443u16.to_be_bytes());
+            req.extend_from_slice(b"hello");
+            client.write_all(&req).await.unwrap();
+        });
+        let (host, port, early) = socks5_handshake(&mut server).await.unwrap().unwrap();
+        assert_eq!((host.as_str(), port), ("example.com", 443));
+        let mut rest = early;
+        server.read_to_end(&mut rest).await.unwrap();
+        peer.await.unwrap();
+        assert_eq!(rest, b"hello");
+
+        // A client that closes before saying anything: a clean end, not an error.
+        let (client, mut server) = tokio::io::duplex(3);
+        drop(client);
+        assert!(socks5_handshake(&mut server).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn socks5_handshake_refusals_over_duplex() {
+        // Only username/password offered: "no acceptable method" (0xff), then an error.
+        let (mut client, mut server) = tokio::io::duplex(16);
+        client.write_all(&[5, 1, 2]).await.unwrap();
+        assert!(socks5_handshake(&mut server).await.is_err());
+        let mut answer = [0u8; 2];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, [5, 0xff]);
+        // BIND: "command not supported" (7).
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client
+            .write_all(&[5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80])
+            .await
+            .unwrap();
+        assert!(socks5_handshake(&mut server).await.is_err());
+        let mut answer = [0u8; 12];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer[..2], [5, 0]);
+        assert_eq!(answer[2..4], [5, 7]);
+    }
+
+    /// A refusal reaches an HTTP client as a status line, `Proxy-Status`, and the reason
+    /// with its source chain; the reply is complete when the client reads to the end.
+    #[tokio::test]
+    async fn http_reply_over_duplex() {
+        let (mut client, mut server) = tokio::io::duplex(5);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            String::from_utf8(all).unwrap()
+        });
+        http_reply(
+            &mut server,
+            403,
+            "Forbidden",
+            Some("http_request_denied"),
+            "no \"rule\"",
+        )
+        .await
+        .unwrap();
+        drop(server);
+        let text = reader.await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
+        assert!(
+            text.contains(
+                "Proxy-Status: nitro-net; error=http_request_denied; details=\"no 'rule'\""
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nno \"rule\"\n"), "{text}");
     }
 }

@@ -365,7 +365,7 @@ impl<'c> SplicePump<'c> {
                 match take_pipe() {
                     Ok(p) => self.pipe = Some(p),
                     Err(e) if out_of_descriptors(&e) => {
-                        tracing::debug!(error = %e, "relay: no pipe, copying through a buffer");
+                        tracing::debug!(error = %crate::error::chain(&e), "relay: no pipe, copying through a buffer");
                         self.buf = Some((take_buffer(), 0));
                     }
                     Err(e) => return Poll::Ready(Err(e)),

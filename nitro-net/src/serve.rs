@@ -38,7 +38,7 @@ impl axum::serve::Listener for Listener {
             match Listener::accept(self).await {
                 Ok(accepted) => return accepted,
                 Err(e) => {
-                    tracing::warn!(listen = %self.local_addr(), error = %e, "accept failed");
+                    tracing::warn!(listen = %self.local_addr(), error = %crate::error::chain(&e), "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
@@ -64,7 +64,7 @@ impl axum::serve::Listener for IngressListener {
                     return (c.stream, addr);
                 }
                 Err(e) => {
-                    tracing::warn!(listen = %self.local_addr(), error = %e, "ingress: accept failed");
+                    tracing::warn!(listen = %self.local_addr(), error = %crate::error::chain(&e), "ingress: accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }

@@ -293,7 +293,7 @@ where
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning or dying.
-                tracing::warn!(server = name, error = %e, "accept failed");
+                tracing::warn!(server = name, error = %crate::error::chain(&e), "accept failed");
                 drop(permit);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -113,7 +113,7 @@ impl SyntheticMap {
     pub fn new(config: SyntheticConfig) -> Result<Self, Error> {
         let slots = config.slots();
         if config.capacity == 0 || config.capacity as u64 > slots {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::InvalidArgument(format!(
                 "synthetic capacity {} must be between 1 and {slots} (the usable size of {} and {})",
                 config.capacity, config.v4, config.v6
             )));

@@ -414,8 +414,8 @@ pub struct SyncReport {
     pub trusted: TrustedCheck,
     /// Whether the system clock was stepped by the offset.
     pub stepped: bool,
-    /// Why stepping failed, if it was attempted and failed.
-    pub step_error: Option<String>,
+    /// Why stepping failed, if it was attempted and failed (a [`TimeError::StepFailed`]).
+    pub step_error: Option<TimeError>,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -615,8 +615,11 @@ impl TimeClient {
                     report.stepped = true;
                 }
                 Err(e) => {
-                    tracing::warn!(offset = %sample.offset, error = %e, "time: stepping the clock failed; reporting the offset only");
-                    report.step_error = Some(TimeError::StepFailed(e.to_string()).to_string());
+                    tracing::warn!(offset = %sample.offset, error = %crate::error::chain(&e), "time: stepping the clock failed; reporting the offset only");
+                    report.step_error = Some(TimeError::StepFailed {
+                        kind: e.kind(),
+                        errno: e.raw_os_error(),
+                    });
                 }
             }
         }
@@ -647,8 +650,8 @@ impl TimeClient {
                             st.last_error = None;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "time: synchronisation failed");
-                            st.last_error = Some(e.to_string());
+                            tracing::warn!(error = %crate::error::chain(&e), "time: synchronisation failed");
+                            st.last_error = Some(crate::error::chain(&e).to_string());
                         }
                     }
                 });

@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 
 use crate::relay::relay_streams;
 use crate::server::{ConnCtx, spawn_server};
-use crate::stats::{TransparentCounters, TransparentStats, bump};
+pub use crate::stats::TransparentStats;
+use crate::stats::{TransparentCounters, bump};
 use crate::synthetic::{SyntheticLookup, SyntheticNames};
 use crate::{EgressClient, Error, Limits, Listener, PeerAddr, ServerHandle, Shutdown, Stream};
 
@@ -237,7 +238,7 @@ impl TransparentProxy {
             Ok(a) => a,
             Err(e) => {
                 bump(&counters.failed);
-                tracing::debug!(%peer, error = %e, "transparent: no local address");
+                tracing::debug!(%peer, error = %crate::error::chain(&e), "transparent: no local address");
                 return;
             }
         };
@@ -245,7 +246,7 @@ impl TransparentProxy {
             Ok(d) => d,
             Err(e) => {
                 bump(&counters.failed);
-                tracing::warn!(%peer, error = %e, "transparent: no original destination (is the REDIRECT rule installed?)");
+                tracing::warn!(%peer, error = %crate::error::chain(&e), "transparent: no original destination (is the REDIRECT rule installed?)");
                 reset(&stream);
                 return;
             }
@@ -283,7 +284,7 @@ impl TransparentProxy {
                 } else {
                     bump(&counters.failed);
                 }
-                tracing::warn!(%peer, %dst, %host, port, error = %e, "transparent: refused");
+                tracing::warn!(%peer, %dst, %host, port, error = %crate::error::chain(&e), "transparent: refused");
                 reset(&stream);
                 return;
             }
@@ -300,7 +301,7 @@ impl TransparentProxy {
         tracing::info!(conn = guard.id, %peer, %dst, %host, port, %dest, "transparent: forwarded");
         let r = relay_streams(stream, tunnel, &ctx.limits, &guard.bytes, guard.totals()).await;
         if let Err(e) = r {
-            tracing::debug!(conn = guard.id, error = %e, "transparent: closed with an error");
+            tracing::debug!(conn = guard.id, error = %crate::error::chain(&e), "transparent: closed with an error");
         }
         drop(slot);
     }

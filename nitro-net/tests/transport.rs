@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nitro_net::ingress::{ProxyHeader, parse_proxy_v2};
-use nitro_net::protocol::parse_hybrid_connect;
+use nitro_net::internal::protocol::parse_hybrid_connect;
+use nitro_net::internal::{ProxyHeader, parse_proxy_v2};
 use nitro_net::{Addr, Error, IngressForward, IngressListener, IngressServer, ProtocolError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener};
@@ -133,7 +133,13 @@ async fn unix_listeners_replace_stale_sockets_but_not_live_ones() {
     let l = a.bind().await.unwrap();
     // A second listener on the same live socket is refused.
     let e = a.bind().await.unwrap_err();
-    assert!(e.to_string().contains("already listening"), "{e}");
+    // The reason is the chained IO source, not repeated in the message.
+    let why = std::error::Error::source(&e).map(ToString::to_string);
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("already listening")),
+        "{e}: {why:?}"
+    );
     drop(l);
     // A stale socket file (its listener gone without cleanup) is replaced.
     let stale = dir.path().join("stale.sock");

@@ -26,10 +26,10 @@ impl fmt::Display for Host {
 }
 
 /// Normalises a host as an application wrote it: an IP literal in any spelling (see the
-/// [module documentation](super)) or a DNS name.
+/// documentation of [`Policy`](crate::Policy)) or a DNS name.
 ///
 /// ```
-/// use nitro_net::policy::{Host, normalize_host};
+/// use nitro_net::internal::{Host, normalize_host};
 /// use std::net::{IpAddr, Ipv4Addr};
 ///
 /// let meta = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254));
@@ -135,7 +135,7 @@ fn ends_in_number(host: &str) -> bool {
 /// decimal, octal (leading `0`) or hexadecimal (`0x`), the last part filling the remaining bytes.
 ///
 /// ```
-/// use nitro_net::policy::parse_ipv4_spelling;
+/// use nitro_net::internal::parse_ipv4_spelling;
 /// use std::net::Ipv4Addr;
 /// assert_eq!(parse_ipv4_spelling("127.1"), Some(Ipv4Addr::LOCALHOST));
 /// assert_eq!(parse_ipv4_spelling("0x7f000001"), Some(Ipv4Addr::LOCALHOST));

@@ -1,54 +1,6 @@
-//! The parent-side egress policy: which destinations the enclave may reach.
-//!
-//! # Rules
-//!
-//! A policy is two ordered lists of rules, `allow` and `deny`. Each rule names either a host
-//! pattern or a CIDR block, optionally restricted to ports:
-//!
-//! ```toml
-//! [[allow]]
-//! host = "kms.us-east-1.amazonaws.com"   # exact name
-//! ports = [443]
-//!
-//! [[allow]]
-//! host = "*.amazonaws.com"               # any name below amazonaws.com (any depth), not amazonaws.com itself
-//! ports = [443, "8000-8100"]
-//!
-//! [[allow]]
-//! cidr = "10.0.0.0/8"                    # IPv4 or IPv6 block
-//!
-//! [[deny]]
-//! cidr = "169.254.169.254/32"
-//! ```
-//!
-//! - **Default deny**: what no `allow` rule admits is refused.
-//! - **Deny wins**: a destination matched by any `deny` rule is refused, whatever allows it.
-//! - **Names are normalised** before matching, in requests and in rules alike: case folded,
-//!   one trailing dot dropped, internationalised names converted to their ASCII (IDNA/UTS 46)
-//!   form. Host patterns are `name`, `*.name` (label boundary: `*.example.com` does not match
-//!   `evilexample.com`) or `*` (any name).
-//! - **Addresses are canonicalised** before matching: IPv4 written in decimal
-//!   (`2130706433`), octal (`0177.0.0.1`), hexadecimal (`0x7f.1`) or short forms (`127.1`), and
-//!   IPv4-mapped (`::ffff:127.0.0.1`) or IPv4-compatible (`::127.0.0.1`) IPv6 literals all become
-//!   the plain IPv4 address. A NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address is also
-//!   checked against the `deny` rules through the IPv4 address it embeds.
-//! - **IP literals need a `cidr` rule**; host rules only match names.
-//! - **Every resolved address is re-checked** (DNS rebinding): a name admitted by a host rule
-//!   may only lead to *public* addresses, unless a `cidr` rule allows the address, or the
-//!   host rule says `private = true` (then RFC 1918, CGNAT and IPv6 ULA addresses are also
-//!   admitted, for VPC endpoints). Loopback, link-local (including the instance metadata
-//!   service `169.254.169.254` and its IPv6 twin `fd00:ec2::254`, with EC2's DNS and NTP
-//!   addresses), multicast, documentation and other special-purpose ranges are only ever
-//!   reachable through an explicit `cidr` allow rule lying within that range: a wider block
-//!   such as `0.0.0.0/0` does not admit them, for names or IP literals. Addresses refused this
-//!   way are dropped; the request is refused when none is left.
-//! - **Unspecified addresses are never destinations**: `0.0.0.0/8` and `::` (in any spelling,
-//!   or as a resolved address) are refused whatever the rules say; Linux connects them to the
-//!   local host.
-//!
-//! Everything here is pure: [`Policy::check_name`] and [`Policy::check_addresses`] take the
-//! request and the resolved addresses and return the verdict, so the decisions are tested
-//! without any network.
+//! The egress policy: host canonicalisation (`host.rs`), address classes (`class.rs`), the
+//! TOML schema (`schema.rs`), matching and the builder (here). The format is documented on
+//! [`Policy`].
 
 mod class;
 mod host;
@@ -139,8 +91,61 @@ impl Rule {
 
 /// The egress policy. Build it with [`Policy::builder`] or parse it with [`Policy::from_toml`].
 ///
+/// The parent-side egress policy: which destinations the enclave may reach.
+///
+/// # Rules
+///
+/// A policy is two ordered lists of rules, `allow` and `deny`. Each rule names either a host
+/// pattern or a CIDR block, optionally restricted to ports:
+///
+/// ```toml
+/// [[allow]]
+/// host = "kms.us-east-1.amazonaws.com"   # exact name
+/// ports = [443]
+///
+/// [[allow]]
+/// host = "*.amazonaws.com"               # any name below amazonaws.com (any depth), not amazonaws.com itself
+/// ports = [443, "8000-8100"]
+///
+/// [[allow]]
+/// cidr = "10.0.0.0/8"                    # IPv4 or IPv6 block
+///
+/// [[deny]]
+/// cidr = "169.254.169.254/32"
 /// ```
-/// use nitro_net::policy::Policy;
+///
+/// - **Default deny**: what no `allow` rule admits is refused.
+/// - **Deny wins**: a destination matched by any `deny` rule is refused, whatever allows it.
+/// - **Names are normalised** before matching, in requests and in rules alike: case folded,
+///   one trailing dot dropped, internationalised names converted to their ASCII (IDNA/UTS 46)
+///   form. Host patterns are `name`, `*.name` (label boundary: `*.example.com` does not match
+///   `evilexample.com`) or `*` (any name).
+/// - **Addresses are canonicalised** before matching: IPv4 written in decimal
+///   (`2130706433`), octal (`0177.0.0.1`), hexadecimal (`0x7f.1`) or short forms (`127.1`), and
+///   IPv4-mapped (`::ffff:127.0.0.1`) or IPv4-compatible (`::127.0.0.1`) IPv6 literals all become
+///   the plain IPv4 address. A NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address is also
+///   checked against the `deny` rules through the IPv4 address it embeds.
+/// - **IP literals need a `cidr` rule**; host rules only match names.
+/// - **Every resolved address is re-checked** (DNS rebinding): a name admitted by a host rule
+///   may only lead to *public* addresses, unless a `cidr` rule allows the address, or the
+///   host rule says `private = true` (then RFC 1918, CGNAT and IPv6 ULA addresses are also
+///   admitted, for VPC endpoints). Loopback, link-local (including the instance metadata
+///   service `169.254.169.254` and its IPv6 twin `fd00:ec2::254`, with EC2's DNS and NTP
+///   addresses), multicast, documentation and other special-purpose ranges are only ever
+///   reachable through an explicit `cidr` allow rule lying within that range: a wider block
+///   such as `0.0.0.0/0` does not admit them, for names or IP literals. Addresses refused this
+///   way are dropped; the request is refused when none is left.
+/// - **Unspecified addresses are never destinations**: `0.0.0.0/8` and `::` (in any spelling,
+///   or as a resolved address) are refused whatever the rules say; Linux connects them to the
+///   local host.
+///
+/// Everything here is pure: [`Policy::check_name`] and [`Policy::check_addresses`] take the
+/// request and the resolved addresses and return the verdict, so the decisions are tested
+/// without any network.
+///
+///
+/// ```
+/// use nitro_net::Policy;
 ///
 /// let policy = Policy::from_toml(r#"
 ///     [[allow]]
@@ -194,7 +199,7 @@ impl Policy {
         Policy::default()
     }
 
-    /// Parses a TOML policy (see the [module documentation](self) for the format).
+    /// Parses a TOML policy (see [`Policy`] for the format).
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Toml(e.to_string()))?;
         let mut b = PolicyBuilder::default();
@@ -305,7 +310,7 @@ impl Policy {
     /// only those ports are checked.
     ///
     /// ```
-    /// use nitro_net::policy::Policy;
+    /// use nitro_net::Policy;
     ///
     /// let p = Policy::builder().allow_host("api.example.com", &[443]).build()?;
     /// assert_eq!(p.check_name_any_port("API.example.com.").unwrap(), "api.example.com");
@@ -504,7 +509,7 @@ enum RuleSpec {
 /// Builds a [`Policy`] in Rust.
 ///
 /// ```
-/// use nitro_net::policy::Policy;
+/// use nitro_net::Policy;
 ///
 /// let policy = Policy::builder()
 ///     .allow_host("*.amazonaws.com", &[443])

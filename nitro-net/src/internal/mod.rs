@@ -1,7 +1,26 @@
-//! Entry points for the fuzz targets (not a stable API).
+//! Wire-level codecs and pure parsers, public only for the fuzz targets and the tests.
+//!
+//! Not a stable API: nothing here follows semantic versioning, and everything may change or
+//! go away in any release. Applications use the crate root and its public modules.
 
-use crate::protocol::{Request, Response, parse_hybrid_connect, parse_hybrid_ok};
-use crate::{Addr, Policy, ingress, netlink, policy, proxy};
+pub mod netlink;
+pub mod protocol;
+
+pub use crate::ingress::{
+    PROXY_V2_MAX, PROXY_V2_SIGNATURE, ProxyHeader, encode_proxy_v2, parse_proxy_v2,
+};
+pub use crate::policy::{
+    AddressClass, Host, canonical_ip, classify, is_unspecified_destination, normalize_host,
+    parse_ipv4_spelling,
+};
+pub use crate::proxy::{
+    HttpConnect, MAX_HTTP_HEAD, Socks5Request, parse_http_connect, parse_socks5_greeting,
+    parse_socks5_request,
+};
+
+use crate::Addr;
+use crate::Policy;
+use protocol::{Request, Response, parse_hybrid_connect, parse_hybrid_ok};
 
 /// Runs the parser selected by `data[0]` on the rest; panics only on a broken invariant
 /// (a decoded message that does not re-encode to the same bytes).
@@ -53,14 +72,14 @@ pub fn fuzz_protocol(data: &[u8]) {
             let _ = parse_hybrid_connect(rest);
         }
         3 => {
-            let _ = proxy::parse_http_connect(rest);
+            let _ = parse_http_connect(rest);
         }
         4 => {
-            let _ = proxy::parse_socks5_greeting(rest);
-            let _ = proxy::parse_socks5_request(rest);
+            let _ = parse_socks5_greeting(rest);
+            let _ = parse_socks5_request(rest);
         }
         5 => {
-            if let Ok(Some((h, used))) = ingress::parse_proxy_v2(rest) {
+            if let Ok(Some((h, used))) = parse_proxy_v2(rest) {
                 assert!(used <= rest.len());
                 let _ = h;
             }
@@ -78,15 +97,15 @@ pub fn fuzz_protocol(data: &[u8]) {
             }
         }
         8 => {
-            if let Ok(policy::Host::Name(n)) = policy::normalize_host(&text) {
+            if let Ok(Host::Name(n)) = normalize_host(&text) {
                 // Normalisation is idempotent.
                 assert_eq!(
-                    policy::normalize_host(&n).ok(),
-                    Some(policy::Host::Name(n.clone())),
+                    normalize_host(&n).ok(),
+                    Some(Host::Name(n.clone())),
                     "normalisation not idempotent"
                 );
             }
-            let _ = policy::parse_ipv4_spelling(&text);
+            let _ = parse_ipv4_spelling(&text);
         }
         9 => {
             if let Ok(a) = text.parse::<Addr>() {
@@ -114,15 +133,15 @@ pub fn fuzz_protocol(data: &[u8]) {
                     for ip in ok {
                         // Nothing admitted may be in the denied block.
                         assert!(
-                            !matches!(policy::canonical_ip(ip), std::net::IpAddr::V4(v4) if v4.octets()[..2] == [169, 254])
+                            !matches!(canonical_ip(ip), std::net::IpAddr::V4(v4) if v4.octets()[..2] == [169, 254])
                         );
                     }
                 }
             }
         }
         _ => {
-            let _ = proxy::parse_http_connect(rest);
-            let _ = ingress::parse_proxy_v2(rest);
+            let _ = parse_http_connect(rest);
+            let _ = parse_proxy_v2(rest);
         }
     }
 }
