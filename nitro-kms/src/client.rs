@@ -8,15 +8,15 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::aws_credentials::ProvideCredentials;
 use crate::cms::Envelope;
-use crate::credentials::{EnvironmentCredentials, ProvideCredentials};
+use crate::config::{AwsSettings, ClientBuilder};
 use crate::error::{Error, ServiceError};
-use crate::http::{Endpoint, HttpClient, Response, TlsRoots};
+use crate::http::{Endpoint, HttpClient, Response};
 use crate::model::*;
 use crate::recipient::{AttestedKey, Recipient};
 use crate::secret::Plaintext;
 use crate::sigv4::{self, Service};
-use crate::transport::{Connect, TcpConnector};
 
 /// Largest KMS response body accepted.
 const MAX_RESPONSE: usize = 1024 * 1024;
@@ -95,67 +95,26 @@ pub fn default_endpoint(region: &str, fips: bool) -> String {
     format!("https://{service}.{region}.{suffix}")
 }
 
-/// Builds a [`KmsClient`].
-pub struct KmsClientBuilder {
-    region: String,
-    endpoint: Option<String>,
-    fips: bool,
-    credentials: Option<Arc<dyn ProvideCredentials>>,
-    connector: Option<Arc<dyn Connect>>,
-    roots: TlsRoots,
-    recipient: Option<Recipient>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    retry: RetryConfig,
-    allow_plain_http: bool,
-    clock: Arc<dyn Clock>,
-}
+/// Builds a [`KmsClient`]: the setters every AWS client shares are on [`ClientBuilder`], the
+/// KMS ones ([`fips`](ClientBuilder::fips), [`recipient`](ClientBuilder::recipient),
+/// [`retry`](ClientBuilder::retry)) below.
+pub type KmsClientBuilder = ClientBuilder<KmsSettings>;
 
-impl fmt::Debug for KmsClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KmsClientBuilder")
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
+mod settings {
+    /// The KMS settings of a [`KmsClientBuilder`](crate::KmsClientBuilder).
+    pub struct KmsSettings {
+        pub(crate) fips: bool,
+        pub(crate) recipient: Option<crate::Recipient>,
+        pub(crate) retry: crate::RetryConfig,
     }
 }
+use settings::KmsSettings;
 
-impl KmsClientBuilder {
-    /// Sends requests to `url` (`https://host[:port]`) instead of the regional endpoint: a VPC
-    /// endpoint, or a local KMS. `http://` needs
-    /// [`dangerous_allow_plain_http`](Self::dangerous_allow_plain_http).
-    #[must_use]
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
-        self
-    }
-
+impl ClientBuilder<KmsSettings> {
     /// Uses the FIPS endpoint (`kms-fips.<region>`) when no endpoint is set.
     #[must_use]
     pub fn fips(mut self, fips: bool) -> Self {
-        self.fips = fips;
-        self
-    }
-
-    /// Where credentials come from (default: the `AWS_*` environment variables, read per call).
-    #[must_use]
-    pub fn credentials(mut self, provider: impl ProvideCredentials + 'static) -> Self {
-        self.credentials = Some(Arc::new(provider));
-        self
-    }
-
-    /// How streams to the endpoint are opened (default: TCP; in an enclave, the nitro-net
-    /// tunnel with feature `nitro-net`, or any [`Connect`]).
-    #[must_use]
-    pub fn connector(mut self, connector: impl Connect) -> Self {
-        self.connector = Some(Arc::new(connector));
-        self
-    }
-
-    /// Which certificate authorities to trust (default: the embedded Mozilla roots).
-    #[must_use]
-    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
-        self.roots = roots;
+        self.service.fips = fips;
         self
     }
 
@@ -164,75 +123,35 @@ impl KmsClientBuilder {
     /// and fails closed when it is missing.
     #[must_use]
     pub fn recipient(mut self, recipient: Recipient) -> Self {
-        self.recipient = Some(recipient);
-        self
-    }
-
-    /// Limit for opening a connection, TLS handshake included (default 5 s).
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Limit for one attempt of a request, response body included (default 10 s).
-    #[must_use]
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.service.recipient = Some(recipient);
         self
     }
 
     /// Retry policy (default [`RetryConfig::default`]).
     #[must_use]
     pub fn retry(mut self, retry: RetryConfig) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Time source for signing (default: the system clock).
-    #[must_use]
-    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Accepts `http://` endpoints. **Without TLS the parent (or anyone on the path) can read
-    /// plaintexts and forge responses, including `CiphertextForRecipient`.** Only for test
-    /// servers such as moto.
-    #[must_use]
-    pub fn dangerous_allow_plain_http(mut self) -> Self {
-        self.allow_plain_http = true;
+        self.service.retry = retry;
         self
     }
 
     /// Builds the client.
-    pub fn build(self) -> Result<KmsClient, Error> {
-        let url = self
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| default_endpoint(&self.region, self.fips));
-        let endpoint = Endpoint::parse(&url)?;
-        if !endpoint.tls && !self.allow_plain_http {
-            return Err(Error::Config(format!(
-                "endpoint {url} is plain HTTP; TLS must end inside the enclave (use https://, or dangerous_allow_plain_http() for test servers)"
-            )));
-        }
-        let tls = self.roots.client_config()?;
-        let connector = self.connector.unwrap_or_else(|| Arc::new(TcpConnector));
+    pub fn build(mut self) -> Result<KmsClient, Error> {
+        let (region, fips) = (&self.aws.region, self.service.fips);
+        let endpoint = self.aws.endpoint(|| default_endpoint(region, fips))?;
+        let http = Arc::new(self.aws.http_client()?);
+        let credentials = self.aws.credentials();
         Ok(KmsClient {
             inner: Arc::new(Inner {
-                region: self.region,
+                region: self.aws.region,
                 endpoint,
-                http: Arc::new(HttpClient::new(connector, tls, self.connect_timeout)),
-                credentials: self
-                    .credentials
-                    .unwrap_or_else(|| Arc::new(EnvironmentCredentials)),
-                request_timeout: self.request_timeout,
-                retry: self.retry,
-                clock: self.clock,
+                http,
+                credentials,
+                request_timeout: self.aws.request_timeout,
+                retry: self.service.retry,
+                clock: self.aws.clock,
                 server_date: Mutex::new(None),
             }),
-            recipient: self.recipient,
+            recipient: self.service.recipient,
         })
     }
 }
@@ -294,19 +213,13 @@ impl fmt::Debug for KmsClient {
 impl KmsClient {
     /// A builder for a client of `region`.
     pub fn builder(region: impl Into<String>) -> KmsClientBuilder {
-        KmsClientBuilder {
-            region: region.into(),
-            endpoint: None,
-            fips: false,
-            credentials: None,
-            connector: None,
-            roots: TlsRoots::default(),
-            recipient: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-            retry: RetryConfig::default(),
-            allow_plain_http: false,
-            clock: Arc::new(SystemClock),
+        ClientBuilder {
+            aws: AwsSettings::new(region.into(), Duration::from_secs(10)),
+            service: KmsSettings {
+                fips: false,
+                recipient: None,
+                retry: RetryConfig::default(),
+            },
         }
     }
 
@@ -316,7 +229,7 @@ impl KmsClient {
     /// `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` are deliberately **not** read: inside an
     /// enclave they typically point the application's AWS SDKs at the local
     /// KMS proxy (`proxy::KmsProxy`, feature `proxy`), whereas this client must reach KMS itself (with TLS
-    /// ending in the enclave). Set [`endpoint`](KmsClientBuilder::endpoint) explicitly instead.
+    /// ending in the enclave). Set [`endpoint`](ClientBuilder::endpoint) explicitly instead.
     ///
     /// ```
     /// # fn main() -> Result<(), nitro_kms::Error> {
@@ -344,13 +257,13 @@ impl KmsClient {
             .map(|r| r.trim().to_owned())
             .find(|r| !r.is_empty())
             .ok_or_else(|| {
-                Error::Config("no region: set AWS_REGION (or AWS_DEFAULT_REGION)".into())
+                Error::InvalidArgument("no region: set AWS_REGION (or AWS_DEFAULT_REGION)".into())
             })?;
         if !region
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            return Err(Error::Config(format!("invalid region {region:?}")));
+            return Err(Error::InvalidArgument(format!("invalid region {region:?}")));
         }
         let fips =
             lookup("AWS_USE_FIPS_ENDPOINT").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
@@ -393,7 +306,7 @@ impl KmsClient {
         request: &serde_json::Value,
     ) -> Result<serde_json::Value, Error> {
         let body = serde_json::to_vec(request)
-            .map_err(|e| Error::Config(format!("cannot encode request: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("cannot encode request: {e}")))?;
         let resp = self.send_with_retries(operation, Bytes::from(body)).await?;
         serde_json::from_slice(&resp).map_err(|e| Error::InvalidResponse {
             operation: "KMS",
@@ -407,7 +320,7 @@ impl KmsClient {
         request: &Req,
     ) -> Result<Resp, Error> {
         let body = serde_json::to_vec(request)
-            .map_err(|e| Error::Config(format!("cannot encode request: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("cannot encode request: {e}")))?;
         let resp = self.send_with_retries(operation, Bytes::from(body)).await?;
         // Some servers answer an empty body for operations without output.
         let resp: &[u8] = if resp.iter().all(u8::is_ascii_whitespace) {
@@ -482,7 +395,7 @@ impl KmsClient {
                 concat!("nitro-kms/", env!("CARGO_PKG_VERSION")),
             )
             .body(body)
-            .map_err(|e| Error::Config(format!("cannot build request: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("cannot build request: {e}")))?;
         sigv4::sign_request(
             &mut req,
             &creds,
@@ -764,11 +677,7 @@ fn normalize_code(code: &str) -> String {
 }
 
 fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let t = time::PrimitiveDateTime::parse(s, &fmt).ok()?;
-    Some(SystemTime::from(t.assume_utc()))
+    httpdate::parse_http_date(s).ok()
 }
 
 /// A uniform random number in `[0, 1)`.

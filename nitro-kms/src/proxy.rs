@@ -127,7 +127,7 @@ impl KmsProxy {
     /// (without one, the proxy would have to ask KMS for plaintexts on the wire).
     pub fn new(client: KmsClient) -> Result<Self, Error> {
         if client.recipient().is_none() {
-            return Err(Error::Config(
+            return Err(Error::InvalidArgument(
                 "the KMS proxy needs a KmsClient with a Recipient".into(),
             ));
         }
@@ -282,7 +282,7 @@ impl KmsProxy {
             .local_addr()
             .map_err(|e| Error::io("binding the KMS proxy", e))?;
         if !is_loopback(local.ip()) {
-            return Err(Error::Config(format!(
+            return Err(Error::InvalidArgument(format!(
                 "the KMS proxy listens on loopback only, not {local}"
             )));
         }

@@ -25,8 +25,10 @@ mod verify;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use super::store::KeyEntry;
 use super::trust::VerifiedRecipient;
-use super::{Caller, LocalKms, err, parse};
+use super::wire::{Context, Recipient};
+use super::{Caller, KeyRef, LocalKms, dry_run, err, parse};
 use crate::error::ServiceError;
 
 /// Routes an operation to its module.
@@ -136,4 +138,89 @@ fn page<T>(
         truncated,
         next,
     ))
+}
+
+/// What `GenerateDataKey` and `GenerateDataKeyPair` (with and without plaintext) ask of the
+/// KMS key that encrypts the new data key.
+struct DataKeyOpening<'a> {
+    /// The operation name the key policy is checked against.
+    action: &'static str,
+    key_id: Option<&'a str>,
+    context: Option<&'a Context>,
+    /// The request's `Recipient`, verified only for the plaintext variants.
+    recipient: Option<&'a Recipient>,
+    with_plaintext: bool,
+    dry_run: Option<bool>,
+}
+
+impl LocalKms {
+    /// The opening the data-key operations share: verifies the `Recipient` (plaintext variants
+    /// only), finds the key (aliases allowed), authorizes `action` with the recipient's
+    /// condition keys, requires a symmetric encryption key and honours `DryRun`; then runs
+    /// `generate` with the key and the verified recipient while the store is locked.
+    fn with_data_key_wrapping_key<T>(
+        &self,
+        req: DataKeyOpening<'_>,
+        caller: &Caller,
+        now: SystemTime,
+        generate: impl FnOnce(&KeyEntry, Option<&VerifiedRecipient>) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let recipient = if req.with_plaintext {
+            self.verify_recipient(req.recipient, now)?
+        } else {
+            None
+        };
+        let store = self.lock()?;
+        let key = self.find(&store, req.key_id, KeyRef::AliasAllowed)?;
+        self.authorize_use(
+            key,
+            caller,
+            req.action,
+            &condition_keys(recipient.as_ref()),
+            req.context,
+        )?;
+        if !key.kind.is_symmetric() {
+            return Err(err(
+                400,
+                "InvalidKeyUsageException",
+                format!(
+                    "{} needs a symmetric encryption KMS key; {} is {}",
+                    req.action,
+                    key.id,
+                    key.kind.spec()
+                ),
+            ));
+        }
+        dry_run(req.dry_run)?;
+        generate(key, recipient.as_ref())
+    }
+}
+
+impl LocalKms {
+    /// The opening and closing the key-management operations share: finds the key by id or
+    /// ARN (aliases are refused, as in AWS), authorizes the administrative `action`, runs
+    /// `check` on it, then `change` on the stored key, and saves the store.
+    fn change_key<T>(
+        &self,
+        key_id: Option<&str>,
+        caller: &Caller,
+        action: &str,
+        check: impl FnOnce(&KeyEntry) -> Result<(), ServiceError>,
+        change: impl FnOnce(&mut KeyEntry) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let mut store = self.lock()?;
+        let id = {
+            let key = self.find(&store, key_id, KeyRef::KeyOnly)?;
+            self.authorize_admin(key, caller, action)?;
+            check(key)?;
+            key.id.clone()
+        };
+        let key = store
+            .keys
+            .get_mut(&id)
+            .ok_or_else(|| super::internal("the key left the locked store"))?;
+        let out = change(key)?;
+        self.save(&store)?;
+        Ok(out)
+    }
 }

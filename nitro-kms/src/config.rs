@@ -1,0 +1,177 @@
+//! The configuration every AWS client of this crate shares (KMS, S3): one builder type whose
+//! common setters are written once, with the service's own settings as its parameter.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::aws_credentials::ProvideCredentials;
+use crate::client::{Clock, SystemClock};
+use crate::credentials::EnvironmentCredentials;
+use crate::error::Error;
+use crate::http::{Endpoint, HttpClient, TlsRoots};
+use crate::transport::{Connect, TcpConnector};
+
+/// Builds an AWS client: [`KmsClientBuilder`](crate::KmsClientBuilder) (from
+/// [`KmsClient::builder`](crate::KmsClient::builder)) or
+/// [`S3ClientBuilder`](crate::S3ClientBuilder) (from
+/// [`S3Client::builder`](crate::S3Client::builder)).
+///
+/// The setters here (endpoint, credentials, connector, TLS roots, timeouts, clock) are the same
+/// for every service; `S` holds the service's own settings, set by the methods of the
+/// [`KmsClientBuilder`](crate::KmsClientBuilder) and [`S3ClientBuilder`](crate::S3ClientBuilder)
+/// aliases.
+///
+/// ```
+/// use std::time::Duration;
+/// use nitro_kms::{KmsClient, S3Client};
+///
+/// let kms = KmsClient::builder("eu-west-1")
+///     .connect_timeout(Duration::from_secs(2))
+///     .fips(true)
+///     .build()?;
+/// let s3 = S3Client::builder("eu-west-1")
+///     .connect_timeout(Duration::from_secs(2))
+///     .path_style(true)
+///     .build()?;
+/// # let _ = (kms, s3);
+/// # Ok::<(), nitro_kms::Error>(())
+/// ```
+pub struct ClientBuilder<S> {
+    pub(crate) aws: AwsSettings,
+    pub(crate) service: S,
+}
+
+/// The settings common to every service.
+pub(crate) struct AwsSettings {
+    pub(crate) region: String,
+    pub(crate) endpoint: Option<String>,
+    credentials: Option<Arc<dyn ProvideCredentials>>,
+    connector: Option<Arc<dyn Connect>>,
+    roots: TlsRoots,
+    connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) clock: Arc<dyn Clock>,
+    allow_plain_http: bool,
+}
+
+impl AwsSettings {
+    /// The defaults: TCP, the Mozilla roots, `AWS_*` credentials, the system clock, 5 s to
+    /// connect, and `request_timeout` (the service's default) per request.
+    pub(crate) fn new(region: String, request_timeout: Duration) -> Self {
+        Self {
+            region,
+            endpoint: None,
+            credentials: None,
+            connector: None,
+            roots: TlsRoots::default(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout,
+            clock: Arc::new(SystemClock),
+            allow_plain_http: false,
+        }
+    }
+
+    /// Parses the endpoint (the configured one, else `default_url`) and refuses plain HTTP
+    /// unless it was allowed.
+    pub(crate) fn endpoint(&self, default_url: impl FnOnce() -> String) -> Result<Endpoint, Error> {
+        let url = self.endpoint.clone().unwrap_or_else(default_url);
+        let endpoint = Endpoint::parse(&url)?;
+        if !endpoint.tls && !self.allow_plain_http {
+            return Err(Error::InvalidArgument(format!(
+                "endpoint {url} is plain HTTP; TLS must end inside the enclave (use https://, or dangerous_allow_plain_http() for test servers)"
+            )));
+        }
+        Ok(endpoint)
+    }
+
+    /// The HTTP client: the connector (TCP by default) with TLS to the configured roots.
+    pub(crate) fn http_client(&mut self) -> Result<HttpClient, Error> {
+        let tls = self.roots.client_config()?;
+        let connector = self
+            .connector
+            .take()
+            .unwrap_or_else(|| Arc::new(TcpConnector));
+        Ok(HttpClient::new(connector, tls, self.connect_timeout))
+    }
+
+    /// The credential source (`AWS_*` environment variables by default).
+    pub(crate) fn credentials(&mut self) -> Arc<dyn ProvideCredentials> {
+        self.credentials
+            .take()
+            .unwrap_or_else(|| Arc::new(EnvironmentCredentials))
+    }
+}
+
+impl<S> fmt::Debug for ClientBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("region", &self.aws.region)
+            .field("endpoint", &self.aws.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> ClientBuilder<S> {
+    /// Sends requests to `url` (`https://host[:port]`) instead of the regional endpoint: a VPC
+    /// endpoint, a local KMS, a test server. `http://` needs
+    /// [`dangerous_allow_plain_http`](Self::dangerous_allow_plain_http).
+    #[must_use]
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.aws.endpoint = Some(url.into());
+        self
+    }
+
+    /// Where credentials come from (default: the `AWS_*` environment variables, read per call).
+    #[must_use]
+    pub fn credentials(mut self, provider: impl ProvideCredentials + 'static) -> Self {
+        self.aws.credentials = Some(Arc::new(provider));
+        self
+    }
+
+    /// How streams to the endpoint are opened (default: TCP; in an enclave, the nitro-net
+    /// tunnel with feature `nitro-net`, or any [`Connect`]).
+    #[must_use]
+    pub fn connector(mut self, connector: impl Connect) -> Self {
+        self.aws.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// Which certificate authorities to trust (default: the embedded Mozilla roots).
+    #[must_use]
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.aws.roots = roots;
+        self
+    }
+
+    /// Limit for opening a connection, TLS handshake included (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.aws.connect_timeout = timeout;
+        self
+    }
+
+    /// Limit for one attempt of a request, response body included (default 10 s for KMS, 60 s
+    /// for S3).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.aws.request_timeout = timeout;
+        self
+    }
+
+    /// Time source for signing (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.aws.clock = Arc::new(clock);
+        self
+    }
+
+    /// Accepts `http://` endpoints. **Without TLS the parent (or anyone on the path) can read
+    /// plaintexts and forge responses, including `CiphertextForRecipient`.** Only for test
+    /// servers such as moto.
+    #[must_use]
+    pub fn dangerous_allow_plain_http(mut self) -> Self {
+        self.aws.allow_plain_http = true;
+        self
+    }
+}
