@@ -342,7 +342,13 @@ impl KmsClient {
                 Ok(b) => return Ok(b),
                 Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
                     let delay = retry.backoff(attempt, random_unit());
-                    tracing::debug!(operation, attempt, ?delay, "retrying after: {e}");
+                    tracing::debug!(
+                        operation,
+                        attempt,
+                        ?delay,
+                        "retrying after: {}",
+                        crate::error::chain(&e)
+                    );
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -372,7 +378,13 @@ impl KmsClient {
                 Ok(r) => return Ok(r),
                 Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
                     let delay = retry.backoff(attempt, random_unit());
-                    tracing::debug!(operation, attempt, ?delay, "retrying after: {e}");
+                    tracing::debug!(
+                        operation,
+                        attempt,
+                        ?delay,
+                        "retrying after: {}",
+                        crate::error::chain(&e)
+                    );
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }

@@ -153,7 +153,7 @@ impl ProvideCredentials for AwsSdkCredentials {
                 .provider
                 .provide_credentials()
                 .await
-                .map_err(|e| Error::credentials(Kind::Unavailable, sdk_error_chain(&e)))?;
+                .map_err(|e| Error::credentials(Kind::Unavailable, crate::error::chain(&e)))?;
             Ok(Credentials::new(
                 c.access_key_id(),
                 SecretString::new(c.secret_access_key().to_owned()),
@@ -162,22 +162,6 @@ impl ProvideCredentials for AwsSdkCredentials {
             ))
         })
     }
-}
-
-/// The SDK's credential errors say little at the top level: the sources carry the reason.
-fn sdk_error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let text = s.to_string();
-        // Some errors repeat their source in their message already.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = s.source();
-    }
-    out
 }
 
 /// `aws-config`'s default credentials chain on the parent instance (feature `aws-config`):
@@ -388,7 +372,7 @@ pub async fn serve_credentials<S: AsyncRead + AsyncWrite + Unpin>(
                         expiration: c.expiration().map(format_rfc3339).transpose()?,
                         error: None,
                     },
-                    Err(e) => WireResponse::error(e.to_string()),
+                    Err(e) => WireResponse::error(crate::error::chain(&e)),
                 }
             }
             _ => WireResponse::error("unsupported request".into()),

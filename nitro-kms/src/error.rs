@@ -14,7 +14,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Error {
     /// A `CiphertextForRecipient` (CMS `EnvelopedData`) could not be parsed or opened.
-    #[error("CMS envelope: {0}")]
+    #[error("invalid CMS envelope")]
     Cms(#[from] CmsError),
 
     /// KMS (or the local KMS) answered with an error.
@@ -93,7 +93,7 @@ pub enum Error {
 
     /// Attestation failed: the NSM refused to produce a document, or (local KMS) a document did
     /// not verify.
-    #[error("attestation: {0}")]
+    #[error("attestation failed")]
     Attestation(#[from] nitro_attest::Error),
 
     /// A cryptographic operation failed (key generation, encryption). Opaque on purpose.
@@ -146,6 +146,23 @@ pub enum SealedErrorKind {
     KeyMismatch,
     /// The parent could not provide the document (unknown name, unreadable file).
     Unavailable,
+}
+
+/// `e` and its sources, joined with `": "` (for logs and for messages sent to a peer, where the
+/// source chain would otherwise be lost).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        // Some errors (of other crates) repeat their source in their message already.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 impl Error {

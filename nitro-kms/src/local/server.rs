@@ -108,7 +108,7 @@ pub async fn serve(
         let (kms, tls) = (kms.clone(), tls.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_connection(kms, stream, tls).await {
-                tracing::debug!(%peer, "local KMS connection ended: {e}");
+                tracing::debug!(%peer, "local KMS connection ended: {}", crate::error::chain(&e));
             }
         });
     }
@@ -148,7 +148,7 @@ pub async fn spawn(
         .map_err(|e| Error::io("binding the local KMS", e))?;
     let task = tokio::spawn(async move {
         if let Err(e) = serve(kms, listener, tls).await {
-            tracing::warn!("local KMS stopped: {e}");
+            tracing::warn!("local KMS stopped: {}", crate::error::chain(&e));
         }
     });
     Ok(RunningServer { addr, task })
