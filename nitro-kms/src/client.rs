@@ -8,15 +8,14 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::aws_credentials::ProvideCredentials;
 use crate::cms::Envelope;
-use crate::config::{AwsSettings, ClientBuilder};
+use crate::config::{AwsClient, AwsSettings, ClientBuilder};
 use crate::error::{Error, ServiceError};
-use crate::http::{Endpoint, HttpClient, Response};
+use crate::http::{Endpoint, Response};
 use crate::model::*;
 use crate::recipient::{AttestedKey, Recipient};
 use crate::secret::Plaintext;
-use crate::sigv4::{self, Service};
+use crate::sigv4::Service;
 
 /// Largest KMS response body accepted.
 const MAX_RESPONSE: usize = 1024 * 1024;
@@ -135,20 +134,14 @@ impl ClientBuilder<KmsSettings> {
     }
 
     /// Builds the client.
-    pub fn build(mut self) -> Result<KmsClient, Error> {
+    pub fn build(self) -> Result<KmsClient, Error> {
         let (region, fips) = (&self.aws.region, self.service.fips);
         let endpoint = self.aws.endpoint(|| default_endpoint(region, fips))?;
-        let http = Arc::new(self.aws.http_client()?);
-        let credentials = self.aws.credentials();
         Ok(KmsClient {
             inner: Arc::new(Inner {
-                region: self.aws.region,
                 endpoint,
-                http,
-                credentials,
-                request_timeout: self.aws.request_timeout,
+                aws: self.aws.into_client()?,
                 retry: self.service.retry,
-                clock: self.aws.clock,
                 server_date: Mutex::new(None),
             }),
             recipient: self.service.recipient,
@@ -157,13 +150,9 @@ impl ClientBuilder<KmsSettings> {
 }
 
 struct Inner {
-    region: String,
     endpoint: Endpoint,
-    http: Arc<HttpClient>,
-    credentials: Arc<dyn ProvideCredentials>,
-    request_timeout: Duration,
+    aws: AwsClient,
     retry: RetryConfig,
-    clock: Arc<dyn Clock>,
     server_date: Mutex<Option<SystemTime>>,
 }
 
@@ -203,7 +192,7 @@ pub struct KmsClient {
 impl fmt::Debug for KmsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KmsClient")
-            .field("region", &self.inner.region)
+            .field("region", &self.inner.aws.region)
             .field("endpoint", &self.inner.endpoint.base_url())
             .field("recipient", &self.recipient.is_some())
             .finish()
@@ -272,7 +261,7 @@ impl KmsClient {
 
     /// The region requests are signed for.
     pub fn region(&self) -> &str {
-        &self.inner.region
+        &self.inner.aws.region
     }
 
     /// The endpoint URL.
@@ -395,29 +384,15 @@ impl KmsClient {
 
     async fn send_raw_once(&self, operation: &str, body: Bytes) -> Result<Response, Error> {
         let inner = &self.inner;
-        let creds = inner.credentials.provide_credentials().await?;
-        let mut req = http::Request::builder()
+        let req = http::Request::builder()
             .method(http::Method::POST)
             .uri("/")
             .header(http::header::HOST, inner.endpoint.authority())
             .header(http::header::CONTENT_TYPE, "application/x-amz-json-1.1")
-            .header("x-amz-target", format!("TrentService.{operation}"))
-            .header(
-                http::header::USER_AGENT,
-                concat!("nitro-kms/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(body)
-            .map_err(|e| Error::InvalidArgument(format!("cannot build request: {e}")))?;
-        sigv4::sign_request(
-            &mut req,
-            &creds,
-            &inner.region,
-            Service::Kms,
-            inner.clock.now(),
-        )?;
+            .header("x-amz-target", format!("TrentService.{operation}"));
         let resp = inner
-            .http
-            .send(&inner.endpoint, req, inner.request_timeout, MAX_RESPONSE)
+            .aws
+            .send(&inner.endpoint, req, body, Service::Kms, MAX_RESPONSE)
             .await?;
         if inner.endpoint.tls
             && let Some(date) = resp
@@ -439,24 +414,26 @@ impl KmsClient {
         }
     }
 
-    /// `Decrypt`.
-    pub async fn decrypt(&self, mut request: DecryptRequest) -> Result<DecryptResponse, Error> {
+    /// The five attestation-capable operations: with a [`Recipient`], sends its `RecipientInfo`
+    /// and opens `CiphertextForRecipient` into the response's secret field; without one,
+    /// requires that KMS sent the plaintext. Either way the secret is never empty on success.
+    async fn call_attested<R: Attested>(&self, mut request: R) -> Result<R::Response, Error> {
         let key = self.attest().await?;
         if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
+            request.set_recipient(k.recipient_info());
         }
-        let mut resp: DecryptResponse = self.call("Decrypt", &request).await?;
-        if let Some(k) = key {
-            resp.plaintext = open_for_recipient(
-                "Decrypt",
-                &k,
-                &resp.plaintext,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("Decrypt", &resp.plaintext)?;
+        let mut resp: R::Response = self.call(R::OPERATION, &request).await?;
+        let (secret, envelope) = R::secret(&mut resp);
+        match key {
+            Some(k) => *secret = open_for_recipient(R::OPERATION, &k, secret, envelope)?,
+            None => require_plaintext(R::OPERATION, secret)?,
         }
         Ok(resp)
+    }
+
+    /// `Decrypt`.
+    pub async fn decrypt(&self, request: DecryptRequest) -> Result<DecryptResponse, Error> {
+        self.call_attested(request).await
     }
 
     /// `Encrypt` (never attested: the caller supplies the plaintext).
@@ -472,22 +449,7 @@ impl KmsClient {
         if request.key_spec.is_none() && request.number_of_bytes.is_none() {
             request.key_spec = Some(DataKeySpec::Aes256);
         }
-        let key = self.attest().await?;
-        if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
-        }
-        let mut resp: GenerateDataKeyResponse = self.call("GenerateDataKey", &request).await?;
-        if let Some(k) = key {
-            resp.plaintext = open_for_recipient(
-                "GenerateDataKey",
-                &k,
-                &resp.plaintext,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("GenerateDataKey", &resp.plaintext)?;
-        }
-        Ok(resp)
+        self.call_attested(request).await
     }
 
     /// `GenerateDataKeyWithoutPlaintext` (never attested: no plaintext is returned). The request's
@@ -506,72 +468,25 @@ impl KmsClient {
     /// `GenerateDataKeyPair`.
     pub async fn generate_data_key_pair(
         &self,
-        mut request: GenerateDataKeyPairRequest,
+        request: GenerateDataKeyPairRequest,
     ) -> Result<GenerateDataKeyPairResponse, Error> {
-        let key = self.attest().await?;
-        if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
-        }
-        let mut resp: GenerateDataKeyPairResponse =
-            self.call("GenerateDataKeyPair", &request).await?;
-        if let Some(k) = key {
-            resp.private_key_plaintext = open_for_recipient(
-                "GenerateDataKeyPair",
-                &k,
-                &resp.private_key_plaintext,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("GenerateDataKeyPair", &resp.private_key_plaintext)?;
-        }
-        Ok(resp)
+        self.call_attested(request).await
     }
 
     /// `GenerateRandom`.
     pub async fn generate_random(
         &self,
-        mut request: GenerateRandomRequest,
+        request: GenerateRandomRequest,
     ) -> Result<GenerateRandomResponse, Error> {
-        let key = self.attest().await?;
-        if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
-        }
-        let mut resp: GenerateRandomResponse = self.call("GenerateRandom", &request).await?;
-        if let Some(k) = key {
-            resp.plaintext = open_for_recipient(
-                "GenerateRandom",
-                &k,
-                &resp.plaintext,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("GenerateRandom", &resp.plaintext)?;
-        }
-        Ok(resp)
+        self.call_attested(request).await
     }
 
     /// `DeriveSharedSecret`.
     pub async fn derive_shared_secret(
         &self,
-        mut request: DeriveSharedSecretRequest,
+        request: DeriveSharedSecretRequest,
     ) -> Result<DeriveSharedSecretResponse, Error> {
-        let key = self.attest().await?;
-        if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
-        }
-        let mut resp: DeriveSharedSecretResponse =
-            self.call("DeriveSharedSecret", &request).await?;
-        if let Some(k) = key {
-            resp.shared_secret = open_for_recipient(
-                "DeriveSharedSecret",
-                &k,
-                &resp.shared_secret,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("DeriveSharedSecret", &resp.shared_secret)?;
-        }
-        Ok(resp)
+        self.call_attested(request).await
     }
 
     /// `CreateKey`.
@@ -612,6 +527,38 @@ impl KmsClient {
     pub async fn list_keys(&self, request: ListKeysRequest) -> Result<ListKeysResponse, Error> {
         self.call("ListKeys", &request).await
     }
+}
+
+/// A request whose response can carry `CiphertextForRecipient` ([`KmsClient::call_attested`]).
+trait Attested: Serialize {
+    type Response: DeserializeOwned;
+    const OPERATION: &'static str;
+    fn set_recipient(&mut self, info: RecipientInfo);
+    /// The response's secret field and its `CiphertextForRecipient`.
+    fn secret(resp: &mut Self::Response) -> (&mut Plaintext, Option<&[u8]>);
+}
+
+macro_rules! attested {
+    ($($request:ty => $response:ty, $operation:literal, $field:ident;)*) => {$(
+        impl Attested for $request {
+            type Response = $response;
+            const OPERATION: &'static str = $operation;
+            fn set_recipient(&mut self, info: RecipientInfo) {
+                self.recipient = Some(info);
+            }
+            fn secret(resp: &mut $response) -> (&mut Plaintext, Option<&[u8]>) {
+                (&mut resp.$field, resp.ciphertext_for_recipient.as_deref())
+            }
+        }
+    )*};
+}
+
+attested! {
+    DecryptRequest => DecryptResponse, "Decrypt", plaintext;
+    GenerateDataKeyRequest => GenerateDataKeyResponse, "GenerateDataKey", plaintext;
+    GenerateDataKeyPairRequest => GenerateDataKeyPairResponse, "GenerateDataKeyPair", private_key_plaintext;
+    GenerateRandomRequest => GenerateRandomResponse, "GenerateRandom", plaintext;
+    DeriveSharedSecretRequest => DeriveSharedSecretResponse, "DeriveSharedSecret", shared_secret;
 }
 
 /// Opens the envelope of an attested response, failing closed when it is missing.

@@ -5,11 +5,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::aws_credentials::ProvideCredentials;
 use crate::client::{Clock, SystemClock};
 use crate::credentials::EnvironmentCredentials;
 use crate::error::Error;
-use crate::http::{Endpoint, HttpClient, TlsRoots};
+use crate::http::{Endpoint, HttpClient, Response, TlsRoots};
+use crate::sigv4::{self, Service};
 use crate::transport::{Connect, TcpConnector};
 
 /// Builds an AWS client: [`KmsClientBuilder`](crate::KmsClientBuilder) (from
@@ -85,21 +88,56 @@ impl AwsSettings {
         Ok(endpoint)
     }
 
-    /// The HTTP client: the connector (TCP by default) with TLS to the configured roots.
-    pub(crate) fn http_client(&mut self) -> Result<HttpClient, Error> {
+    /// What a built client keeps: the HTTP client (the connector, TCP by default, with TLS to
+    /// the configured roots), the credential source (`AWS_*` environment variables by
+    /// default), the region, the clock and the request timeout.
+    pub(crate) fn into_client(self) -> Result<AwsClient, Error> {
         let tls = self.roots.client_config()?;
-        let connector = self
-            .connector
-            .take()
-            .unwrap_or_else(|| Arc::new(TcpConnector));
-        Ok(HttpClient::new(connector, tls, self.connect_timeout))
+        let connector = self.connector.unwrap_or_else(|| Arc::new(TcpConnector));
+        Ok(AwsClient {
+            region: self.region,
+            http: HttpClient::new(connector, tls, self.connect_timeout),
+            credentials: self
+                .credentials
+                .unwrap_or_else(|| Arc::new(EnvironmentCredentials)),
+            clock: self.clock,
+            request_timeout: self.request_timeout,
+        })
     }
+}
 
-    /// The credential source (`AWS_*` environment variables by default).
-    pub(crate) fn credentials(&mut self) -> Arc<dyn ProvideCredentials> {
-        self.credentials
-            .take()
-            .unwrap_or_else(|| Arc::new(EnvironmentCredentials))
+/// The part of a built client every service shares, and its signed request path.
+pub(crate) struct AwsClient {
+    pub(crate) region: String,
+    http: HttpClient,
+    credentials: Arc<dyn ProvideCredentials>,
+    clock: Arc<dyn Clock>,
+    request_timeout: Duration,
+}
+
+impl AwsClient {
+    /// Completes `request` (user agent, `body`), signs it with SigV4 for `service` and sends
+    /// it to `endpoint`, reading at most `max_response` bytes of the answer.
+    pub(crate) async fn send(
+        &self,
+        endpoint: &Endpoint,
+        request: http::request::Builder,
+        body: Bytes,
+        service: Service,
+        max_response: usize,
+    ) -> Result<Response, Error> {
+        let creds = self.credentials.provide_credentials().await?;
+        let mut req = request
+            .header(
+                http::header::USER_AGENT,
+                concat!("nitro-kms/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(body)
+            .map_err(|e| Error::InvalidArgument(format!("cannot build request: {e}")))?;
+        sigv4::sign_request(&mut req, &creds, &self.region, service, self.clock.now())?;
+        self.http
+            .send(endpoint, req, self.request_timeout, max_response)
+            .await
     }
 }
 

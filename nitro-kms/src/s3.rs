@@ -3,17 +3,14 @@
 //! the nitro-net tunnel.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::aws_credentials::ProvideCredentials;
-use crate::client::Clock;
-use crate::config::{AwsSettings, ClientBuilder};
+use crate::config::{AwsClient, AwsSettings, ClientBuilder};
 use crate::error::{Error, ServiceError};
-use crate::http::{Endpoint, HttpClient, Response};
-use crate::sigv4::{self, Service};
+use crate::http::{Endpoint, Response};
+use crate::sigv4::Service;
 
 /// Default largest object [`S3Client::get_object`] reads.
 pub const DEFAULT_MAX_S3_OBJECT: usize = 64 * 1024 * 1024;
@@ -94,7 +91,7 @@ impl ClientBuilder<S3Settings> {
     }
 
     /// Builds the client.
-    pub fn build(mut self) -> Result<S3Client, Error> {
+    pub fn build(self) -> Result<S3Client, Error> {
         let default_path_style = self.aws.endpoint.is_some();
         let region = &self.aws.region;
         let endpoint = self.aws.endpoint(|| {
@@ -105,37 +102,27 @@ impl ClientBuilder<S3Settings> {
             };
             format!("https://s3.{region}.{suffix}")
         })?;
-        let http = self.aws.http_client()?;
-        let credentials = self.aws.credentials();
         Ok(S3Client {
-            region: self.aws.region,
             endpoint,
             path_style: self.service.path_style.unwrap_or(default_path_style),
-            http,
-            credentials,
-            request_timeout: self.aws.request_timeout,
+            aws: self.aws.into_client()?,
             max_object: self.service.max_object,
-            clock: self.aws.clock,
         })
     }
 }
 
 /// The S3 client.
 pub struct S3Client {
-    region: String,
     endpoint: Endpoint,
     path_style: bool,
-    http: HttpClient,
-    credentials: Arc<dyn ProvideCredentials>,
-    request_timeout: Duration,
+    aws: AwsClient,
     max_object: usize,
-    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for S3Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Client")
-            .field("region", &self.region)
+            .field("region", &self.aws.region)
             .field("endpoint", &self.endpoint.base_url())
             .field("path_style", &self.path_style)
             .finish_non_exhaustive()
@@ -200,27 +187,13 @@ impl S3Client {
         if !self.path_style {
             endpoint.host = format!("{bucket}.{}", endpoint.host);
         }
-        let creds = self.credentials.provide_credentials().await?;
-        let mut req = http::Request::builder()
+        let req = http::Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, host)
-            .header(
-                http::header::USER_AGENT,
-                concat!("nitro-kms/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(body)
-            .map_err(|e| Error::InvalidArgument(format!("cannot build request: {e}")))?;
-        sigv4::sign_request(
-            &mut req,
-            &creds,
-            &self.region,
-            Service::S3,
-            self.clock.now(),
-        )?;
+            .header(http::header::HOST, host);
         let resp = self
-            .http
-            .send(&endpoint, req, self.request_timeout, self.max_object)
+            .aws
+            .send(&endpoint, req, body, Service::S3, self.max_object)
             .await?;
         if resp.status.is_success() {
             Ok(resp)
@@ -256,12 +229,12 @@ impl S3Client {
 
     /// `CreateBucket` (in the client's region; `us-east-1` needs no location constraint).
     pub async fn create_bucket(&self, bucket: &str) -> Result<(), Error> {
-        let body = if self.region == "us-east-1" {
+        let body = if self.aws.region == "us-east-1" {
             Bytes::new()
         } else {
             Bytes::from(format!(
                 "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
-                self.region
+                self.aws.region
             ))
         };
         self.send(http::Method::PUT, bucket, None, body)
