@@ -1,6 +1,7 @@
 //! The KMS client: JSON 1.1 over HTTPS, SigV4, retries, and `Recipient` handling.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -324,11 +325,25 @@ impl KmsClient {
     }
 
     async fn send_with_retries(&self, operation: &str, body: Bytes) -> Result<Bytes, Error> {
+        self.with_retries(operation, || self.send_once(operation, body.clone()))
+            .await
+    }
+
+    /// Runs `attempt_once` until it succeeds, fails with an error that is not retryable, or the
+    /// retry policy's attempts are spent, sleeping the policy's jittered backoff in between.
+    async fn with_retries<T, F>(
+        &self,
+        operation: &str,
+        mut attempt_once: impl FnMut() -> F,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
         let retry = &self.inner.retry;
         let mut attempt = 1;
         loop {
-            match self.send_once(operation, body.clone()).await {
-                Ok(b) => return Ok(b),
+            match attempt_once().await {
+                Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
                     let delay = retry.backoff(attempt, random_unit());
                     tracing::debug!(
@@ -360,26 +375,8 @@ impl KmsClient {
     /// Only failures below HTTP (connecting, TLS, timeouts) are retried, per the retry policy.
     #[cfg(feature = "proxy")]
     pub(crate) async fn send_raw(&self, operation: &str, body: Bytes) -> Result<Response, Error> {
-        let retry = &self.inner.retry;
-        let mut attempt = 1;
-        loop {
-            match self.send_raw_once(operation, body.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
-                    let delay = retry.backoff(attempt, random_unit());
-                    tracing::debug!(
-                        operation,
-                        attempt,
-                        ?delay,
-                        "retrying after: {}",
-                        crate::error::chain(&e)
-                    );
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.with_retries(operation, || self.send_raw_once(operation, body.clone()))
+            .await
     }
 
     async fn send_raw_once(&self, operation: &str, body: Bytes) -> Result<Response, Error> {

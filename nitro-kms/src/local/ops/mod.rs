@@ -25,10 +25,11 @@ mod verify;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use super::crypto::{self, MessageType};
 use super::store::KeyEntry;
 use super::trust::VerifiedRecipient;
-use super::wire::{Context, Recipient};
-use super::{Caller, KeyRef, LocalKms, dry_run, err, parse};
+use super::wire::{Context, Recipient, SignRequest};
+use super::{Caller, KeyRef, LocalKms, check_len, dry_run, err, parse, required};
 use crate::error::ServiceError;
 
 /// Routes an operation to its module.
@@ -222,5 +223,38 @@ impl LocalKms {
         let out = change(key)?;
         self.save(&store)?;
         Ok(out)
+    }
+}
+
+impl LocalKms {
+    /// The opening `Sign` and `Verify` share: checks the message (and, for `Verify`, the
+    /// `signature` length), its type and the algorithm; finds the key (aliases allowed),
+    /// authorizes `action`, checks that the key signs with the algorithm, honours `DryRun`; then
+    /// runs `operate` with the key, the message, its type and the algorithm.
+    fn with_signing_key<T>(
+        &self,
+        req: &SignRequest,
+        caller: &Caller,
+        action: &str,
+        signature: Option<&[u8]>,
+        operate: impl FnOnce(&KeyEntry, &[u8], MessageType, &str) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let message = req.message.as_ref().ok_or_else(|| required("message"))?;
+        check_len("message", message.len(), 1, 4096)?;
+        if let Some(signature) = signature {
+            check_len("signature", signature.len(), 1, 6144)?;
+        }
+        let message_type = MessageType::parse(req.message_type.as_deref())?;
+        let algorithm = req
+            .signing_algorithm
+            .as_deref()
+            .ok_or_else(|| required("signingAlgorithm"))?;
+        let store = self.lock()?;
+        let key = self.find(&store, req.key_id.as_deref(), KeyRef::AliasAllowed)?;
+        self.authorize_use(key, caller, action, &BTreeMap::new(), None)?;
+        // Usage and algorithm first, so that DryRun reports them as AWS does.
+        crypto::check_signing(key, algorithm)?;
+        dry_run(req.dry_run)?;
+        operate(key, message.as_bytes(), message_type, algorithm)
     }
 }
