@@ -755,6 +755,9 @@ mod tests {
             t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
             784111777
         );
+        // The obsolete forms HTTP/1.1 recipients must accept (RFC 9110 section 5.6.7).
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
         assert!(parse_http_date("yesterday").is_none());
     }
 }

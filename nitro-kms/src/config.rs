@@ -213,3 +213,44 @@ impl<S> ClientBuilder<S> {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, KmsClient, S3Client};
+
+    #[test]
+    fn both_services_share_the_plain_http_rule() {
+        let kms = KmsClient::builder("eu-west-1").endpoint("http://127.0.0.1:1");
+        assert!(matches!(kms.build(), Err(Error::InvalidArgument(_))));
+        let s3 = S3Client::builder("eu-west-1").endpoint("http://127.0.0.1:1");
+        assert!(matches!(s3.build(), Err(Error::InvalidArgument(_))));
+        let kms = KmsClient::builder("eu-west-1")
+            .endpoint("http://127.0.0.1:1")
+            .dangerous_allow_plain_http()
+            .build()
+            .unwrap();
+        assert_eq!(kms.endpoint(), "http://127.0.0.1:1");
+        assert!(
+            S3Client::builder("eu-west-1")
+                .endpoint("http://127.0.0.1:1")
+                .dangerous_allow_plain_http()
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn service_defaults() {
+        let kms = KmsClient::builder("eu-west-1").fips(true).build().unwrap();
+        assert_eq!(kms.endpoint(), "https://kms-fips.eu-west-1.amazonaws.com");
+        let s3 = S3Client::builder("cn-north-1").build().unwrap();
+        let shown = format!("{s3:?}");
+        assert!(shown.contains("s3.cn-north-1.amazonaws.com.cn"), "{shown}");
+        assert!(shown.contains("path_style: false"), "{shown}");
+        let s3 = S3Client::builder("eu-west-1")
+            .endpoint("https://minio.internal:9000")
+            .build()
+            .unwrap();
+        assert!(format!("{s3:?}").contains("path_style: true"));
+    }
+}

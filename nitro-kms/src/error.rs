@@ -339,3 +339,53 @@ pub enum CmsError {
     #[error("invalid PKCS#7 padding")]
     BadPadding,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn sources_are_chained_not_repeated() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused by peer");
+        let e = Error::io("connecting to kms.eu-west-1.amazonaws.com:443", io());
+        assert_eq!(
+            e.to_string(),
+            "connecting to kms.eu-west-1.amazonaws.com:443"
+        );
+        assert_eq!(e.source().unwrap().to_string(), "refused by peer");
+        assert_eq!(
+            chain(&e),
+            "connecting to kms.eu-west-1.amazonaws.com:443: refused by peer"
+        );
+        let tls = Error::Tls(io());
+        assert!(!tls.to_string().contains("refused by peer"), "{tls}");
+        assert_eq!(chain(&tls), "TLS handshake failed: refused by peer");
+        let cms = Error::from(CmsError::Truncated);
+        assert!(!cms.to_string().contains("truncated"), "{cms}");
+        assert_eq!(chain(&cms), "invalid CMS envelope: truncated input");
+        // A service error is transparent: its message is the error's, with no source.
+        let svc = Error::from(ServiceError::new(400, "AccessDeniedException", "no"));
+        assert_eq!(chain(&svc), svc.to_string());
+        assert_eq!(svc.service_code(), Some("AccessDeniedException"));
+    }
+
+    #[test]
+    fn kinds_are_fields() {
+        let e = Error::credentials(
+            CredentialsErrorKind::Missing,
+            "AWS_ACCESS_KEY_ID is not set",
+        );
+        assert!(matches!(
+            e,
+            Error::Credentials {
+                kind: CredentialsErrorKind::Missing,
+                ..
+            }
+        ));
+        assert_eq!(e.to_string(), "credentials: AWS_ACCESS_KEY_ID is not set");
+        let e = Error::sealed(SealedErrorKind::KeyMismatch, "sealed under k1, expected k2");
+        assert_eq!(e.to_string(), "sealed secret: sealed under k1, expected k2");
+    }
+}
