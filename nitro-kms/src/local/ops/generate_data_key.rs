@@ -35,13 +35,8 @@ pub(super) fn run(
             ));
         }
     };
-    let action = if with_plaintext {
-        "GenerateDataKey"
-    } else {
-        "GenerateDataKeyWithoutPlaintext"
-    };
     let opening = DataKeyOpening {
-        action,
+        operation: "GenerateDataKey",
         key_id: req.key_id.as_deref(),
         context: req.encryption_context.as_ref(),
         recipient: req.recipient.as_ref(),

@@ -19,15 +19,10 @@ pub(super) fn run(
         .key_pair_spec
         .as_deref()
         .ok_or_else(|| required("keyPairSpec"))?;
-    let action = if with_plaintext {
-        "GenerateDataKeyPair"
-    } else {
-        "GenerateDataKeyPairWithoutPlaintext"
-    };
     // Generated before the store is locked: RSA key generation takes a while.
     let (private, public) = store::generate_key_pair(spec)?;
     let opening = DataKeyOpening {
-        action,
+        operation: "GenerateDataKeyPair",
         key_id: req.key_id.as_deref(),
         context: req.encryption_context.as_ref(),
         recipient: req.recipient.as_ref(),

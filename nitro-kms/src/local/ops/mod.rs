@@ -144,8 +144,9 @@ fn page<T>(
 /// What `GenerateDataKey` and `GenerateDataKeyPair` (with and without plaintext) ask of the
 /// KMS key that encrypts the new data key.
 struct DataKeyOpening<'a> {
-    /// The operation name the key policy is checked against.
-    action: &'static str,
+    /// `GenerateDataKey` or `GenerateDataKeyPair`: the policy is checked against it, or against
+    /// its `WithoutPlaintext` variant.
+    operation: &'static str,
     key_id: Option<&'a str>,
     context: Option<&'a Context>,
     /// The request's `Recipient`, verified only for the plaintext variants.
@@ -156,7 +157,7 @@ struct DataKeyOpening<'a> {
 
 impl LocalKms {
     /// The opening the data-key operations share: verifies the `Recipient` (plaintext variants
-    /// only), finds the key (aliases allowed), authorizes `action` with the recipient's
+    /// only), finds the key (aliases allowed), authorizes the operation with the recipient's
     /// condition keys, requires a symmetric encryption key and honours `DryRun`; then runs
     /// `generate` with the key and the verified recipient while the store is locked.
     fn with_data_key_wrapping_key<T>(
@@ -166,17 +167,20 @@ impl LocalKms {
         now: SystemTime,
         generate: impl FnOnce(&KeyEntry, Option<&VerifiedRecipient>) -> Result<T, ServiceError>,
     ) -> Result<T, ServiceError> {
-        let recipient = if req.with_plaintext {
-            self.verify_recipient(req.recipient, now)?
+        let (action, recipient) = if req.with_plaintext {
+            (
+                req.operation.to_owned(),
+                self.verify_recipient(req.recipient, now)?,
+            )
         } else {
-            None
+            (format!("{}WithoutPlaintext", req.operation), None)
         };
         let store = self.lock()?;
         let key = self.find(&store, req.key_id, KeyRef::AliasAllowed)?;
         self.authorize_use(
             key,
             caller,
-            req.action,
+            &action,
             &condition_keys(recipient.as_ref()),
             req.context,
         )?;
@@ -185,8 +189,7 @@ impl LocalKms {
                 400,
                 "InvalidKeyUsageException",
                 format!(
-                    "{} needs a symmetric encryption KMS key; {} is {}",
-                    req.action,
+                    "{action} needs a symmetric encryption KMS key; {} is {}",
                     key.id,
                     key.kind.spec()
                 ),
