@@ -62,7 +62,7 @@ use nitro_kms::local::{AttestationTrust, LocalKms, LocalKmsConfig, server};
 use nitro_kms::model::*;
 use nitro_kms::sealed::{self, SealOptions, SealedSecret, UnsealOptions};
 use nitro_kms::{
-    Credentials, KmsClient, Recipient, RecipientKey, S3Client, S3Location, TlsRoots, cms,
+    Credentials, KmsClient, Recipient, RecipientKey, S3Client, S3Location, TlsRoots, internal::cms,
 };
 use serde::Serialize;
 use serde_json::json;

@@ -40,7 +40,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use nitro_attest::{Nsm, SimulatedNsm};
-use nitro_kms::cms::{self, Envelope};
+use nitro_kms::internal::cms::{self, Envelope};
 use nitro_kms::local::{AttestationTrust, LocalKms, LocalKmsConfig, server};
 use nitro_kms::model::{
     CreateKeyRequest, DecryptRequest, DecryptResponse, EncryptRequest, RecipientInfo,

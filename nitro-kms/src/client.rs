@@ -1,6 +1,7 @@
 //! The KMS client: JSON 1.1 over HTTPS, SigV4, retries, and `Recipient` handling.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -9,14 +10,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cms::Envelope;
-use crate::credentials::{EnvironmentCredentials, ProvideCredentials};
+use crate::config::{AwsClient, AwsSettings, ClientBuilder};
 use crate::error::{Error, ServiceError};
-use crate::http::{Endpoint, HttpClient, Response, TlsRoots};
+use crate::http::{Endpoint, Response};
 use crate::model::*;
 use crate::recipient::{AttestedKey, Recipient};
 use crate::secret::Plaintext;
-use crate::sigv4::{self, Service};
-use crate::transport::{Connect, TcpConnector};
+use crate::sigv4::Service;
 
 /// Largest KMS response body accepted.
 const MAX_RESPONSE: usize = 1024 * 1024;
@@ -95,67 +95,26 @@ pub fn default_endpoint(region: &str, fips: bool) -> String {
     format!("https://{service}.{region}.{suffix}")
 }
 
-/// Builds a [`KmsClient`].
-pub struct KmsClientBuilder {
-    region: String,
-    endpoint: Option<String>,
-    fips: bool,
-    credentials: Option<Arc<dyn ProvideCredentials>>,
-    connector: Option<Arc<dyn Connect>>,
-    roots: TlsRoots,
-    recipient: Option<Recipient>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    retry: RetryConfig,
-    allow_plain_http: bool,
-    clock: Arc<dyn Clock>,
-}
+/// Builds a [`KmsClient`]: the setters every AWS client shares are on [`ClientBuilder`], the
+/// KMS ones ([`fips`](ClientBuilder::fips), [`recipient`](ClientBuilder::recipient),
+/// [`retry`](ClientBuilder::retry)) below.
+pub type KmsClientBuilder = ClientBuilder<KmsSettings>;
 
-impl fmt::Debug for KmsClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KmsClientBuilder")
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
+mod settings {
+    /// The KMS settings of a [`KmsClientBuilder`](crate::KmsClientBuilder).
+    pub struct KmsSettings {
+        pub(crate) fips: bool,
+        pub(crate) recipient: Option<crate::Recipient>,
+        pub(crate) retry: crate::RetryConfig,
     }
 }
+use settings::KmsSettings;
 
-impl KmsClientBuilder {
-    /// Sends requests to `url` (`https://host[:port]`) instead of the regional endpoint: a VPC
-    /// endpoint, or a local KMS. `http://` needs
-    /// [`dangerous_allow_plain_http`](Self::dangerous_allow_plain_http).
-    #[must_use]
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
-        self
-    }
-
+impl ClientBuilder<KmsSettings> {
     /// Uses the FIPS endpoint (`kms-fips.<region>`) when no endpoint is set.
     #[must_use]
     pub fn fips(mut self, fips: bool) -> Self {
-        self.fips = fips;
-        self
-    }
-
-    /// Where credentials come from (default: the `AWS_*` environment variables, read per call).
-    #[must_use]
-    pub fn credentials(mut self, provider: impl ProvideCredentials + 'static) -> Self {
-        self.credentials = Some(Arc::new(provider));
-        self
-    }
-
-    /// How streams to the endpoint are opened (default: TCP; in an enclave, the nitro-net
-    /// tunnel with feature `nitro-net`, or any [`Connect`]).
-    #[must_use]
-    pub fn connector(mut self, connector: impl Connect) -> Self {
-        self.connector = Some(Arc::new(connector));
-        self
-    }
-
-    /// Which certificate authorities to trust (default: the embedded Mozilla roots).
-    #[must_use]
-    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
-        self.roots = roots;
+        self.service.fips = fips;
         self
     }
 
@@ -164,87 +123,37 @@ impl KmsClientBuilder {
     /// and fails closed when it is missing.
     #[must_use]
     pub fn recipient(mut self, recipient: Recipient) -> Self {
-        self.recipient = Some(recipient);
-        self
-    }
-
-    /// Limit for opening a connection, TLS handshake included (default 5 s).
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Limit for one attempt of a request, response body included (default 10 s).
-    #[must_use]
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.service.recipient = Some(recipient);
         self
     }
 
     /// Retry policy (default [`RetryConfig::default`]).
     #[must_use]
     pub fn retry(mut self, retry: RetryConfig) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Time source for signing (default: the system clock).
-    #[must_use]
-    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Accepts `http://` endpoints. **Without TLS the parent (or anyone on the path) can read
-    /// plaintexts and forge responses, including `CiphertextForRecipient`.** Only for test
-    /// servers such as moto.
-    #[must_use]
-    pub fn dangerous_allow_plain_http(mut self) -> Self {
-        self.allow_plain_http = true;
+        self.service.retry = retry;
         self
     }
 
     /// Builds the client.
     pub fn build(self) -> Result<KmsClient, Error> {
-        let url = self
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| default_endpoint(&self.region, self.fips));
-        let endpoint = Endpoint::parse(&url)?;
-        if !endpoint.tls && !self.allow_plain_http {
-            return Err(Error::Config(format!(
-                "endpoint {url} is plain HTTP; TLS must end inside the enclave (use https://, or dangerous_allow_plain_http() for test servers)"
-            )));
-        }
-        let tls = self.roots.client_config()?;
-        let connector = self.connector.unwrap_or_else(|| Arc::new(TcpConnector));
+        let (region, fips) = (&self.aws.region, self.service.fips);
+        let endpoint = self.aws.endpoint(|| default_endpoint(region, fips))?;
         Ok(KmsClient {
             inner: Arc::new(Inner {
-                region: self.region,
                 endpoint,
-                http: Arc::new(HttpClient::new(connector, tls, self.connect_timeout)),
-                credentials: self
-                    .credentials
-                    .unwrap_or_else(|| Arc::new(EnvironmentCredentials)),
-                request_timeout: self.request_timeout,
-                retry: self.retry,
-                clock: self.clock,
+                aws: self.aws.into_client()?,
+                retry: self.service.retry,
                 server_date: Mutex::new(None),
             }),
-            recipient: self.recipient,
+            recipient: self.service.recipient,
         })
     }
 }
 
 struct Inner {
-    region: String,
     endpoint: Endpoint,
-    http: Arc<HttpClient>,
-    credentials: Arc<dyn ProvideCredentials>,
-    request_timeout: Duration,
+    aws: AwsClient,
     retry: RetryConfig,
-    clock: Arc<dyn Clock>,
     server_date: Mutex<Option<SystemTime>>,
 }
 
@@ -284,7 +193,7 @@ pub struct KmsClient {
 impl fmt::Debug for KmsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KmsClient")
-            .field("region", &self.inner.region)
+            .field("region", &self.inner.aws.region)
             .field("endpoint", &self.inner.endpoint.base_url())
             .field("recipient", &self.recipient.is_some())
             .finish()
@@ -294,19 +203,13 @@ impl fmt::Debug for KmsClient {
 impl KmsClient {
     /// A builder for a client of `region`.
     pub fn builder(region: impl Into<String>) -> KmsClientBuilder {
-        KmsClientBuilder {
-            region: region.into(),
-            endpoint: None,
-            fips: false,
-            credentials: None,
-            connector: None,
-            roots: TlsRoots::default(),
-            recipient: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-            retry: RetryConfig::default(),
-            allow_plain_http: false,
-            clock: Arc::new(SystemClock),
+        ClientBuilder {
+            aws: AwsSettings::new(region.into(), Duration::from_secs(10)),
+            service: KmsSettings {
+                fips: false,
+                recipient: None,
+                retry: RetryConfig::default(),
+            },
         }
     }
 
@@ -316,7 +219,7 @@ impl KmsClient {
     /// `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` are deliberately **not** read: inside an
     /// enclave they typically point the application's AWS SDKs at the local
     /// KMS proxy (`proxy::KmsProxy`, feature `proxy`), whereas this client must reach KMS itself (with TLS
-    /// ending in the enclave). Set [`endpoint`](KmsClientBuilder::endpoint) explicitly instead.
+    /// ending in the enclave). Set [`endpoint`](ClientBuilder::endpoint) explicitly instead.
     ///
     /// ```
     /// # fn main() -> Result<(), nitro_kms::Error> {
@@ -344,13 +247,13 @@ impl KmsClient {
             .map(|r| r.trim().to_owned())
             .find(|r| !r.is_empty())
             .ok_or_else(|| {
-                Error::Config("no region: set AWS_REGION (or AWS_DEFAULT_REGION)".into())
+                Error::InvalidArgument("no region: set AWS_REGION (or AWS_DEFAULT_REGION)".into())
             })?;
         if !region
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            return Err(Error::Config(format!("invalid region {region:?}")));
+            return Err(Error::InvalidArgument(format!("invalid region {region:?}")));
         }
         let fips =
             lookup("AWS_USE_FIPS_ENDPOINT").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
@@ -359,7 +262,7 @@ impl KmsClient {
 
     /// The region requests are signed for.
     pub fn region(&self) -> &str {
-        &self.inner.region
+        &self.inner.aws.region
     }
 
     /// The endpoint URL.
@@ -393,7 +296,7 @@ impl KmsClient {
         request: &serde_json::Value,
     ) -> Result<serde_json::Value, Error> {
         let body = serde_json::to_vec(request)
-            .map_err(|e| Error::Config(format!("cannot encode request: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("cannot encode request: {e}")))?;
         let resp = self.send_with_retries(operation, Bytes::from(body)).await?;
         serde_json::from_slice(&resp).map_err(|e| Error::InvalidResponse {
             operation: "KMS",
@@ -407,7 +310,7 @@ impl KmsClient {
         request: &Req,
     ) -> Result<Resp, Error> {
         let body = serde_json::to_vec(request)
-            .map_err(|e| Error::Config(format!("cannot encode request: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("cannot encode request: {e}")))?;
         let resp = self.send_with_retries(operation, Bytes::from(body)).await?;
         // Some servers answer an empty body for operations without output.
         let resp: &[u8] = if resp.iter().all(u8::is_ascii_whitespace) {
@@ -422,14 +325,34 @@ impl KmsClient {
     }
 
     async fn send_with_retries(&self, operation: &str, body: Bytes) -> Result<Bytes, Error> {
+        self.with_retries(operation, || self.send_once(operation, body.clone()))
+            .await
+    }
+
+    /// Runs `attempt_once` until it succeeds, fails with an error that is not retryable, or the
+    /// retry policy's attempts are spent, sleeping the policy's jittered backoff in between.
+    async fn with_retries<T, F>(
+        &self,
+        operation: &str,
+        mut attempt_once: impl FnMut() -> F,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
         let retry = &self.inner.retry;
         let mut attempt = 1;
         loop {
-            match self.send_once(operation, body.clone()).await {
-                Ok(b) => return Ok(b),
+            match attempt_once().await {
+                Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
                     let delay = retry.backoff(attempt, random_unit());
-                    tracing::debug!(operation, attempt, ?delay, "retrying after: {e}");
+                    tracing::debug!(
+                        operation,
+                        attempt,
+                        ?delay,
+                        "retrying after: {}",
+                        crate::error::chain(&e)
+                    );
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -452,47 +375,21 @@ impl KmsClient {
     /// Only failures below HTTP (connecting, TLS, timeouts) are retried, per the retry policy.
     #[cfg(feature = "proxy")]
     pub(crate) async fn send_raw(&self, operation: &str, body: Bytes) -> Result<Response, Error> {
-        let retry = &self.inner.retry;
-        let mut attempt = 1;
-        loop {
-            match self.send_raw_once(operation, body.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
-                    let delay = retry.backoff(attempt, random_unit());
-                    tracing::debug!(operation, attempt, ?delay, "retrying after: {e}");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.with_retries(operation, || self.send_raw_once(operation, body.clone()))
+            .await
     }
 
     async fn send_raw_once(&self, operation: &str, body: Bytes) -> Result<Response, Error> {
         let inner = &self.inner;
-        let creds = inner.credentials.provide_credentials().await?;
-        let mut req = http::Request::builder()
+        let req = http::Request::builder()
             .method(http::Method::POST)
             .uri("/")
             .header(http::header::HOST, inner.endpoint.authority())
             .header(http::header::CONTENT_TYPE, "application/x-amz-json-1.1")
-            .header("x-amz-target", format!("TrentService.{operation}"))
-            .header(
-                http::header::USER_AGENT,
-                concat!("nitro-kms/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(body)
-            .map_err(|e| Error::Config(format!("cannot build request: {e}")))?;
-        sigv4::sign_request(
-            &mut req,
-            &creds,
-            &inner.region,
-            Service::Kms,
-            inner.clock.now(),
-        )?;
+            .header("x-amz-target", format!("TrentService.{operation}"));
         let resp = inner
-            .http
-            .send(&inner.endpoint, req, inner.request_timeout, MAX_RESPONSE)
+            .aws
+            .send(&inner.endpoint, req, body, Service::Kms, MAX_RESPONSE)
             .await?;
         if inner.endpoint.tls
             && let Some(date) = resp
@@ -514,24 +411,26 @@ impl KmsClient {
         }
     }
 
-    /// `Decrypt`.
-    pub async fn decrypt(&self, mut request: DecryptRequest) -> Result<DecryptResponse, Error> {
+    /// The five attestation-capable operations: with a [`Recipient`], sends its `RecipientInfo`
+    /// and opens `CiphertextForRecipient` into the response's secret field; without one,
+    /// requires that KMS sent the plaintext. Either way the secret is never empty on success.
+    async fn call_attested<R: Attested>(&self, mut request: R) -> Result<R::Response, Error> {
         let key = self.attest().await?;
         if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
+            request.set_recipient(k.recipient_info());
         }
-        let mut resp: DecryptResponse = self.call("Decrypt", &request).await?;
-        if let Some(k) = key {
-            resp.plaintext = open_for_recipient(
-                "Decrypt",
-                &k,
-                &resp.plaintext,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("Decrypt", &resp.plaintext)?;
+        let mut resp: R::Response = self.call(R::OPERATION, &request).await?;
+        let (secret, envelope) = R::secret(&mut resp);
+        match key {
+            Some(k) => *secret = open_for_recipient(R::OPERATION, &k, secret, envelope)?,
+            None => require_plaintext(R::OPERATION, secret)?,
         }
         Ok(resp)
+    }
+
+    /// `Decrypt`.
+    pub async fn decrypt(&self, request: DecryptRequest) -> Result<DecryptResponse, Error> {
+        self.call_attested(request).await
     }
 
     /// `Encrypt` (never attested: the caller supplies the plaintext).
@@ -547,22 +446,7 @@ impl KmsClient {
         if request.key_spec.is_none() && request.number_of_bytes.is_none() {
             request.key_spec = Some(DataKeySpec::Aes256);
         }
-        let key = self.attest().await?;
-        if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
-        }
-        let mut resp: GenerateDataKeyResponse = self.call("GenerateDataKey", &request).await?;
-        if let Some(k) = key {
-            resp.plaintext = open_for_recipient(
-                "GenerateDataKey",
-                &k,
-                &resp.plaintext,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("GenerateDataKey", &resp.plaintext)?;
-        }
-        Ok(resp)
+        self.call_attested(request).await
     }
 
     /// `GenerateDataKeyWithoutPlaintext` (never attested: no plaintext is returned). The request's
@@ -581,72 +465,25 @@ impl KmsClient {
     /// `GenerateDataKeyPair`.
     pub async fn generate_data_key_pair(
         &self,
-        mut request: GenerateDataKeyPairRequest,
+        request: GenerateDataKeyPairRequest,
     ) -> Result<GenerateDataKeyPairResponse, Error> {
-        let key = self.attest().await?;
-        if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
-        }
-        let mut resp: GenerateDataKeyPairResponse =
-            self.call("GenerateDataKeyPair", &request).await?;
-        if let Some(k) = key {
-            resp.private_key_plaintext = open_for_recipient(
-                "GenerateDataKeyPair",
-                &k,
-                &resp.private_key_plaintext,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("GenerateDataKeyPair", &resp.private_key_plaintext)?;
-        }
-        Ok(resp)
+        self.call_attested(request).await
     }
 
     /// `GenerateRandom`.
     pub async fn generate_random(
         &self,
-        mut request: GenerateRandomRequest,
+        request: GenerateRandomRequest,
     ) -> Result<GenerateRandomResponse, Error> {
-        let key = self.attest().await?;
-        if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
-        }
-        let mut resp: GenerateRandomResponse = self.call("GenerateRandom", &request).await?;
-        if let Some(k) = key {
-            resp.plaintext = open_for_recipient(
-                "GenerateRandom",
-                &k,
-                &resp.plaintext,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("GenerateRandom", &resp.plaintext)?;
-        }
-        Ok(resp)
+        self.call_attested(request).await
     }
 
     /// `DeriveSharedSecret`.
     pub async fn derive_shared_secret(
         &self,
-        mut request: DeriveSharedSecretRequest,
+        request: DeriveSharedSecretRequest,
     ) -> Result<DeriveSharedSecretResponse, Error> {
-        let key = self.attest().await?;
-        if let Some(k) = &key {
-            request.recipient = Some(k.recipient_info());
-        }
-        let mut resp: DeriveSharedSecretResponse =
-            self.call("DeriveSharedSecret", &request).await?;
-        if let Some(k) = key {
-            resp.shared_secret = open_for_recipient(
-                "DeriveSharedSecret",
-                &k,
-                &resp.shared_secret,
-                resp.ciphertext_for_recipient.as_deref(),
-            )?;
-        } else {
-            require_plaintext("DeriveSharedSecret", &resp.shared_secret)?;
-        }
-        Ok(resp)
+        self.call_attested(request).await
     }
 
     /// `CreateKey`.
@@ -687,6 +524,38 @@ impl KmsClient {
     pub async fn list_keys(&self, request: ListKeysRequest) -> Result<ListKeysResponse, Error> {
         self.call("ListKeys", &request).await
     }
+}
+
+/// A request whose response can carry `CiphertextForRecipient` ([`KmsClient::call_attested`]).
+trait Attested: Serialize {
+    type Response: DeserializeOwned;
+    const OPERATION: &'static str;
+    fn set_recipient(&mut self, info: RecipientInfo);
+    /// The response's secret field and its `CiphertextForRecipient`.
+    fn secret(resp: &mut Self::Response) -> (&mut Plaintext, Option<&[u8]>);
+}
+
+macro_rules! attested {
+    ($($request:ty => $response:ty, $operation:literal, $field:ident;)*) => {$(
+        impl Attested for $request {
+            type Response = $response;
+            const OPERATION: &'static str = $operation;
+            fn set_recipient(&mut self, info: RecipientInfo) {
+                self.recipient = Some(info);
+            }
+            fn secret(resp: &mut $response) -> (&mut Plaintext, Option<&[u8]>) {
+                (&mut resp.$field, resp.ciphertext_for_recipient.as_deref())
+            }
+        }
+    )*};
+}
+
+attested! {
+    DecryptRequest => DecryptResponse, "Decrypt", plaintext;
+    GenerateDataKeyRequest => GenerateDataKeyResponse, "GenerateDataKey", plaintext;
+    GenerateDataKeyPairRequest => GenerateDataKeyPairResponse, "GenerateDataKeyPair", private_key_plaintext;
+    GenerateRandomRequest => GenerateRandomResponse, "GenerateRandom", plaintext;
+    DeriveSharedSecretRequest => DeriveSharedSecretResponse, "DeriveSharedSecret", shared_secret;
 }
 
 /// Opens the envelope of an attested response, failing closed when it is missing.
@@ -764,11 +633,7 @@ fn normalize_code(code: &str) -> String {
 }
 
 fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let t = time::PrimitiveDateTime::parse(s, &fmt).ok()?;
-    Some(SystemTime::from(t.assume_utc()))
+    httpdate::parse_http_date(s).ok()
 }
 
 /// A uniform random number in `[0, 1)`.
@@ -890,6 +755,9 @@ mod tests {
             t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
             784111777
         );
+        // The obsolete forms HTTP/1.1 recipients must accept (RFC 9110 section 5.6.7).
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
         assert!(parse_http_date("yesterday").is_none());
     }
 }

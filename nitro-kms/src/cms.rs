@@ -108,9 +108,11 @@ impl RecipientId {
     pub fn from_certificate(der: &[u8]) -> Result<Vec<RecipientId>, Error> {
         use x509_parser::extensions::ParsedExtension;
         let (rest, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| Error::Config(format!("cannot parse certificate: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("cannot parse certificate: {e}")))?;
         if !rest.is_empty() {
-            return Err(Error::Config("trailing bytes after the certificate".into()));
+            return Err(Error::InvalidArgument(
+                "trailing bytes after the certificate".into(),
+            ));
         }
         let mut ids = vec![RecipientId::IssuerAndSerialNumber {
             issuer: cert.tbs_certificate.issuer.as_raw().to_vec(),
@@ -147,7 +149,7 @@ impl fmt::Debug for RecipientId {
 /// AES-256-CBC content).
 ///
 /// ```
-/// use nitro_kms::cms::{self, Envelope};
+/// use nitro_kms::internal::cms::{self, Envelope};
 /// use nitro_kms::RecipientKey;
 ///
 /// # fn main() -> Result<(), nitro_kms::Error> {
@@ -573,7 +575,7 @@ impl RecipientKey {
     /// Loads an RSA private key from PKCS#8 DER (2048 to 8192 bits).
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, Error> {
         let key = PrivateDecryptingKey::from_pkcs8(der).map_err(|_| {
-            Error::Config("not an RSA PKCS#8 private key of 2048..8192 bits".into())
+            Error::InvalidArgument("not an RSA PKCS#8 private key of 2048..8192 bits".into())
         })?;
         Self::from_private(key)
     }
@@ -668,7 +670,7 @@ pub fn seal_with(
     encoding: ContentEncoding,
 ) -> Result<Vec<u8>, Error> {
     let public = PublicEncryptingKey::from_der(spki_der).map_err(|_| {
-        Error::Config("recipient public key is not an RSA SubjectPublicKeyInfo".into())
+        Error::InvalidArgument("recipient public key is not an RSA SubjectPublicKeyInfo".into())
     })?;
     let public = OaepPublicEncryptingKey::new(public).map_err(|_| Error::Crypto("RSA-OAEP key"))?;
     let rng = SystemRandom::new();

@@ -31,10 +31,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use zeroize::Zeroizing;
 
-use crate::error::Error;
+use crate::aws_credentials::{Credentials, ProvideCredentials};
+use crate::error::{CredentialsErrorKind as Kind, Error};
 use crate::secret::SecretString;
 use crate::transport::{AsyncStream, BoxFuture, BoxStream};
 
@@ -44,116 +45,6 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// Credentials are refreshed this long before they expire (default of
 /// [`RefreshingCredentials`]).
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
-
-/// An AWS access key, with optional session token and expiry.
-///
-/// `Debug` shows the access key id (an identifier AWS logs too) and redacts the rest.
-///
-/// ```
-/// use nitro_kms::Credentials;
-/// let c = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None);
-/// let shown = format!("{c:?}");
-/// assert!(shown.contains("AKIDEXAMPLE"));
-/// assert!(!shown.contains("wJalr"));
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    access_key_id: String,
-    secret_access_key: SecretString,
-    session_token: Option<SecretString>,
-    expiration: Option<SystemTime>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key)
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "** redacted **"),
-            )
-            .field("expiration", &self.expiration)
-            .finish()
-    }
-}
-
-impl Credentials {
-    /// Credentials from their parts.
-    pub fn new(
-        access_key_id: impl Into<String>,
-        secret_access_key: impl Into<SecretString>,
-        session_token: Option<SecretString>,
-        expiration: Option<SystemTime>,
-    ) -> Self {
-        Self {
-            access_key_id: access_key_id.into(),
-            secret_access_key: secret_access_key.into(),
-            session_token,
-            expiration,
-        }
-    }
-
-    /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and the optional `AWS_SESSION_TOKEN`
-    /// and `AWS_CREDENTIAL_EXPIRATION` (RFC 3339).
-    pub fn from_env() -> Result<Self, Error> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let akid = var("AWS_ACCESS_KEY_ID")
-            .ok_or_else(|| Error::Credentials("AWS_ACCESS_KEY_ID is not set".into()))?;
-        let secret = var("AWS_SECRET_ACCESS_KEY")
-            .ok_or_else(|| Error::Credentials("AWS_SECRET_ACCESS_KEY is not set".into()))?;
-        let token = var("AWS_SESSION_TOKEN").map(SecretString::new);
-        let expiration = var("AWS_CREDENTIAL_EXPIRATION")
-            .map(|e| parse_rfc3339(&e))
-            .transpose()?;
-        Ok(Self::new(akid, secret, token, expiration))
-    }
-
-    /// The access key id.
-    pub fn access_key_id(&self) -> &str {
-        &self.access_key_id
-    }
-
-    /// The secret access key.
-    pub fn secret_access_key(&self) -> &SecretString {
-        &self.secret_access_key
-    }
-
-    /// The session token of temporary credentials.
-    pub fn session_token(&self) -> Option<&SecretString> {
-        self.session_token.as_ref()
-    }
-
-    /// When the credentials expire (`None`: long-term credentials).
-    pub fn expiration(&self) -> Option<SystemTime> {
-        self.expiration
-    }
-
-    /// Whether the credentials expire before `now + margin`.
-    pub fn expires_within(&self, now: SystemTime, margin: Duration) -> bool {
-        self.expiration
-            .is_some_and(|e| e <= now.checked_add(margin).unwrap_or(now))
-    }
-}
-
-/// A source of credentials. Object safe: share one as `Arc<dyn ProvideCredentials>`.
-pub trait ProvideCredentials: Send + Sync + fmt::Debug {
-    /// Returns current credentials.
-    fn provide_credentials(&self) -> BoxFuture<'_, Result<Credentials, Error>>;
-}
-
-impl ProvideCredentials for Credentials {
-    fn provide_credentials(&self) -> BoxFuture<'_, Result<Credentials, Error>> {
-        let c = self.clone();
-        Box::pin(async move { Ok(c) })
-    }
-}
-
-impl<T: ProvideCredentials + ?Sized> ProvideCredentials for Arc<T> {
-    fn provide_credentials(&self) -> BoxFuture<'_, Result<Credentials, Error>> {
-        (**self).provide_credentials()
-    }
-}
 
 /// Reads the standard environment variables on every call ([`Credentials::from_env`]).
 #[derive(Clone, Copy, Debug, Default)]
@@ -203,8 +94,9 @@ impl RefreshingCredentials {
         }
         let fresh = self.source.provide_credentials().await?;
         if fresh.expires_within(now, Duration::ZERO) {
-            return Err(Error::Credentials(
-                "the credential source returned expired credentials".into(),
+            return Err(Error::credentials(
+                Kind::Expired,
+                "the credential source returned expired credentials",
             ));
         }
         *cached = Some(fresh.clone());
@@ -229,7 +121,8 @@ impl ProvideCredentials for RefreshingCredentials {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use nitro_kms::credentials::{AwsSdkCredentials, ProvideCredentials};
+/// use nitro_kms::ProvideCredentials;
+/// use nitro_kms::credentials::AwsSdkCredentials;
 ///
 /// let sdk = aws_credential_types::Credentials::new("AKIDSDK", "secret", None, None, "example");
 /// let ours = AwsSdkCredentials::new(sdk);
@@ -260,7 +153,7 @@ impl ProvideCredentials for AwsSdkCredentials {
                 .provider
                 .provide_credentials()
                 .await
-                .map_err(|e| Error::Credentials(sdk_error_chain(&e)))?;
+                .map_err(|e| Error::credentials(Kind::Unavailable, crate::error::chain(&e)))?;
             Ok(Credentials::new(
                 c.access_key_id(),
                 SecretString::new(c.secret_access_key().to_owned()),
@@ -269,22 +162,6 @@ impl ProvideCredentials for AwsSdkCredentials {
             ))
         })
     }
-}
-
-/// The SDK's credential errors say little at the top level: the sources carry the reason.
-fn sdk_error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let text = s.to_string();
-        // Some errors repeat their source in their message already.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = s.source();
-    }
-    out
 }
 
 /// `aws-config`'s default credentials chain on the parent instance (feature `aws-config`):
@@ -341,7 +218,8 @@ type StreamOpener = dyn Fn() -> BoxFuture<'static, std::io::Result<BoxStream>> +
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-/// use nitro_kms::credentials::{ParentCredentials, ProvideCredentials, RefreshingCredentials};
+/// use nitro_kms::ProvideCredentials;
+/// use nitro_kms::credentials::{ParentCredentials, RefreshingCredentials};
 ///
 /// let parent = ParentCredentials::new(|| tokio::net::UnixStream::connect("/run/creds.sock"));
 /// let creds = RefreshingCredentials::new(parent);
@@ -440,11 +318,11 @@ pub async fn request_credentials<S: AsyncRead + AsyncWrite + Unpin>(
         kind: "GetCredentials".into(),
     };
     let body = serde_json::to_vec(&req)
-        .map_err(|e| Error::Credentials(format!("encoding the request: {e}")))?;
+        .map_err(|e| Error::credentials(Kind::Unavailable, format!("encoding the request: {e}")))?;
     write_frame(stream, &body).await?;
     let frame = read_frame(stream)
         .await?
-        .ok_or_else(|| Error::Credentials("the parent closed the connection".into()))?;
+        .ok_or_else(|| Error::credentials(Kind::Unavailable, "the parent closed the connection"))?;
     let mut resp: WireResponse =
         serde_json::from_slice(&frame).map_err(|e| Error::InvalidResponse {
             operation: "GetCredentials",
@@ -457,9 +335,10 @@ pub async fn request_credentials<S: AsyncRead + AsyncWrite + Unpin>(
         });
     }
     if let Some(err) = resp.error.take() {
-        return Err(Error::Credentials(format!(
-            "the parent could not provide credentials: {err}"
-        )));
+        return Err(Error::credentials(
+            Kind::Unavailable,
+            format!("the parent could not provide credentials: {err}"),
+        ));
     }
     let akid = resp.access_key_id.take();
     let secret = resp.secret_access_key.take().map(SecretString::new);
@@ -487,95 +366,54 @@ pub async fn serve_credentials<S: AsyncRead + AsyncWrite + Unpin>(
                 match source.provide_credentials().await {
                     Ok(c) => WireResponse {
                         version: 1,
-                        access_key_id: Some(c.access_key_id.clone()),
-                        secret_access_key: Some(c.secret_access_key.expose().to_owned()),
-                        token: c.session_token.as_ref().map(|t| t.expose().to_owned()),
-                        expiration: c.expiration.map(format_rfc3339).transpose()?,
+                        access_key_id: Some(c.access_key_id().to_owned()),
+                        secret_access_key: Some(c.secret_access_key().expose().to_owned()),
+                        token: c.session_token().map(|t| t.expose().to_owned()),
+                        expiration: c.expiration().map(format_rfc3339).transpose()?,
                         error: None,
                     },
-                    Err(e) => WireResponse::error(e.to_string()),
+                    Err(e) => WireResponse::error(crate::error::chain(&e)),
                 }
             }
             _ => WireResponse::error("unsupported request".into()),
         };
-        let body = Zeroizing::new(
-            serde_json::to_vec(&resp)
-                .map_err(|e| Error::Credentials(format!("encoding the answer: {e}")))?,
-        );
+        let body = Zeroizing::new(serde_json::to_vec(&resp).map_err(|e| {
+            Error::credentials(Kind::Unavailable, format!("encoding the answer: {e}"))
+        })?);
         write_frame(&mut stream, &body).await?;
     }
     Ok(())
 }
 
+const PROTOCOL: &str = "credential protocol";
+
 async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, body: &[u8]) -> Result<(), Error> {
-    let len = u32::try_from(body.len())
-        .ok()
-        .filter(|l| (*l as usize) <= MAX_FRAME)
-        .ok_or_else(|| Error::Credentials("frame too large".into()))?;
-    let mut buf = Zeroizing::new(Vec::with_capacity(4 + body.len()));
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(body);
-    stream
-        .write_all(&buf)
-        .await
-        .map_err(|e| Error::io("credential protocol write", e))?;
-    stream
-        .flush()
-        .await
-        .map_err(|e| Error::io("credential protocol write", e))
+    crate::frame::write_frame(stream, &[body], MAX_FRAME, PROTOCOL).await
 }
 
 /// Reads one frame; `None` on a clean end of stream before a frame starts.
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let n = stream
-            .read(&mut len[got..])
-            .await
-            .map_err(|e| Error::io("credential protocol read", e))?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(Error::InvalidResponse {
-                operation: "credential protocol",
-                reason: "end of stream inside a frame header".into(),
-            });
-        }
-        got += n;
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(Error::InvalidResponse {
-            operation: "credential protocol",
-            reason: format!("frame of {len} bytes exceeds {MAX_FRAME}"),
-        });
-    }
-    let mut body = Zeroizing::new(vec![0u8; len]);
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| Error::io("credential protocol read", e))?;
-    Ok(Some(body))
+    crate::frame::read_frame(stream, MAX_FRAME, PROTOCOL).await
 }
 
 pub(crate) fn parse_rfc3339(s: &str) -> Result<SystemTime, Error> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| Error::Credentials(format!("invalid expiration {s:?}: {e}")))?;
+        .map_err(|e| Error::credentials(Kind::Invalid, format!("invalid expiration {s:?}: {e}")))?;
     Ok(SystemTime::from(t))
 }
 
 pub(crate) fn format_rfc3339(t: SystemTime) -> Result<String, Error> {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|e| Error::Credentials(format!("cannot format expiration: {e}")))
+        .map_err(|e| Error::credentials(Kind::Invalid, format!("cannot format expiration: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[derive(Debug)]

@@ -95,7 +95,9 @@ fn kms_algorithm(a: SigningAlgorithm) -> Result<&'static str, Error> {
         SigningAlgorithm::Es256 => Ok("ECDSA_SHA_256"),
         SigningAlgorithm::Es384 => Ok("ECDSA_SHA_384"),
         SigningAlgorithm::Es512 => Ok("ECDSA_SHA_512"),
-        _ => Err(Error::Config(format!("no KMS signing algorithm for {a}"))),
+        _ => Err(Error::InvalidArgument(format!(
+            "no KMS signing algorithm for {a}"
+        ))),
     }
 }
 
@@ -109,7 +111,7 @@ impl KmsEifSigner {
     ) -> Result<Self, Error> {
         let certificate_pem = certificate_pem.into();
         let algorithm = SignRequest::new(&certificate_pem, &Pcr::ZERO)
-            .map_err(|e| Error::Config(format!("signing certificate: {e}")))?
+            .map_err(|e| Error::InvalidArgument(format!("signing certificate: {e}")))?
             .algorithm();
         kms_algorithm(algorithm)?;
         Ok(KmsEifSigner {
@@ -178,7 +180,7 @@ impl KmsEifSigner {
             signing_algorithm: alg,
         };
         let request = serde_json::to_value(&request)
-            .map_err(|e| Error::Config(format!("cannot encode the Sign request: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("cannot encode the Sign request: {e}")))?;
         let response = self.client.call_json("Sign", &request).await?;
         let bad = |reason: String| Error::InvalidResponse {
             operation: "Sign",

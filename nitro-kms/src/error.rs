@@ -6,13 +6,15 @@ use std::time::Duration;
 /// Everything that can go wrong in this crate.
 ///
 /// Errors caused by untrusted input (a malformed envelope, a hostile HTTP response, a damaged
-/// sealed secret) are distinct variants from configuration mistakes ([`Error::Config`]); none of
-/// them ever carries key material, plaintexts or credentials.
+/// sealed secret) are distinct variants from API misuse ([`Error::InvalidArgument`]); none of
+/// them ever carries key material, plaintexts or credentials. An underlying error (I/O, TLS,
+/// attestation) is chained as [`source`](std::error::Error::source), never repeated in the
+/// message: print the chain to see both.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A `CiphertextForRecipient` (CMS `EnvelopedData`) could not be parsed or opened.
-    #[error("CMS envelope: {0}")]
+    #[error("invalid CMS envelope")]
     Cms(#[from] CmsError),
 
     /// KMS (or the local KMS) answered with an error.
@@ -39,17 +41,18 @@ pub enum Error {
         operation: &'static str,
     },
 
-    /// A response could not be understood.
+    /// A response (or, for the parent protocols, a message from the peer) could not be
+    /// understood.
     #[error("{operation}: invalid response: {reason}")]
     InvalidResponse {
-        /// The operation (or protocol step) whose response was invalid.
+        /// The operation (or protocol) whose message was invalid.
         operation: &'static str,
         /// What was wrong.
         reason: String,
     },
 
     /// I/O failed (connecting, reading, writing, files).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -59,7 +62,7 @@ pub enum Error {
     },
 
     /// TLS failed (handshake, certificate validation).
-    #[error("TLS: {0}")]
+    #[error("TLS handshake failed")]
     Tls(#[source] std::io::Error),
 
     /// HTTP failed below the KMS protocol (connection closed, malformed HTTP).
@@ -75,9 +78,14 @@ pub enum Error {
         after: Duration,
     },
 
-    /// No usable credentials (missing, expired, or the provider failed).
-    #[error("credentials: {0}")]
-    Credentials(String),
+    /// No usable credentials: its `kind` says what to do about it.
+    #[error("credentials: {reason}")]
+    Credentials {
+        /// Missing, expired, or the source failed.
+        kind: CredentialsErrorKind,
+        /// What happened, for people.
+        reason: String,
+    },
 
     /// SigV4 signing failed, or (local KMS) an incoming signature did not verify.
     #[error("SigV4: {0}")]
@@ -85,7 +93,7 @@ pub enum Error {
 
     /// Attestation failed: the NSM refused to produce a document, or (local KMS) a document did
     /// not verify.
-    #[error("attestation: {0}")]
+    #[error("attestation failed")]
     Attestation(#[from] nitro_attest::Error),
 
     /// A cryptographic operation failed (key generation, encryption). Opaque on purpose.
@@ -93,19 +101,85 @@ pub enum Error {
     Crypto(&'static str),
 
     /// A sealed secret was malformed, damaged, or does not match what the caller expected.
-    #[error("sealed secret: {0}")]
-    Sealed(String),
+    #[error("sealed secret: {reason}")]
+    Sealed {
+        /// Which check failed.
+        kind: SealedErrorKind,
+        /// What happened, for people.
+        reason: String,
+    },
 
     /// A key policy document is malformed or uses something the local KMS does not support.
     #[error("key policy: {0}")]
     Policy(String),
 
-    /// The configuration is invalid (API misuse, not untrusted input).
-    #[error("configuration: {0}")]
-    Config(String),
+    /// An argument or the configuration is invalid (API misuse, not untrusted input).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Why credentials were unusable ([`Error::Credentials`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialsErrorKind {
+    /// None configured (e.g. `AWS_ACCESS_KEY_ID` unset): fix the configuration.
+    Missing,
+    /// The source returned credentials that have already expired (check the clock).
+    Expired,
+    /// The source failed or refused (the parent, the AWS SDK chain): a later attempt may work.
+    Unavailable,
+    /// The source returned something unusable (e.g. an expiration that does not parse).
+    Invalid,
+}
+
+/// Which check a sealed secret failed ([`Error::Sealed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SealedErrorKind {
+    /// Not a sealed-secret document (syntax, version, fields).
+    Malformed,
+    /// The document parses but its ciphertext or metadata was modified (authentication failed).
+    Tampered,
+    /// The document's encryption context is absent or differs from the expected one.
+    ContextMismatch,
+    /// The document was sealed under another KMS key than the expected one.
+    KeyMismatch,
+    /// The parent could not provide the document (unknown name, unreadable file).
+    Unavailable,
+}
+
+/// `e` and its sources, joined with `": "` (for logs and for messages sent to a peer, where the
+/// source chain would otherwise be lost).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        // Some errors (of other crates) repeat their source in their message already.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 impl Error {
+    pub(crate) fn credentials(kind: CredentialsErrorKind, reason: impl Into<String>) -> Self {
+        Self::Credentials {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn sealed(kind: SealedErrorKind, reason: impl Into<String>) -> Self {
+        Self::Sealed {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
@@ -264,4 +338,54 @@ pub enum CmsError {
     /// The PKCS#7 padding is invalid (wrong key or damaged content).
     #[error("invalid PKCS#7 padding")]
     BadPadding,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn sources_are_chained_not_repeated() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused by peer");
+        let e = Error::io("connecting to kms.eu-west-1.amazonaws.com:443", io());
+        assert_eq!(
+            e.to_string(),
+            "connecting to kms.eu-west-1.amazonaws.com:443"
+        );
+        assert_eq!(e.source().unwrap().to_string(), "refused by peer");
+        assert_eq!(
+            chain(&e),
+            "connecting to kms.eu-west-1.amazonaws.com:443: refused by peer"
+        );
+        let tls = Error::Tls(io());
+        assert!(!tls.to_string().contains("refused by peer"), "{tls}");
+        assert_eq!(chain(&tls), "TLS handshake failed: refused by peer");
+        let cms = Error::from(CmsError::Truncated);
+        assert!(!cms.to_string().contains("truncated"), "{cms}");
+        assert_eq!(chain(&cms), "invalid CMS envelope: truncated input");
+        // A service error is transparent: its message is the error's, with no source.
+        let svc = Error::from(ServiceError::new(400, "AccessDeniedException", "no"));
+        assert_eq!(chain(&svc), svc.to_string());
+        assert_eq!(svc.service_code(), Some("AccessDeniedException"));
+    }
+
+    #[test]
+    fn kinds_are_fields() {
+        let e = Error::credentials(
+            CredentialsErrorKind::Missing,
+            "AWS_ACCESS_KEY_ID is not set",
+        );
+        assert!(matches!(
+            e,
+            Error::Credentials {
+                kind: CredentialsErrorKind::Missing,
+                ..
+            }
+        ));
+        assert_eq!(e.to_string(), "credentials: AWS_ACCESS_KEY_ID is not set");
+        let e = Error::sealed(SealedErrorKind::KeyMismatch, "sealed under k1, expected k2");
+        assert_eq!(e.to_string(), "sealed secret: sealed under k1, expected k2");
+    }
 }

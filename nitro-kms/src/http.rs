@@ -42,9 +42,9 @@ impl TlsRoots {
         let certs = CertificateDer::pem_slice_iter(pem)
             .map(|c| c.map(|c| c.as_ref().to_vec()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Config(format!("invalid PEM certificate: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("invalid PEM certificate: {e}")))?;
         if certs.is_empty() {
-            return Err(Error::Config("no CERTIFICATE in PEM input".into()));
+            return Err(Error::InvalidArgument("no CERTIFICATE in PEM input".into()));
         }
         Ok(Self::Custom(certs))
     }
@@ -62,12 +62,12 @@ impl TlsRoots {
         for der in extra {
             store
                 .add(CertificateDer::from(der.clone()))
-                .map_err(|e| Error::Config(format!("invalid root certificate: {e}")))?;
+                .map_err(|e| Error::InvalidArgument(format!("invalid root certificate: {e}")))?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("TLS: {e}")))?
+            .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?
             .with_root_certificates(store)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -88,9 +88,9 @@ impl Endpoint {
     pub(crate) fn parse(url: &str) -> Result<Self, Error> {
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| Error::Config(format!("invalid endpoint URL {url:?}: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("invalid endpoint URL {url:?}: {e}")))?;
         if uri.path() != "/" && !uri.path().is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::InvalidArgument(format!(
                 "endpoint {url:?} must not have a path"
             )));
         }
@@ -103,14 +103,14 @@ impl Endpoint {
             Some("https") => true,
             Some("http") => false,
             _ => {
-                return Err(Error::Config(format!(
+                return Err(Error::InvalidArgument(format!(
                     "endpoint \"{uri}\" must start with https:// or http://"
                 )));
             }
         };
         let host = uri
             .host()
-            .ok_or_else(|| Error::Config(format!("endpoint \"{uri}\" has no host")))?
+            .ok_or_else(|| Error::InvalidArgument(format!("endpoint \"{uri}\" has no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
@@ -220,7 +220,7 @@ pub(crate) async fn open_stream(
         return Ok(stream);
     }
     let name = ServerName::try_from(endpoint.host.clone())
-        .map_err(|e| Error::Config(format!("invalid TLS server name: {e}")))?;
+        .map_err(|e| Error::InvalidArgument(format!("invalid TLS server name: {e}")))?;
     let tls = tokio_rustls::TlsConnector::from(tls.clone());
     let stream = tokio::time::timeout(connect_timeout, tls.connect(name, stream))
         .await

@@ -9,14 +9,20 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
 
+// Modules are private unless they are the one path for a family of items (`credentials`,
+// `model`, `sealed`, `transport`, and the feature-gated `local`, `proxy`, `sdk`, `eif_signer`);
+// everything else is re-exported below. Wire-level items are in `internal`.
+mod aws_credentials;
 mod ber;
 mod client;
-pub mod cms;
+mod cms;
+mod config;
 pub mod credentials;
 #[cfg(feature = "eif-signer")]
 #[cfg_attr(docsrs, doc(cfg(feature = "eif-signer")))]
 pub mod eif_signer;
 mod error;
+mod frame;
 mod http;
 #[cfg(feature = "local-kms")]
 #[cfg_attr(docsrs, doc(cfg(feature = "local-kms")))]
@@ -26,7 +32,7 @@ pub mod model;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
 mod recipient;
-pub mod s3;
+mod s3;
 #[cfg(feature = "aws-sdk")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws-sdk")))]
 pub mod sdk;
@@ -40,18 +46,28 @@ pub mod transport;
 /// (`NsmDevice`, `/dev/nsm`; default) and `simulator` (`SimulatedNsm`, `SimulatorPki`; opt-in).
 pub use nitro_attest;
 
+pub use aws_credentials::{Credentials, ProvideCredentials};
 pub use client::{Clock, KmsClient, KmsClientBuilder, RetryConfig, SystemClock, default_endpoint};
 pub use cms::{RecipientId, RecipientKey};
-pub use credentials::{Credentials, ProvideCredentials};
-pub use error::{CmsError, Error, ServiceError};
+pub use config::ClientBuilder;
+pub use error::{CmsError, CredentialsErrorKind, Error, SealedErrorKind, ServiceError};
 pub use http::TlsRoots;
 pub use recipient::{AttestedKey, DEFAULT_LIFETIME, Recipient};
-pub use s3::{S3Client, S3Location};
+pub use s3::{DEFAULT_MAX_S3_OBJECT, S3Client, S3ClientBuilder, S3Location};
 pub use secret::{Plaintext, SecretString};
 
-/// Entry points for the fuzz targets in `fuzz/`. Not a stable API.
+/// Wire-level items for the fuzz targets in `fuzz/`, the tests and the benches. Not a stable
+/// API: anything here may change in any release.
 #[doc(hidden)]
 pub mod internal {
+    /// The CMS `EnvelopedData` codec behind `CiphertextForRecipient`: the parser, the opener,
+    /// and the sealer the local KMS uses.
+    pub mod cms {
+        pub use crate::cms::{
+            ContentEncoding, Envelope, KMS_CHUNK_SIZE, MAX_ENVELOPE_LEN, open, seal, seal_with,
+        };
+    }
+
     /// Parses `data` as a CMS envelope and, when it parses, decrypts its content with a fixed
     /// content key (RSA-OAEP of fuzzed bytes never succeeds, so this reaches the AES-CBC and
     /// padding code directly).

@@ -88,7 +88,7 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::client::{KmsClient, open_for_recipient};
-use crate::error::Error;
+use crate::error::{Error, chain};
 use crate::recipient::AttestedKey;
 use crate::secret::Plaintext;
 use crate::transport::AsyncStream;
@@ -127,7 +127,7 @@ impl KmsProxy {
     /// (without one, the proxy would have to ask KMS for plaintexts on the wire).
     pub fn new(client: KmsClient) -> Result<Self, Error> {
         if client.recipient().is_none() {
-            return Err(Error::Config(
+            return Err(Error::InvalidArgument(
                 "the KMS proxy needs a KmsClient with a Recipient".into(),
             ));
         }
@@ -202,11 +202,9 @@ impl KmsProxy {
         let key = match recipient.current().await {
             Ok(k) => k,
             Err(e) => {
-                tracing::warn!(operation, "KMS proxy: attestation failed: {e}");
-                return proxy_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("attestation failed: {e}"),
-                );
+                let e = chain(&e);
+                tracing::warn!(operation, "KMS proxy: {e}");
+                return proxy_error(StatusCode::INTERNAL_SERVER_ERROR, &e);
             }
         };
         let info = match serde_json::to_value(key.recipient_info()) {
@@ -237,8 +235,9 @@ impl KmsProxy {
                 out
             }
             Err(e) => {
+                let e = chain(&e);
                 tracing::warn!(operation, "KMS proxy: refusing the KMS response: {e}");
-                proxy_error(StatusCode::BAD_GATEWAY, &e.to_string())
+                proxy_error(StatusCode::BAD_GATEWAY, &e)
             }
         }
     }
@@ -282,7 +281,7 @@ impl KmsProxy {
             .local_addr()
             .map_err(|e| Error::io("binding the KMS proxy", e))?;
         if !is_loopback(local.ip()) {
-            return Err(Error::Config(format!(
+            return Err(Error::InvalidArgument(format!(
                 "the KMS proxy listens on loopback only, not {local}"
             )));
         }
@@ -305,7 +304,7 @@ impl KmsProxy {
             let this = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = this.serve_connection(stream).await {
-                    tracing::debug!(%peer, "KMS proxy connection ended: {e}");
+                    tracing::debug!(%peer, "KMS proxy connection ended: {}", chain(&e));
                 }
             });
         }
@@ -319,7 +318,7 @@ impl KmsProxy {
             .map_err(|e| Error::io("binding the KMS proxy", e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = self.serve(listener).await {
-                tracing::warn!("KMS proxy stopped: {e}");
+                tracing::warn!("KMS proxy stopped: {}", chain(&e));
             }
         });
         Ok(RunningProxy { addr, task })
@@ -436,13 +435,14 @@ fn proxy_error(status: StatusCode, message: &str) -> http::Response<Bytes> {
 }
 
 fn upstream_failure(operation: &str, e: &Error) -> http::Response<Bytes> {
-    tracing::warn!(operation, "KMS proxy: KMS unreachable: {e}");
+    let message = chain(e);
+    tracing::warn!(operation, "KMS proxy: KMS unreachable: {message}");
     let status = if matches!(e, Error::Timeout { .. }) {
         StatusCode::GATEWAY_TIMEOUT
     } else {
         StatusCode::BAD_GATEWAY
     };
-    proxy_error(status, &format!("{operation}: {e}"))
+    proxy_error(status, &format!("{operation}: {message}"))
 }
 
 #[cfg(test)]

@@ -1,22 +1,19 @@
 //! A minimal S3 client (GetObject, PutObject, CreateBucket) with SigV4 and TLS inside the
-//! caller, over any [`Connect`]: enough to fetch sealed secrets from inside an enclave through
+//! caller, over any [`Connect`](crate::transport::Connect): enough to fetch sealed secrets from inside an enclave through
 //! the nitro-net tunnel.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::client::{Clock, SystemClock};
-use crate::credentials::{EnvironmentCredentials, ProvideCredentials};
+use crate::config::{AwsClient, AwsSettings, ClientBuilder};
 use crate::error::{Error, ServiceError};
-use crate::http::{Endpoint, HttpClient, Response, TlsRoots};
-use crate::sigv4::{self, Service};
-use crate::transport::{Connect, TcpConnector};
+use crate::http::{Endpoint, Response};
+use crate::sigv4::Service;
 
 /// Default largest object [`S3Client::get_object`] reads.
-pub const DEFAULT_MAX_OBJECT: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_S3_OBJECT: usize = 64 * 1024 * 1024;
 
 /// An `s3://bucket/key` location.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,13 +40,15 @@ impl std::str::FromStr for S3Location {
 
     /// Parses `s3://bucket/key`.
     fn from_str(s: &str) -> Result<Self, Error> {
-        let rest = s
-            .strip_prefix("s3://")
-            .ok_or_else(|| Error::Config(format!("{s:?} is not an s3://bucket/key URL")))?;
+        let rest = s.strip_prefix("s3://").ok_or_else(|| {
+            Error::InvalidArgument(format!("{s:?} is not an s3://bucket/key URL"))
+        })?;
         let (bucket, key) = rest
             .split_once('/')
             .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .ok_or_else(|| Error::Config(format!("{s:?} is not an s3://bucket/key URL")))?;
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{s:?} is not an s3://bucket/key URL"))
+            })?;
         Ok(Self::new(bucket, key))
     }
 }
@@ -60,154 +59,70 @@ impl fmt::Display for S3Location {
     }
 }
 
-/// Builds an [`S3Client`].
-pub struct S3ClientBuilder {
-    region: String,
-    endpoint: Option<String>,
-    path_style: Option<bool>,
-    credentials: Option<Arc<dyn ProvideCredentials>>,
-    connector: Option<Arc<dyn Connect>>,
-    roots: TlsRoots,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    allow_plain_http: bool,
-    max_object: usize,
-    clock: Arc<dyn Clock>,
-}
+/// Builds an [`S3Client`]: the setters every AWS client shares are on [`ClientBuilder`], the
+/// S3 ones ([`path_style`](ClientBuilder::path_style),
+/// [`max_object_size`](ClientBuilder::max_object_size)) below.
+pub type S3ClientBuilder = ClientBuilder<S3Settings>;
 
-impl fmt::Debug for S3ClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3ClientBuilder")
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
+mod settings {
+    /// The S3 settings of an [`S3ClientBuilder`](crate::S3ClientBuilder).
+    pub struct S3Settings {
+        pub(crate) path_style: Option<bool>,
+        pub(crate) max_object: usize,
     }
 }
+use settings::S3Settings;
 
-impl S3ClientBuilder {
-    /// Sends requests to `url` instead of `https://s3.<region>.amazonaws.com` (path-style
-    /// addressing unless [`path_style`](Self::path_style) says otherwise).
-    #[must_use]
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
-        self
-    }
-
-    /// Path-style (`host/bucket/key`) or virtual-hosted (`bucket.host/key`) addressing.
+impl ClientBuilder<S3Settings> {
+    /// Path-style (`host/bucket/key`) or virtual-hosted (`bucket.host/key`) addressing
+    /// (default: path-style with an [`endpoint`](ClientBuilder::endpoint), virtual-hosted
+    /// without).
     #[must_use]
     pub fn path_style(mut self, path_style: bool) -> Self {
-        self.path_style = Some(path_style);
+        self.service.path_style = Some(path_style);
         self
     }
 
-    /// Credential source (default: the `AWS_*` environment variables).
-    #[must_use]
-    pub fn credentials(mut self, provider: impl ProvideCredentials + 'static) -> Self {
-        self.credentials = Some(Arc::new(provider));
-        self
-    }
-
-    /// How streams are opened (default TCP; the nitro-net tunnel in an enclave).
-    #[must_use]
-    pub fn connector(mut self, connector: impl Connect) -> Self {
-        self.connector = Some(Arc::new(connector));
-        self
-    }
-
-    /// Trusted certificate authorities (default: the embedded Mozilla roots).
-    #[must_use]
-    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
-        self.roots = roots;
-        self
-    }
-
-    /// Connection and TLS handshake limit (default 5 s).
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Limit for one request, body included (default 60 s).
-    #[must_use]
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Largest object read (default [`DEFAULT_MAX_OBJECT`]).
+    /// Largest object read (default [`DEFAULT_MAX_S3_OBJECT`]).
     #[must_use]
     pub fn max_object_size(mut self, bytes: usize) -> Self {
-        self.max_object = bytes;
-        self
-    }
-
-    /// Time source for signing.
-    #[must_use]
-    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Accepts `http://` endpoints: only for test servers (the parent could read and change
-    /// everything).
-    #[must_use]
-    pub fn dangerous_allow_plain_http(mut self) -> Self {
-        self.allow_plain_http = true;
+        self.service.max_object = bytes;
         self
     }
 
     /// Builds the client.
     pub fn build(self) -> Result<S3Client, Error> {
-        let (url, default_path_style) = match &self.endpoint {
-            Some(u) => (u.clone(), true),
-            None => {
-                let suffix = if self.region.starts_with("cn-") {
-                    "amazonaws.com.cn"
-                } else {
-                    "amazonaws.com"
-                };
-                (format!("https://s3.{}.{suffix}", self.region), false)
-            }
-        };
-        let endpoint = Endpoint::parse(&url)?;
-        if !endpoint.tls && !self.allow_plain_http {
-            return Err(Error::Config(format!(
-                "endpoint {url} is plain HTTP (use https://, or dangerous_allow_plain_http() for test servers)"
-            )));
-        }
-        let connector = self.connector.unwrap_or_else(|| Arc::new(TcpConnector));
+        let default_path_style = self.aws.endpoint.is_some();
+        let region = &self.aws.region;
+        let endpoint = self.aws.endpoint(|| {
+            let suffix = if region.starts_with("cn-") {
+                "amazonaws.com.cn"
+            } else {
+                "amazonaws.com"
+            };
+            format!("https://s3.{region}.{suffix}")
+        })?;
         Ok(S3Client {
-            region: self.region,
             endpoint,
-            path_style: self.path_style.unwrap_or(default_path_style),
-            http: HttpClient::new(connector, self.roots.client_config()?, self.connect_timeout),
-            credentials: self
-                .credentials
-                .unwrap_or_else(|| Arc::new(EnvironmentCredentials)),
-            request_timeout: self.request_timeout,
-            max_object: self.max_object,
-            clock: self.clock,
+            path_style: self.service.path_style.unwrap_or(default_path_style),
+            aws: self.aws.into_client()?,
+            max_object: self.service.max_object,
         })
     }
 }
 
 /// The S3 client.
 pub struct S3Client {
-    region: String,
     endpoint: Endpoint,
     path_style: bool,
-    http: HttpClient,
-    credentials: Arc<dyn ProvideCredentials>,
-    request_timeout: Duration,
+    aws: AwsClient,
     max_object: usize,
-    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for S3Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Client")
-            .field("region", &self.region)
+            .field("region", &self.aws.region)
             .field("endpoint", &self.endpoint.base_url())
             .field("path_style", &self.path_style)
             .finish_non_exhaustive()
@@ -238,18 +153,12 @@ fn valid_bucket(bucket: &str) -> bool {
 impl S3Client {
     /// A builder for `region`.
     pub fn builder(region: impl Into<String>) -> S3ClientBuilder {
-        S3ClientBuilder {
-            region: region.into(),
-            endpoint: None,
-            path_style: None,
-            credentials: None,
-            connector: None,
-            roots: TlsRoots::default(),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(60),
-            allow_plain_http: false,
-            max_object: DEFAULT_MAX_OBJECT,
-            clock: Arc::new(SystemClock),
+        ClientBuilder {
+            aws: AwsSettings::new(region.into(), Duration::from_secs(60)),
+            service: S3Settings {
+                path_style: None,
+                max_object: DEFAULT_MAX_S3_OBJECT,
+            },
         }
     }
 
@@ -261,7 +170,9 @@ impl S3Client {
         body: Bytes,
     ) -> Result<Response, Error> {
         if !valid_bucket(bucket) {
-            return Err(Error::Config(format!("invalid bucket name {bucket:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "invalid bucket name {bucket:?}"
+            )));
         }
         let key_path = key.map(encode_key).unwrap_or_default();
         let (host, path) = if self.path_style {
@@ -276,27 +187,13 @@ impl S3Client {
         if !self.path_style {
             endpoint.host = format!("{bucket}.{}", endpoint.host);
         }
-        let creds = self.credentials.provide_credentials().await?;
-        let mut req = http::Request::builder()
+        let req = http::Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, host)
-            .header(
-                http::header::USER_AGENT,
-                concat!("nitro-kms/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(body)
-            .map_err(|e| Error::Config(format!("cannot build request: {e}")))?;
-        sigv4::sign_request(
-            &mut req,
-            &creds,
-            &self.region,
-            Service::S3,
-            self.clock.now(),
-        )?;
+            .header(http::header::HOST, host);
         let resp = self
-            .http
-            .send(&endpoint, req, self.request_timeout, self.max_object)
+            .aws
+            .send(&endpoint, req, body, Service::S3, self.max_object)
             .await?;
         if resp.status.is_success() {
             Ok(resp)
@@ -332,12 +229,12 @@ impl S3Client {
 
     /// `CreateBucket` (in the client's region; `us-east-1` needs no location constraint).
     pub async fn create_bucket(&self, bucket: &str) -> Result<(), Error> {
-        let body = if self.region == "us-east-1" {
+        let body = if self.aws.region == "us-east-1" {
             Bytes::new()
         } else {
             Bytes::from(format!(
                 "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
-                self.region
+                self.aws.region
             ))
         };
         self.send(http::Method::PUT, bucket, None, body)

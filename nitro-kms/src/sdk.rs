@@ -58,7 +58,7 @@ use aws_smithy_types::body::SdkBody;
 use hyper::client::conn::http1::SendRequest;
 
 use crate::TlsRoots;
-use crate::credentials::ProvideCredentials;
+use crate::aws_credentials::ProvideCredentials;
 use crate::error::Error;
 use crate::http::{Endpoint, Pool, handshake, open_stream};
 use crate::transport::Connect;
@@ -226,10 +226,10 @@ impl NitroConnector {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, Error> {
         let req = request
             .try_into_http1x()
-            .map_err(|e| Error::Config(format!("SDK request: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("SDK request: {e}")))?;
         let endpoint = Endpoint::from_uri(req.uri())?;
         if !endpoint.tls && !self.client.inner.allow_plain_http {
-            return Err(Error::Config(format!(
+            return Err(Error::InvalidArgument(format!(
                 "refusing plain http:// to {} (NitroHttpClientBuilder::dangerous_allow_plain_http)",
                 endpoint.authority()
             )));
@@ -242,10 +242,10 @@ impl NitroConnector {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .parse()
-            .map_err(|e| Error::Config(format!("SDK request path: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("SDK request path: {e}")))?;
         if !head.headers.contains_key(http::header::HOST) {
             let host = http::HeaderValue::from_str(&endpoint.authority())
-                .map_err(|e| Error::Config(format!("Host header: {e}")))?;
+                .map_err(|e| Error::InvalidArgument(format!("Host header: {e}")))?;
             head.headers.insert(http::header::HOST, host);
         }
 
@@ -465,7 +465,7 @@ mod tests {
         });
         assert!(t.is_timeout());
         assert!(connector_error(Error::Http("closed".into())).is_io());
-        assert!(connector_error(Error::Config("bad".into())).is_other());
+        assert!(connector_error(Error::InvalidArgument("bad".into())).is_other());
     }
 
     #[tokio::test]

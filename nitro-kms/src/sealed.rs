@@ -54,11 +54,11 @@ use std::collections::BTreeMap;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use zeroize::Zeroizing;
 
 use crate::client::KmsClient;
-use crate::error::Error;
+use crate::error::{Error, SealedErrorKind};
 use crate::model::{
     DataKeySpec, DecryptRequest, EncryptRequest, EncryptionContext, GenerateDataKeyRequest,
 };
@@ -119,7 +119,7 @@ pub struct SealedSecret {
 }
 
 fn damaged(why: impl Into<String>) -> Error {
-    Error::Sealed(why.into())
+    Error::sealed(SealedErrorKind::Malformed, why)
 }
 
 impl SealedSecret {
@@ -217,10 +217,10 @@ pub async fn seal(
     options: &SealOptions,
 ) -> Result<Vec<u8>, Error> {
     if secret.is_empty() {
-        return Err(Error::Config("cannot seal an empty secret".into()));
+        return Err(Error::InvalidArgument("cannot seal an empty secret".into()));
     }
     if options.encryption_context.is_empty() {
-        return Err(Error::Config(
+        return Err(Error::InvalidArgument(
             "sealing needs an encryption context (SealOptions::context): without one, sealed \
              blobs under the same key can be substituted for one another"
                 .into(),
@@ -348,14 +348,14 @@ pub async fn unseal(
     options: &UnsealOptions,
 ) -> Result<Plaintext, Error> {
     if kms.recipient().is_none() {
-        return Err(Error::Config(
+        return Err(Error::InvalidArgument(
             "unseal needs a KmsClient with a Recipient (attested Decrypt)".into(),
         ));
     }
     let expected = match &options.expected_context {
         Some(c) if !c.is_empty() => c,
         _ => {
-            return Err(Error::Config(
+            return Err(Error::InvalidArgument(
                 "unseal needs the expected encryption context (UnsealOptions::expect_context)"
                     .into(),
             ));
@@ -363,24 +363,25 @@ pub async fn unseal(
     };
     let s = SealedSecret::parse(sealed)?;
     if s.encryption_context.is_empty() {
-        return Err(Error::Sealed(
-            "the document records no encryption context (refused: it could be a substituted blob)"
-                .into(),
+        return Err(Error::sealed(
+            SealedErrorKind::ContextMismatch,
+            "the document records no encryption context (refused: it could be a substituted blob)",
         ));
     }
     if expected != &s.encryption_context {
-        return Err(Error::Sealed(
-            "the encryption context differs from the expected one".into(),
+        return Err(Error::sealed(
+            SealedErrorKind::ContextMismatch,
+            "the encryption context differs from the expected one",
         ));
     }
     if let Some(expected) = &options.expected_key_id
         && s.key_id != *expected
         && !s.key_id.ends_with(&format!("/{expected}"))
     {
-        return Err(Error::Sealed(format!(
-            "sealed under {}, expected {expected}",
-            s.key_id
-        )));
+        return Err(Error::sealed(
+            SealedErrorKind::KeyMismatch,
+            format!("sealed under {}, expected {expected}", s.key_id),
+        ));
     }
     let context = Some(s.encryption_context.clone());
     let blob = match s.mode {
@@ -402,7 +403,12 @@ pub async fn unseal(
             let mut buf = Zeroizing::new(s.ciphertext.clone());
             let len = key
                 .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(s.aad()), &mut buf)
-                .map_err(|_| damaged("the ciphertext or its metadata was modified (AES-GCM authentication failed)"))?
+                .map_err(|_| {
+                    Error::sealed(
+                        SealedErrorKind::Tampered,
+                        "the ciphertext or its metadata was modified (AES-GCM authentication failed)",
+                    )
+                })?
                 .len();
             buf.truncate(len);
             Ok(Plaintext::from(buf))
@@ -423,14 +429,25 @@ pub async fn fetch_sealed<S: AsyncRead + AsyncWrite + Unpin>(
     write_frame(stream, &[name.as_bytes()]).await?;
     let frame = read_frame(stream, MAX_SEALED_LEN + 1)
         .await?
-        .ok_or_else(|| damaged("the parent closed the connection without an answer"))?;
+        .ok_or_else(|| {
+            Error::sealed(
+                SealedErrorKind::Unavailable,
+                "the parent closed the connection without an answer",
+            )
+        })?;
     match frame.split_first() {
         Some((0, doc)) => Ok(doc.to_vec()),
-        Some((1, err)) => Err(Error::Sealed(format!(
-            "the parent could not provide {name:?}: {}",
-            String::from_utf8_lossy(err.get(..512).unwrap_or(err))
-        ))),
-        _ => Err(damaged("malformed answer from the parent")),
+        Some((1, err)) => Err(Error::sealed(
+            SealedErrorKind::Unavailable,
+            format!(
+                "the parent could not provide {name:?}: {}",
+                String::from_utf8_lossy(err.get(..512).unwrap_or(err))
+            ),
+        )),
+        _ => Err(Error::InvalidResponse {
+            operation: PROTOCOL,
+            reason: "the answer is neither a document nor an error".into(),
+        }),
     }
 }
 
@@ -478,51 +495,23 @@ pub fn directory_lookup(
     }
 }
 
+const PROTOCOL: &str = "sealed secret transfer";
+
 async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, parts: &[&[u8]]) -> Result<(), Error> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let len = u32::try_from(len).map_err(|_| damaged("frame too large"))?;
-    let io = |e| Error::io("sealed secret transfer", e);
-    stream.write_all(&len.to_be_bytes()).await.map_err(io)?;
-    for p in parts {
-        stream.write_all(p).await.map_err(io)?;
-    }
-    stream.flush().await.map_err(io)
+    crate::frame::write_frame(stream, parts, MAX_SEALED_LEN + 1, PROTOCOL).await
 }
 
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     max: usize,
-) -> Result<Option<Vec<u8>>, Error> {
-    let io = |e| Error::io("sealed secret transfer", e);
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let n = stream.read(&mut len[got..]).await.map_err(io)?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(damaged("end of stream inside a frame header"))
-            };
-        }
-        got += n;
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(damaged(format!("frame of {len} bytes exceeds {max}")));
-    }
-    // Grow as data arrives rather than trusting the announced length up front.
-    let mut buf = Vec::with_capacity(len.min(64 * 1024));
-    let mut limited = stream.take(len as u64);
-    limited.read_to_end(&mut buf).await.map_err(io)?;
-    if buf.len() != len {
-        return Err(damaged("end of stream inside a frame"));
-    }
-    Ok(Some(buf))
+) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
+    crate::frame::read_frame(stream, max, PROTOCOL).await
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
 
     fn doc(mode: &str, extra: &str) -> String {
@@ -568,7 +557,16 @@ mod tests {
         );
         for bad in ["../etc/passwd", "missing", ".hidden", ""] {
             let e = fetch_sealed(&mut enclave, bad).await.unwrap_err();
-            assert!(matches!(e, Error::Sealed(_)), "{bad}: {e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::Sealed {
+                        kind: SealedErrorKind::Unavailable,
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
         }
         drop(enclave);
         server.await.unwrap().unwrap();

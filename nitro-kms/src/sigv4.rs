@@ -10,7 +10,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
 
-use crate::credentials::Credentials;
+use crate::aws_credentials::Credentials;
 use crate::error::Error;
 
 /// Which service's signing conventions to follow.
@@ -104,7 +104,7 @@ mod verify {
     use aws_lc_rs::digest;
     use aws_sigv4::sign::v4;
 
-    use crate::credentials::Credentials;
+    use crate::aws_credentials::Credentials;
     use crate::error::ServiceError as Error;
 
     fn incomplete(message: impl Into<String>) -> Error {

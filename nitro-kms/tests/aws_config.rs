@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
+use nitro_kms::ProvideCredentials;
 use nitro_kms::credentials::{
-    ProvideCredentials, RefreshingCredentials, default_chain, instance_role, request_credentials,
-    serve_credentials,
+    RefreshingCredentials, default_chain, instance_role, request_credentials, serve_credentials,
 };
 
 const ROLE: &str = "nitro-parent-role";

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use nitro_kms::cms::{self, ContentEncoding, Envelope};
+use nitro_kms::internal::cms::{self, ContentEncoding, Envelope};
 use nitro_kms::{CmsError, RecipientId, RecipientKey};
 use proptest::prelude::*;
 

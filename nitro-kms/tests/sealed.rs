@@ -11,7 +11,9 @@ use nitro_attest::SimulatedNsm;
 use nitro_kms::local::{AttestationTrust, LocalKms, LocalKmsConfig, server};
 use nitro_kms::model::*;
 use nitro_kms::sealed::{self, Mode, SealOptions, SealedSecret, UnsealOptions};
-use nitro_kms::{Credentials, Error, KmsClient, Recipient, RetryConfig, S3Client, S3Location};
+use nitro_kms::{
+    Credentials, Error, KmsClient, Recipient, RetryConfig, S3Client, S3Location, SealedErrorKind,
+};
 
 const REGION: &str = "us-east-1";
 const GOOD: [u8; 48] = [0x5A; 48];
@@ -124,7 +126,7 @@ async fn seal_then_unseal_admitted_and_refused() {
     );
     // Unsealing without Recipient is refused outright.
     let e = sealed::unseal(&operator, &doc, &expect).await.unwrap_err();
-    assert!(matches!(e, Error::Config(_)), "{e}");
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
 }
 
 #[tokio::test]
@@ -138,7 +140,7 @@ async fn wrong_context_and_damaged_documents_refused() {
     let e = sealed::seal(&operator, &s.key_id, b"hunter2", &SealOptions::new())
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Config(_)), "{e}");
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     for force in [false, true] {
         let doc = sealed::seal(
             &operator,
@@ -156,7 +158,11 @@ async fn wrong_context_and_damaged_documents_refused() {
         )
         .await
         .unwrap_err();
-        assert!(matches!(e, Error::Sealed(_)), "{e}");
+        assert_eq!(
+            sealed_kind(&e),
+            Some(SealedErrorKind::ContextMismatch),
+            "{e}"
+        );
         // The document's context was edited: KMS refuses the ciphertext.
         let edited = String::from_utf8(doc.clone())
             .unwrap()
@@ -173,14 +179,18 @@ async fn wrong_context_and_damaged_documents_refused() {
         let e = sealed::unseal(&enclave, &doc, &UnsealOptions::new())
             .await
             .unwrap_err();
-        assert!(matches!(e, Error::Config(_)), "{e}");
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
         // A document whose context was removed is refused before KMS is asked.
         let mut stripped = SealedSecret::parse(&doc).unwrap();
         stripped.encryption_context.clear();
         let e = sealed::unseal(&enclave, &stripped.to_bytes().unwrap(), &expect)
             .await
             .unwrap_err();
-        assert!(matches!(e, Error::Sealed(_)), "{e}");
+        assert_eq!(
+            sealed_kind(&e),
+            Some(SealedErrorKind::ContextMismatch),
+            "{e}"
+        );
         // Another key was expected.
         let e = sealed::unseal(
             &enclave,
@@ -189,7 +199,7 @@ async fn wrong_context_and_damaged_documents_refused() {
         )
         .await
         .unwrap_err();
-        assert!(matches!(e, Error::Sealed(_)), "{e}");
+        assert_eq!(sealed_kind(&e), Some(SealedErrorKind::KeyMismatch), "{e}");
         // Damaged ciphertext.
         let mut parsed = SealedSecret::parse(&doc).unwrap();
         let last = parsed.ciphertext.len() - 1;
@@ -198,7 +208,7 @@ async fn wrong_context_and_damaged_documents_refused() {
             .await
             .unwrap_err();
         if force {
-            assert!(matches!(e, Error::Sealed(_)), "{e}");
+            assert_eq!(sealed_kind(&e), Some(SealedErrorKind::Tampered), "{e}");
             assert!(e.to_string().contains("modified"), "{e}");
         } else {
             assert_eq!(e.service_code(), Some("InvalidCiphertextException"), "{e}");
@@ -206,7 +216,7 @@ async fn wrong_context_and_damaged_documents_refused() {
         // Truncated or non-JSON documents.
         for bad in [&doc[..doc.len() / 2], b"not json", b""] {
             let e = sealed::unseal(&enclave, bad, &expect).await.unwrap_err();
-            assert!(matches!(e, Error::Sealed(_)), "{e}");
+            assert_eq!(sealed_kind(&e), Some(SealedErrorKind::Malformed), "{e}");
         }
     }
 }
@@ -262,4 +272,11 @@ async fn s3_round_trip_through_moto() {
         .await
         .unwrap_err();
     assert_eq!(e.service_code(), Some("NoSuchKey"), "{e}");
+}
+
+fn sealed_kind(e: &Error) -> Option<SealedErrorKind> {
+    match e {
+        Error::Sealed { kind, .. } => Some(*kind),
+        _ => None,
+    }
 }

@@ -55,7 +55,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::credentials::Credentials;
+use crate::aws_credentials::Credentials;
 use crate::error::{Error, ServiceError};
 use crate::secret::Plaintext;
 use policy::{Decision, KeyPolicy, RequestContext};
@@ -257,7 +257,7 @@ impl LocalKms {
     /// A local KMS; loads the state file when configured and present.
     pub fn new(config: LocalKmsConfig) -> Result<Self, Error> {
         if config.callers.is_empty() {
-            return Err(Error::Config(
+            return Err(Error::InvalidArgument(
                 "the local KMS needs at least one set of caller credentials".into(),
             ));
         }

@@ -44,21 +44,21 @@ pub fn tls_config(
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
     let certs = CertificateDer::pem_slice_iter(cert_chain_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Config(format!("invalid certificate PEM: {e}")))?;
+        .map_err(|e| Error::InvalidArgument(format!("invalid certificate PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(Error::Config(
+        return Err(Error::InvalidArgument(
             "no CERTIFICATE in the certificate PEM".into(),
         ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| Error::Config(format!("invalid private key PEM: {e}")))?;
+        .map_err(|e| Error::InvalidArgument(format!("invalid private key PEM: {e}")))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(format!("TLS: {e}")))?
+        .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| Error::Config(format!("TLS certificate/key: {e}")))?;
+        .map_err(|e| Error::InvalidArgument(format!("TLS certificate/key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -108,7 +108,7 @@ pub async fn serve(
         let (kms, tls) = (kms.clone(), tls.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_connection(kms, stream, tls).await {
-                tracing::debug!(%peer, "local KMS connection ended: {e}");
+                tracing::debug!(%peer, "local KMS connection ended: {}", crate::error::chain(&e));
             }
         });
     }
@@ -148,7 +148,7 @@ pub async fn spawn(
         .map_err(|e| Error::io("binding the local KMS", e))?;
     let task = tokio::spawn(async move {
         if let Err(e) = serve(kms, listener, tls).await {
-            tracing::warn!("local KMS stopped: {e}");
+            tracing::warn!("local KMS stopped: {}", crate::error::chain(&e));
         }
     });
     Ok(RunningServer { addr, task })

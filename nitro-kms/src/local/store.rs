@@ -539,12 +539,16 @@ impl Store {
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
             .len();
         if len > MAX_STATE {
-            return Err(Error::Config(format!("{} is too large", path.display())));
+            return Err(Error::InvalidArgument(format!(
+                "{} is too large",
+                path.display()
+            )));
         }
         let text = Zeroizing::new(
             std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
         );
-        Self::from_json(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        Self::from_json(&text)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
     }
 
     /// Parses a state file.

@@ -64,7 +64,7 @@ impl AttestationTrust {
         let mut roots = roots.into_iter();
         let first = roots
             .next()
-            .ok_or_else(|| Error::Config("no root certificate".into()))?;
+            .ok_or_else(|| Error::InvalidArgument("no root certificate".into()))?;
         let mut anchors = TrustAnchors::non_aws_root_der(first)?;
         for r in roots {
             anchors = anchors.with_non_aws_root_der(r)?;
@@ -131,7 +131,7 @@ fn anchors_from_pem_file(path: &std::path::Path) -> Result<Option<TrustAnchors>,
     };
     let mut anchors: Option<TrustAnchors> = None;
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let cert = cert.map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
         anchors = Some(match anchors {
             None => TrustAnchors::non_aws_root_der(&cert)?,
             Some(a) => a.with_non_aws_root_der(&cert)?,

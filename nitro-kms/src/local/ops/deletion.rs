@@ -8,7 +8,7 @@ use super::super::store::{DAY, Deletion, KeyState};
 use super::super::wire::{
     KeyIdRequest, KeyIdResponse, ScheduleKeyDeletionRequest, ScheduleKeyDeletionResponse,
 };
-use super::super::{Caller, KeyRef, LocalKms, epoch, err, json, validation};
+use super::super::{Caller, LocalKms, epoch, err, json, validation};
 use crate::error::ServiceError;
 
 pub(super) fn schedule(
@@ -26,22 +26,21 @@ pub(super) fn schedule(
             )));
         }
     };
-    let mut store = kms.lock()?;
-    let id = {
-        let key = kms.find(&store, req.key_id.as_deref(), KeyRef::KeyOnly)?;
-        kms.authorize_admin(key, caller, "ScheduleKeyDeletion")?;
-        kms.not_pending(key)?;
-        key.id.clone()
-    };
     let date = epoch(now) + f64::from(days) * DAY;
-    if let Some(k) = store.keys.get_mut(&id) {
-        k.enabled = false;
-        k.deletion = Some(Deletion {
-            date,
-            window_days: days,
-        });
-    }
-    kms.save(&store)?;
+    let id = kms.change_key(
+        req.key_id.as_deref(),
+        caller,
+        "ScheduleKeyDeletion",
+        |key| kms.not_pending(key),
+        |key| {
+            key.enabled = false;
+            key.deletion = Some(Deletion {
+                date,
+                window_days: days,
+            });
+            Ok(key.id.clone())
+        },
+    )?;
     json(&ScheduleKeyDeletionResponse {
         key_id: kms.key_arn(&id),
         deletion_date: date,
@@ -55,24 +54,26 @@ pub(super) fn cancel(
     req: KeyIdRequest,
     caller: &Caller,
 ) -> Result<Vec<u8>, ServiceError> {
-    let mut store = kms.lock()?;
-    let id = {
-        let key = kms.find(&store, req.key_id.as_deref(), KeyRef::KeyOnly)?;
-        kms.authorize_admin(key, caller, "CancelKeyDeletion")?;
-        if key.state() != KeyState::PendingDeletion {
-            return Err(err(
-                400,
-                "KMSInvalidStateException",
-                format!("{} is not pending deletion.", kms.key_arn(&key.id)),
-            ));
-        }
-        key.id.clone()
-    };
-    if let Some(k) = store.keys.get_mut(&id) {
-        k.deletion = None;
-        k.enabled = false;
-    }
-    kms.save(&store)?;
+    let id = kms.change_key(
+        req.key_id.as_deref(),
+        caller,
+        "CancelKeyDeletion",
+        |key| {
+            if key.state() != KeyState::PendingDeletion {
+                return Err(err(
+                    400,
+                    "KMSInvalidStateException",
+                    format!("{} is not pending deletion.", kms.key_arn(&key.id)),
+                ));
+            }
+            Ok(())
+        },
+        |key| {
+            key.deletion = None;
+            key.enabled = false;
+            Ok(key.id.clone())
+        },
+    )?;
     json(&KeyIdResponse {
         key_id: kms.key_arn(&id),
     })

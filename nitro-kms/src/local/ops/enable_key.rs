@@ -1,7 +1,7 @@
 //! `EnableKey` and `DisableKey` (refused while the key is pending deletion).
 
 use super::super::wire::KeyIdRequest;
-use super::super::{Caller, KeyRef, LocalKms};
+use super::super::{Caller, LocalKms};
 use crate::error::ServiceError;
 
 pub(super) fn run(
@@ -10,20 +10,14 @@ pub(super) fn run(
     caller: &Caller,
     enabled: bool,
 ) -> Result<Vec<u8>, ServiceError> {
-    let mut store = kms.lock()?;
-    let id = {
-        let key = kms.find(&store, req.key_id.as_deref(), KeyRef::KeyOnly)?;
-        kms.authorize_admin(
-            key,
-            caller,
-            if enabled { "EnableKey" } else { "DisableKey" },
-        )?;
-        kms.not_pending(key)?;
-        key.id.clone()
-    };
-    if let Some(k) = store.keys.get_mut(&id) {
-        k.enabled = enabled;
-    }
-    kms.save(&store)?;
-    Ok(b"{}".to_vec())
+    kms.change_key(
+        req.key_id.as_deref(),
+        caller,
+        if enabled { "EnableKey" } else { "DisableKey" },
+        |key| kms.not_pending(key),
+        |key| {
+            key.enabled = enabled;
+            Ok(b"{}".to_vec())
+        },
+    )
 }

@@ -3,8 +3,8 @@
 use std::time::SystemTime;
 
 use super::super::wire::{GenerateDataKeyRequest, GenerateDataKeyResponse};
-use super::super::{Caller, KeyRef, LocalKms, dry_run, err, json, random, validation};
-use super::condition_keys;
+use super::super::{Caller, LocalKms, json, random, validation};
+use super::DataKeyOpening;
 use crate::error::ServiceError;
 
 pub(super) fn run(
@@ -35,51 +35,30 @@ pub(super) fn run(
             ));
         }
     };
-    let recipient = if with_plaintext {
-        kms.verify_recipient(req.recipient.as_ref(), now)?
-    } else {
-        None
+    let opening = DataKeyOpening {
+        operation: "GenerateDataKey",
+        key_id: req.key_id.as_deref(),
+        context: req.encryption_context.as_ref(),
+        recipient: req.recipient.as_ref(),
+        with_plaintext,
+        dry_run: req.dry_run,
     };
-    let action = if with_plaintext {
-        "GenerateDataKey"
-    } else {
-        "GenerateDataKeyWithoutPlaintext"
-    };
-    let store = kms.lock()?;
-    let key = kms.find(&store, req.key_id.as_deref(), KeyRef::AliasAllowed)?;
-    kms.authorize_use(
-        key,
-        caller,
-        action,
-        &condition_keys(recipient.as_ref()),
-        req.encryption_context.as_ref(),
-    )?;
-    if !key.kind.is_symmetric() {
-        return Err(err(
-            400,
-            "InvalidKeyUsageException",
-            format!(
-                "{action} needs a symmetric encryption KMS key; {} is {}",
-                key.id,
-                key.kind.spec()
-            ),
-        ));
-    }
-    dry_run(req.dry_run)?;
-    let data_key = random(len)?;
-    let mut resp = GenerateDataKeyResponse::default();
-    resp.ciphertext_blob = super::encrypt::seal(
-        key,
-        "SYMMETRIC_DEFAULT",
-        &data_key,
-        req.encryption_context.as_ref(),
-    )?;
-    resp.key_id = kms.key_arn(&key.id);
-    if with_plaintext {
-        match &recipient {
-            Some(r) => resp.ciphertext_for_recipient = Some(LocalKms::seal_for(r, &data_key)?),
-            None => resp.plaintext = Some(data_key),
+    kms.with_data_key_wrapping_key(opening, caller, now, |key, recipient| {
+        let data_key = random(len)?;
+        let mut resp = GenerateDataKeyResponse::default();
+        resp.ciphertext_blob = super::encrypt::seal(
+            key,
+            "SYMMETRIC_DEFAULT",
+            &data_key,
+            req.encryption_context.as_ref(),
+        )?;
+        resp.key_id = kms.key_arn(&key.id);
+        if with_plaintext {
+            match recipient {
+                Some(r) => resp.ciphertext_for_recipient = Some(LocalKms::seal_for(r, &data_key)?),
+                None => resp.plaintext = Some(data_key),
+            }
         }
-    }
-    json(&resp)
+        json(&resp)
+    })
 }

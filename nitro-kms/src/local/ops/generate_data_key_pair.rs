@@ -4,8 +4,8 @@
 use std::time::SystemTime;
 
 use super::super::wire::{GenerateDataKeyPairRequest, GenerateDataKeyPairResponse};
-use super::super::{Caller, KeyRef, LocalKms, dry_run, err, json, required, store};
-use super::condition_keys;
+use super::super::{Caller, LocalKms, json, required, store};
+use super::DataKeyOpening;
 use crate::error::ServiceError;
 
 pub(super) fn run(
@@ -19,53 +19,33 @@ pub(super) fn run(
         .key_pair_spec
         .as_deref()
         .ok_or_else(|| required("keyPairSpec"))?;
-    let recipient = if with_plaintext {
-        kms.verify_recipient(req.recipient.as_ref(), now)?
-    } else {
-        None
-    };
-    let action = if with_plaintext {
-        "GenerateDataKeyPair"
-    } else {
-        "GenerateDataKeyPairWithoutPlaintext"
-    };
+    // Generated before the store is locked: RSA key generation takes a while.
     let (private, public) = store::generate_key_pair(spec)?;
-    let store = kms.lock()?;
-    let key = kms.find(&store, req.key_id.as_deref(), KeyRef::AliasAllowed)?;
-    kms.authorize_use(
-        key,
-        caller,
-        action,
-        &condition_keys(recipient.as_ref()),
-        req.encryption_context.as_ref(),
-    )?;
-    if !key.kind.is_symmetric() {
-        return Err(err(
-            400,
-            "InvalidKeyUsageException",
-            format!(
-                "{action} needs a symmetric encryption KMS key; {} is {}",
-                key.id,
-                key.kind.spec()
-            ),
-        ));
-    }
-    dry_run(req.dry_run)?;
-    let mut resp = GenerateDataKeyPairResponse::default();
-    resp.private_key_ciphertext_blob = super::encrypt::seal(
-        key,
-        "SYMMETRIC_DEFAULT",
-        &private,
-        req.encryption_context.as_ref(),
-    )?;
-    resp.public_key = public;
-    resp.key_id = kms.key_arn(&key.id);
-    resp.key_pair_spec = spec.to_owned();
-    if with_plaintext {
-        match &recipient {
-            Some(r) => resp.ciphertext_for_recipient = Some(LocalKms::seal_for(r, &private)?),
-            None => resp.private_key_plaintext = Some(private),
+    let opening = DataKeyOpening {
+        operation: "GenerateDataKeyPair",
+        key_id: req.key_id.as_deref(),
+        context: req.encryption_context.as_ref(),
+        recipient: req.recipient.as_ref(),
+        with_plaintext,
+        dry_run: req.dry_run,
+    };
+    kms.with_data_key_wrapping_key(opening, caller, now, |key, recipient| {
+        let mut resp = GenerateDataKeyPairResponse::default();
+        resp.private_key_ciphertext_blob = super::encrypt::seal(
+            key,
+            "SYMMETRIC_DEFAULT",
+            &private,
+            req.encryption_context.as_ref(),
+        )?;
+        resp.public_key = public;
+        resp.key_id = kms.key_arn(&key.id);
+        resp.key_pair_spec = spec.to_owned();
+        if with_plaintext {
+            match recipient {
+                Some(r) => resp.ciphertext_for_recipient = Some(LocalKms::seal_for(r, &private)?),
+                None => resp.private_key_plaintext = Some(private),
+            }
         }
-    }
-    json(&resp)
+        json(&resp)
+    })
 }

@@ -25,8 +25,11 @@ mod verify;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use super::crypto::{self, MessageType};
+use super::store::KeyEntry;
 use super::trust::VerifiedRecipient;
-use super::{Caller, LocalKms, err, parse};
+use super::wire::{Context, Recipient, SignRequest};
+use super::{Caller, KeyRef, LocalKms, check_len, dry_run, err, parse, required};
 use crate::error::ServiceError;
 
 /// Routes an operation to its module.
@@ -136,4 +139,125 @@ fn page<T>(
         truncated,
         next,
     ))
+}
+
+/// What `GenerateDataKey` and `GenerateDataKeyPair` (with and without plaintext) ask of the
+/// KMS key that encrypts the new data key.
+struct DataKeyOpening<'a> {
+    /// `GenerateDataKey` or `GenerateDataKeyPair`: the policy is checked against it, or against
+    /// its `WithoutPlaintext` variant.
+    operation: &'static str,
+    key_id: Option<&'a str>,
+    context: Option<&'a Context>,
+    /// The request's `Recipient`, verified only for the plaintext variants.
+    recipient: Option<&'a Recipient>,
+    with_plaintext: bool,
+    dry_run: Option<bool>,
+}
+
+impl LocalKms {
+    /// The opening the data-key operations share: verifies the `Recipient` (plaintext variants
+    /// only), finds the key (aliases allowed), authorizes the operation with the recipient's
+    /// condition keys, requires a symmetric encryption key and honours `DryRun`; then runs
+    /// `generate` with the key and the verified recipient while the store is locked.
+    fn with_data_key_wrapping_key<T>(
+        &self,
+        req: DataKeyOpening<'_>,
+        caller: &Caller,
+        now: SystemTime,
+        generate: impl FnOnce(&KeyEntry, Option<&VerifiedRecipient>) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let (action, recipient) = if req.with_plaintext {
+            (
+                req.operation.to_owned(),
+                self.verify_recipient(req.recipient, now)?,
+            )
+        } else {
+            (format!("{}WithoutPlaintext", req.operation), None)
+        };
+        let store = self.lock()?;
+        let key = self.find(&store, req.key_id, KeyRef::AliasAllowed)?;
+        self.authorize_use(
+            key,
+            caller,
+            &action,
+            &condition_keys(recipient.as_ref()),
+            req.context,
+        )?;
+        if !key.kind.is_symmetric() {
+            return Err(err(
+                400,
+                "InvalidKeyUsageException",
+                format!(
+                    "{action} needs a symmetric encryption KMS key; {} is {}",
+                    key.id,
+                    key.kind.spec()
+                ),
+            ));
+        }
+        dry_run(req.dry_run)?;
+        generate(key, recipient.as_ref())
+    }
+}
+
+impl LocalKms {
+    /// The opening and closing the key-management operations share: finds the key by id or
+    /// ARN (aliases are refused, as in AWS), authorizes the administrative `action`, runs
+    /// `check` on it, then `change` on the stored key, and saves the store.
+    fn change_key<T>(
+        &self,
+        key_id: Option<&str>,
+        caller: &Caller,
+        action: &str,
+        check: impl FnOnce(&KeyEntry) -> Result<(), ServiceError>,
+        change: impl FnOnce(&mut KeyEntry) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let mut store = self.lock()?;
+        let id = {
+            let key = self.find(&store, key_id, KeyRef::KeyOnly)?;
+            self.authorize_admin(key, caller, action)?;
+            check(key)?;
+            key.id.clone()
+        };
+        let key = store
+            .keys
+            .get_mut(&id)
+            .ok_or_else(|| super::internal("the key left the locked store"))?;
+        let out = change(key)?;
+        self.save(&store)?;
+        Ok(out)
+    }
+}
+
+impl LocalKms {
+    /// The opening `Sign` and `Verify` share: checks the message (and, for `Verify`, the
+    /// `signature` length), its type and the algorithm; finds the key (aliases allowed),
+    /// authorizes `action`, checks that the key signs with the algorithm, honours `DryRun`; then
+    /// runs `operate` with the key, the message, its type and the algorithm.
+    fn with_signing_key<T>(
+        &self,
+        req: &SignRequest,
+        caller: &Caller,
+        action: &str,
+        signature: Option<&[u8]>,
+        operate: impl FnOnce(&KeyEntry, &[u8], MessageType, &str) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let message = req.message.as_ref().ok_or_else(|| required("message"))?;
+        check_len("message", message.len(), 1, 4096)?;
+        if let Some(signature) = signature {
+            check_len("signature", signature.len(), 1, 6144)?;
+        }
+        let message_type = MessageType::parse(req.message_type.as_deref())?;
+        let algorithm = req
+            .signing_algorithm
+            .as_deref()
+            .ok_or_else(|| required("signingAlgorithm"))?;
+        let store = self.lock()?;
+        let key = self.find(&store, req.key_id.as_deref(), KeyRef::AliasAllowed)?;
+        self.authorize_use(key, caller, action, &BTreeMap::new(), None)?;
+        // Usage and algorithm first, so that DryRun reports them as AWS does.
+        crypto::check_signing(key, algorithm)?;
+        dry_run(req.dry_run)?;
+        operate(key, message.as_bytes(), message_type, algorithm)
+    }
 }

@@ -34,20 +34,13 @@ fn symmetric_only(kms: &LocalKms, key: &KeyEntry) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Finds, authorises and checks a key for a rotation change; returns its id.
-fn prepare(
-    kms: &LocalKms,
-    store: &super::super::store::Store,
-    key_id: Option<&str>,
-    caller: &Caller,
-    action: &str,
-) -> Result<String, ServiceError> {
-    let key = kms.find(store, key_id, KeyRef::KeyOnly)?;
-    kms.authorize_admin(key, caller, action)?;
+/// What a rotation change asks of the key: symmetric, and usable (enabled, or an error that
+/// says why not).
+fn rotatable(kms: &LocalKms, key: &KeyEntry) -> Result<(), ServiceError> {
     symmetric_only(kms, key)?;
     match key.state() {
-        KeyState::Enabled => Ok(key.id.clone()),
-        _ => kms.usable(key).map(|()| key.id.clone()),
+        KeyState::Enabled => Ok(()),
+        _ => kms.usable(key),
     }
 }
 
@@ -66,22 +59,19 @@ pub(super) fn enable(
             )));
         }
     };
-    let mut store = kms.lock()?;
-    let id = prepare(
-        kms,
-        &store,
+    kms.change_key(
         req.key_id.as_deref(),
         caller,
         "EnableKeyRotation",
-    )?;
-    if let Some(k) = store.keys.get_mut(&id) {
-        k.rotation = Some(Rotation {
-            period_days: period,
-            next: epoch(now) + f64::from(period) * DAY,
-        });
-    }
-    kms.save(&store)?;
-    Ok(b"{}".to_vec())
+        |key| rotatable(kms, key),
+        |key| {
+            key.rotation = Some(Rotation {
+                period_days: period,
+                next: epoch(now) + f64::from(period) * DAY,
+            });
+            Ok(b"{}".to_vec())
+        },
+    )
 }
 
 pub(super) fn disable(
@@ -89,19 +79,16 @@ pub(super) fn disable(
     req: KeyIdRequest,
     caller: &Caller,
 ) -> Result<Vec<u8>, ServiceError> {
-    let mut store = kms.lock()?;
-    let id = prepare(
-        kms,
-        &store,
+    kms.change_key(
         req.key_id.as_deref(),
         caller,
         "DisableKeyRotation",
-    )?;
-    if let Some(k) = store.keys.get_mut(&id) {
-        k.rotation = None;
-    }
-    kms.save(&store)?;
-    Ok(b"{}".to_vec())
+        |key| rotatable(kms, key),
+        |key| {
+            key.rotation = None;
+            Ok(b"{}".to_vec())
+        },
+    )
 }
 
 pub(super) fn status(
@@ -127,29 +114,27 @@ pub(super) fn on_demand(
     caller: &Caller,
     now: SystemTime,
 ) -> Result<Vec<u8>, ServiceError> {
-    let mut store = kms.lock()?;
-    let id = prepare(
-        kms,
-        &store,
+    let id = kms.change_key(
         req.key_id.as_deref(),
         caller,
         "RotateKeyOnDemand",
+        |key| rotatable(kms, key),
+        |key| {
+            if key.on_demand_rotations >= MAX_ON_DEMAND {
+                return Err(err(
+                    400,
+                    "LimitExceededException",
+                    format!(
+                        "{} has been rotated on demand {MAX_ON_DEMAND} times, the most AWS allows",
+                        kms.key_arn(&key.id)
+                    ),
+                ));
+            }
+            key.rotate(epoch(now))?;
+            key.on_demand_rotations += 1;
+            Ok(key.id.clone())
+        },
     )?;
-    if let Some(k) = store.keys.get_mut(&id) {
-        if k.on_demand_rotations >= MAX_ON_DEMAND {
-            return Err(err(
-                400,
-                "LimitExceededException",
-                format!(
-                    "{} has been rotated on demand {MAX_ON_DEMAND} times, the most AWS allows",
-                    kms.key_arn(&id)
-                ),
-            ));
-        }
-        k.rotate(epoch(now))?;
-        k.on_demand_rotations += 1;
-    }
-    kms.save(&store)?;
     json(&KeyIdResponse {
         key_id: kms.key_arn(&id),
     })

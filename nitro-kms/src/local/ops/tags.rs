@@ -42,27 +42,28 @@ pub(super) fn tag(
     caller: &Caller,
 ) -> Result<Vec<u8>, ServiceError> {
     let tags = validate(req.tags.ok_or_else(|| required("tags"))?)?;
-    let mut store = kms.lock()?;
-    let id = {
-        let key = kms.find(&store, req.key_id.as_deref(), KeyRef::KeyOnly)?;
-        kms.authorize_admin(key, caller, "TagResource")?;
-        kms.not_pending(key)?;
-        let mut merged = key.tags.clone();
-        for t in &tags {
-            merged.insert(t.tag_key.clone(), t.tag_value.clone());
-        }
-        if merged.len() > MAX_TAGS {
-            return Err(tag_error(format!("at most {MAX_TAGS} tags per key")));
-        }
-        key.id.clone()
-    };
-    if let Some(k) = store.keys.get_mut(&id) {
-        for t in tags {
-            k.tags.insert(t.tag_key, t.tag_value);
-        }
-    }
-    kms.save(&store)?;
-    Ok(b"{}".to_vec())
+    kms.change_key(
+        req.key_id.as_deref(),
+        caller,
+        "TagResource",
+        |key| {
+            kms.not_pending(key)?;
+            let mut merged = key.tags.clone();
+            for t in &tags {
+                merged.insert(t.tag_key.clone(), t.tag_value.clone());
+            }
+            if merged.len() > MAX_TAGS {
+                return Err(tag_error(format!("at most {MAX_TAGS} tags per key")));
+            }
+            Ok(())
+        },
+        |key| {
+            for t in &tags {
+                key.tags.insert(t.tag_key.clone(), t.tag_value.clone());
+            }
+            Ok(b"{}".to_vec())
+        },
+    )
 }
 
 pub(super) fn untag(
@@ -71,20 +72,18 @@ pub(super) fn untag(
     caller: &Caller,
 ) -> Result<Vec<u8>, ServiceError> {
     let keys = req.tag_keys.ok_or_else(|| required("tagKeys"))?;
-    let mut store = kms.lock()?;
-    let id = {
-        let key = kms.find(&store, req.key_id.as_deref(), KeyRef::KeyOnly)?;
-        kms.authorize_admin(key, caller, "UntagResource")?;
-        kms.not_pending(key)?;
-        key.id.clone()
-    };
-    if let Some(k) = store.keys.get_mut(&id) {
-        for t in &keys {
-            k.tags.remove(t);
-        }
-    }
-    kms.save(&store)?;
-    Ok(b"{}".to_vec())
+    kms.change_key(
+        req.key_id.as_deref(),
+        caller,
+        "UntagResource",
+        |key| kms.not_pending(key),
+        |key| {
+            for t in &keys {
+                key.tags.remove(t);
+            }
+            Ok(b"{}".to_vec())
+        },
+    )
 }
 
 pub(super) fn list(

@@ -1,7 +1,7 @@
 //! `UpdateKeyDescription` (refused while the key is pending deletion).
 
 use super::super::wire::UpdateKeyDescriptionRequest;
-use super::super::{Caller, KeyRef, LocalKms, check_len, required};
+use super::super::{Caller, LocalKms, check_len, required};
 use crate::error::ServiceError;
 
 pub(super) fn run(
@@ -11,16 +11,14 @@ pub(super) fn run(
 ) -> Result<Vec<u8>, ServiceError> {
     let description = req.description.ok_or_else(|| required("description"))?;
     check_len("description", description.len(), 0, 8192)?;
-    let mut store = kms.lock()?;
-    let id = {
-        let key = kms.find(&store, req.key_id.as_deref(), KeyRef::KeyOnly)?;
-        kms.authorize_admin(key, caller, "UpdateKeyDescription")?;
-        kms.not_pending(key)?;
-        key.id.clone()
-    };
-    if let Some(k) = store.keys.get_mut(&id) {
-        k.description = description;
-    }
-    kms.save(&store)?;
-    Ok(b"{}".to_vec())
+    kms.change_key(
+        req.key_id.as_deref(),
+        caller,
+        "UpdateKeyDescription",
+        |key| kms.not_pending(key),
+        |key| {
+            key.description = description;
+            Ok(b"{}".to_vec())
+        },
+    )
 }
