@@ -80,9 +80,29 @@ pub enum Error {
     /// A tool failed (exited early, bad arguments, build failure).
     #[error("{0}")]
     Failed(String),
+    /// One of the parent's services (egress, NBD, local KMS, ...) could not be set up; the
+    /// library's error is kept as the `source`, so its whole chain is reported.
+    #[error("{what}")]
+    Service {
+        /// What was being set up, e.g. `egress listener`.
+        what: String,
+        /// The library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 impl Error {
+    fn service<E: std::error::Error + Send + Sync + 'static>(
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
+        let what = what.into();
+        move |source| Self::Service {
+            what,
+            source: Box::new(source),
+        }
+    }
+
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }

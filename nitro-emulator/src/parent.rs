@@ -134,7 +134,7 @@ impl EmulatorInfo {
         let mut stream = tokio::time::timeout(Duration::from_secs(10), addr.connect())
             .await
             .map_err(|_| Error::Failed(format!("connecting to {addr}: timed out")))?
-            .map_err(|e| Error::Failed(format!("connecting to {addr}: {e}")))?;
+            .map_err(Error::service(format!("connecting to {addr}")))?;
         let mut buf = Vec::new();
         let mut limited = (&mut stream).take(MAX_INFO as u64 + 1);
         tokio::time::timeout(Duration::from_secs(10), limited.read_to_end(&mut buf))
@@ -283,10 +283,7 @@ impl ParentServices {
             uds: uds.clone(),
             port,
         };
-        let failed = |what: &str| {
-            let what = what.to_owned();
-            move |e: nitro_net::Error| Error::Failed(format!("{what}: {e}"))
-        };
+        let failed = |what: &str| Error::service::<nitro_net::Error>(what.to_owned());
         let mut tasks = JoinSet::new();
         let mut policy_toml = config.policy_toml.clone().unwrap_or_default();
 
@@ -309,7 +306,7 @@ impl ParentServices {
                     let credentials = credentials.clone();
                     tokio::spawn(async move {
                         if let Err(e) = serve_credentials(stream, &credentials).await {
-                            tracing::debug!("credentials: {e}");
+                            tracing::debug!(error = &e as &dyn std::error::Error, "credentials");
                         }
                     });
                 }
@@ -319,8 +316,7 @@ impl ParentServices {
         }
 
         // Egress, with the time service.
-        let policy = Policy::from_toml(&policy_toml)
-            .map_err(|e| Error::Failed(format!("egress policy: {e}")))?;
+        let policy = Policy::from_toml(&policy_toml).map_err(Error::service("egress policy"))?;
         let listener = hybrid(EGRESS_PORT)
             .bind()
             .await
@@ -342,8 +338,7 @@ impl ParentServices {
                 sizes.push((e.name.clone(), export.size()));
                 exports.push(export);
             }
-            let server =
-                Server::new(exports).map_err(|e| Error::Failed(format!("NBD server: {e}")))?;
+            let server = Server::new(exports).map_err(Error::service("NBD server"))?;
             let listener = hybrid(NBD_PORT)
                 .bind()
                 .await
@@ -353,7 +348,7 @@ impl ParentServices {
                     let server = server.clone();
                     tokio::spawn(async move {
                         if let Err(e) = server.serve(stream).await {
-                            tracing::debug!("NBD session: {e}");
+                            tracing::debug!(error = &e as &dyn std::error::Error, "NBD session");
                         }
                     });
                 }
@@ -448,10 +443,7 @@ async fn start_kms(
     settings: &KmsSettings,
     measurements: Option<&nitro_eif::Measurements>,
 ) -> Result<(KmsInfo, server::RunningServer, Credentials), Error> {
-    let kms_err = |what: &str| {
-        let what = what.to_owned();
-        move |e: nitro_kms::Error| Error::Failed(format!("local KMS: {what}: {e}"))
-    };
+    let kms_err = |what: &str| Error::service::<nitro_kms::Error>(format!("local KMS: {what}"));
     let pcr0 = measurements
         .map(|m| m.pcr0.to_hex())
         .ok_or_else(|| Error::Failed("local KMS: the image's PCR0 is needed for its key".into()))?;
