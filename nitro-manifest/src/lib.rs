@@ -61,7 +61,7 @@ mod validate;
 pub use error::Error;
 pub use schema::{
     App, Attestation, Clock, Egress, EgressMode, Image, ImageSource, Ingress, Kms, Manifest,
-    Resources, Secret, SecretTarget, Volume,
+    Parent, Resources, Secret, SecretTarget, Volume,
 };
 pub use size::Size;
 
@@ -70,6 +70,16 @@ pub const VERSION: u32 = 1;
 
 /// Where the manifest is placed in the image (and where the supervisor reads it).
 pub const PATH_IN_IMAGE: &str = "/etc/nitro/enclave.toml";
+
+/// The first default NBD export port of volumes (volume `i` uses this + `i`).
+pub const VOLUME_VSOCK_BASE: u32 = 9100;
+
+/// Parent vsock ports no service may use: the Nitro heartbeat (answered by `nitro-cli` or the
+/// emulator) and the init's exit report.
+pub const RESERVED_VSOCK_PORTS: &[(u32, &str)] = &[
+    (9000, "the enclave heartbeat (reserved)"),
+    (9999, "the exit report (reserved)"),
+];
 
 /// The largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_LEN: usize = 256 * 1024;

@@ -48,6 +48,36 @@ pub struct Manifest {
     /// CPUs and memory of the enclave.
     #[serde(default)]
     pub resources: Resources,
+    /// The vsock ports of the parent's boot services (secrets, logs).
+    #[serde(default)]
+    pub parent: Parent,
+}
+
+/// The parent daemon's vsock ports that are not tied to another section.
+///
+/// Port 9000 (the Nitro heartbeat, answered by `nitro-cli`) and the exit-report port 9999 are
+/// reserved and refused for every service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Parent {
+    /// The sealed-secrets service: the supervisor asks for each `[[secret]]` by name before
+    /// the application starts (default 8004).
+    #[serde(default = "default_secrets_vsock")]
+    pub secrets_vsock_port: u32,
+    /// The log sink: the supervisor forwards the application's stdout and stderr here
+    /// (default 8005).
+    #[serde(default = "default_log_vsock")]
+    pub log_vsock_port: u32,
+}
+
+impl Default for Parent {
+    fn default() -> Self {
+        Parent {
+            secrets_vsock_port: default_secrets_vsock(),
+            log_vsock_port: default_log_vsock(),
+        }
+    }
 }
 
 /// Where the root filesystem comes from: exactly one source.
@@ -228,7 +258,8 @@ pub struct Volume {
     /// File system made on first use (default `ext4`).
     #[serde(default = "default_fs")]
     pub fs: String,
-    /// The parent's NBD export vsock port (default: 9000 + the volume's index).
+    /// The parent's NBD export vsock port (default: [`VOLUME_VSOCK_BASE`](crate::VOLUME_VSOCK_BASE)
+    /// + the volume's index).
     pub vsock_port: Option<u32>,
 }
 
@@ -327,6 +358,12 @@ fn default_socks_port() -> u16 {
 }
 fn default_time_vsock() -> u32 {
     8003
+}
+fn default_secrets_vsock() -> u32 {
+    8004
+}
+fn default_log_vsock() -> u32 {
+    8005
 }
 fn default_fs() -> String {
     "ext4".into()
@@ -477,7 +514,7 @@ impl Manifest {
         self.volumes
             .iter()
             .zip(0u32..)
-            .map(|(v, i)| (v, v.vsock_port.unwrap_or(9000 + i)))
+            .map(|(v, i)| (v, v.vsock_port.unwrap_or(crate::VOLUME_VSOCK_BASE + i)))
             .collect()
     }
 

@@ -238,7 +238,10 @@ fn ports(m: &Manifest) -> Result<(), Error> {
     }
 
     // The parent's services the enclave connects to.
-    let mut parent: BTreeMap<u32, String> = BTreeMap::new();
+    let mut parent: BTreeMap<u32, String> = crate::RESERVED_VSOCK_PORTS
+        .iter()
+        .map(|(port, what)| (*port, (*what).to_owned()))
+        .collect();
     let mut claim_parent = |port: u32, what: String| -> Result<(), Error> {
         vsock_ok(&what, port)?;
         if let Some(other) = parent.insert(port, what.clone()) {
@@ -249,6 +252,13 @@ fn ports(m: &Manifest) -> Result<(), Error> {
         }
         Ok(())
     };
+    claim_parent(m.parent.log_vsock_port, "parent.log_vsock_port".into())?;
+    if !m.secrets.is_empty() {
+        claim_parent(
+            m.parent.secrets_vsock_port,
+            "parent.secrets_vsock_port".into(),
+        )?;
+    }
     if m.egress.mode != EgressMode::None {
         claim_parent(m.egress.vsock_port, "egress.vsock_port".into())?;
     }

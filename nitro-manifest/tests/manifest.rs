@@ -46,7 +46,9 @@ fn the_documented_example_parses_with_every_section() {
     );
     let ports: Vec<u16> = m.service_ports().into_iter().map(|(p, _)| p).collect();
     assert_eq!(ports, [53, 15001, 4000, 4001]);
-    assert_eq!(m.volume_ports()[0].1, 9000);
+    assert_eq!(m.volume_ports()[0].1, 9100);
+    assert_eq!(m.parent.log_vsock_port, 8005);
+    assert_eq!(m.parent.secrets_vsock_port, 8004);
 }
 
 #[test]
@@ -186,6 +188,22 @@ fn invalid_values_name_their_field() {
                 "{MINIMAL}[[volume]]\nname = \"d\"\nsize = \"1GiB\"\nmount = \"/d\"\nkey = \"k\"\nvsock_port = 8003\n"
             ),
             "volume[0].vsock_port",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[[volume]]\nname = \"d\"\nsize = \"1GiB\"\nmount = \"/d\"\nkey = \"k\"\nvsock_port = 9000\n"
+            ),
+            "volume[0].vsock_port",
+        ),
+        (
+            &format!("{MINIMAL}[parent]\nlog_vsock_port = 9999\n"),
+            "parent.log_vsock_port",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[parent]\nsecrets_vsock_port = 8005\n[[secret]]\nname = \"s\"\nenv = \"S\"\n"
+            ),
+            "parent.secrets_vsock_port",
         ),
         (&format!("{MINIMAL}[[secret]]\nname = \"s\"\n"), "secret[0]"),
         (
