@@ -13,6 +13,7 @@
 //!   functions (no IO), shared by the init and the parent-side launcher (the `nitro-emulator`
 //!   package): the heartbeat ([`HEARTBEAT_PORT`], [`HEARTBEAT_BYTE`]), the boot parameters
 //!   ([`BootParams`]), the exit report ([`exit_message`], [`parse_exit_message`], [`EXIT_ACK`]),
+//!   the application's log streams ([`log_header`], [`parse_log_header`]),
 //!   and the image layout ([`parse_load_order`], [`parse_lines`], [`resolve_program`]).
 //!
 //! # Under the emulator: the write cap
@@ -40,9 +41,10 @@ mod protocol;
 pub use nitro_net::EMULATOR_MAX_WRITE;
 pub use protocol::{
     BootParams, DEFAULT_EXIT_PORT, DEFAULT_PATH, EXIT_ACK, EXIT_PORT_PARAM, HEARTBEAT_BYTE,
-    HEARTBEAT_PORT, HOST_CID, MAX_CONFIG_ENTRIES, MAX_CONFIG_FILE, MAX_EXIT_MESSAGE,
-    MODULES_LOAD_ORDER, PARENT_CID, PARENT_CID_PARAM, exit_message, module_is_compressed,
-    parse_exit_message, parse_lines, parse_load_order, resolve_program,
+    HEARTBEAT_PORT, HOST_CID, LogStream, MAX_CONFIG_ENTRIES, MAX_CONFIG_FILE, MAX_EXIT_MESSAGE,
+    MAX_LOG_HEADER, MODULES_LOAD_ORDER, PARENT_CID, PARENT_CID_PARAM, exit_message, log_header,
+    module_is_compressed, parse_exit_message, parse_lines, parse_load_order, parse_log_header,
+    resolve_program,
 };
 
 /// Errors of the protocol's parsers.

@@ -205,6 +205,73 @@ pub fn resolve_program(argv0: &str, path: &str, exists: impl Fn(&str) -> bool) -
         .find(|candidate| exists(candidate))
 }
 
+/// The first line of a log stream: `nitro-log 1 stdout\n` or `nitro-log 1 stderr\n`.
+const LOG_MAGIC: &str = "nitro-log 1 ";
+
+/// The longest log-stream header accepted ([`parse_log_header`]), newline included.
+pub const MAX_LOG_HEADER: usize = 32;
+
+/// Which of the application's output streams a log connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl LogStream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The header the enclave writes first on a log connection to the parent's log sink: one
+/// connection per stream, then the stream's bytes as they come, then a write shutdown (EOF)
+/// when the application closes the stream. The parent splits the bytes into lines.
+///
+/// ```
+/// use nitro_init::{LogStream, log_header, parse_log_header};
+/// let header = log_header(LogStream::Stderr);
+/// assert_eq!(header, "nitro-log 1 stderr\n");
+/// assert_eq!(parse_log_header(header.as_bytes()).unwrap(), LogStream::Stderr);
+/// ```
+pub fn log_header(stream: LogStream) -> String {
+    format!("{LOG_MAGIC}{}\n", stream.as_str())
+}
+
+/// Parses a log-stream header: the bytes up to and including the first newline, at most
+/// [`MAX_LOG_HEADER`] bytes (read no further than that from the connection).
+pub fn parse_log_header(line: &[u8]) -> Result<LogStream, Error> {
+    let invalid = || {
+        Error::malformed(
+            "log header",
+            format!(
+                "invalid: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(MAX_LOG_HEADER)])
+            ),
+        )
+    };
+    if line.len() > MAX_LOG_HEADER {
+        return Err(invalid());
+    }
+    let name = std::str::from_utf8(line)
+        .ok()
+        .and_then(|t| t.strip_prefix(LOG_MAGIC))
+        .and_then(|t| t.strip_suffix('\n'))
+        .ok_or_else(invalid)?;
+    match name {
+        "stdout" => Ok(LogStream::Stdout),
+        "stderr" => Ok(LogStream::Stderr),
+        _ => Err(invalid()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +402,27 @@ mod tests {
             resolve_program("app", "::/bin/:", exists).as_deref(),
             Some("/bin/app")
         );
+    }
+
+    #[test]
+    fn log_headers_round_trip_and_hostile_ones_are_refused() {
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            assert_eq!(
+                parse_log_header(log_header(stream).as_bytes()).unwrap(),
+                stream
+            );
+        }
+        let long = format!("nitro-log 1 {}\n", "x".repeat(100));
+        for bad in [
+            &b""[..],
+            b"nitro-log 1 stdout",
+            b"nitro-log 2 stdout\n",
+            b"nitro-log 1 stdin\n",
+            b"nitro-log 1 stdout\nextra",
+            b"\xff\xfe\n",
+            long.as_bytes(),
+        ] {
+            assert!(parse_log_header(bad).is_err(), "{bad:?}");
+        }
     }
 }
