@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the root filesystem of the Python example application (issue 17): Debian 12 with
+# python3-minimal, python3-boto3 and python3-requests, made by mmdebstrap without Docker, with
+# documentation, locales, apt lists, __pycache__, perl modules, gconv and the botocore service
+# models other than KMS, S3 and STS removed. The result is a tar archive cached
+# outside the repository:
+#
+#   scripts/python-rootfs.sh            # prints the path of the cached archive
+#
+# NITRO_CACHE (default ~/.cache/nitro-rs) holds it; delete the file to rebuild.
+set -euo pipefail
+cache="${NITRO_CACHE:-$HOME/.cache/nitro-rs}/python-rootfs"
+out="$cache/rootfs-bookworm-python.tar"
+packages="python3-minimal,python3-boto3,python3-requests,ca-certificates"
+# Bump when the hooks change, so that a cached archive is rebuilt.
+recipe=2
+stamp="$cache/packages"
+if [[ -f "$out" && -f "$stamp" && "$(cat "$stamp")" == "$packages $recipe" ]]; then
+    echo "$out"
+    exit 0
+fi
+mkdir -p "$cache"
+mirror="$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)"
+mirror="${mirror:-http://deb.debian.org/debian}"
+tmp="$cache/partial.tar"
+rm -rf "$tmp" "$out.tmp"
+# Essential packages plus ours; no recommends. The hooks strip what an enclave never reads.
+mmdebstrap --quiet --format=tar --variant=essential --include="$packages" \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/lintian/*' \
+    --customize-hook='find "$1/usr" "$1/etc" -name __pycache__ -type d -prune -exec rm -rf {} +' \
+    --customize-hook='cd "$1"/usr/lib/python3/dist-packages/botocore/data && for d in */; do case "$d" in kms/|s3/|sts/) ;; *) rm -rf "$d" ;; esac; done' \
+    --customize-hook='rm -rf "$1"/usr/lib/x86_64-linux-gnu/gconv "$1"/usr/share/perl "$1"/usr/lib/x86_64-linux-gnu/perl' \
+    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*' \
+    bookworm "$tmp" "$mirror" >&2
+mv "$tmp" "$out"
+echo "$packages $recipe" > "$stamp"
+echo "$out"
