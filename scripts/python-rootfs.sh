@@ -3,9 +3,10 @@
 # python3-minimal, python3-boto3 and python3-requests, made by mmdebstrap without Docker, with
 # documentation, locales, apt lists, __pycache__, perl modules, gconv and the botocore service
 # models other than KMS, S3 and STS removed. The result is a tar archive cached
-# outside the repository:
+# outside the repository, both as a tar archive and as a one-layer OCI image layout (made with
+# umoci, tag `bookworm-python`) that nitro-eif's importer and `eif build --image` read:
 #
-#   scripts/python-rootfs.sh            # prints the path of the cached archive
+#   scripts/python-rootfs.sh            # prints the path of the cached OCI layout
 #
 # NITRO_CACHE (default ~/.cache/nitro-rs) holds it; delete the file to rebuild.
 set -euo pipefail
@@ -13,10 +14,11 @@ cache="${NITRO_CACHE:-$HOME/.cache/nitro-rs}/python-rootfs"
 out="$cache/rootfs-bookworm-python.tar"
 packages="python3-minimal,python3-boto3,python3-requests,ca-certificates"
 # Bump when the hooks change, so that a cached archive is rebuilt.
-recipe=2
+recipe=3
+oci="$cache/oci"
 stamp="$cache/packages"
-if [[ -f "$out" && -f "$stamp" && "$(cat "$stamp")" == "$packages $recipe" ]]; then
-    echo "$out"
+if [[ -f "$out" && -d "$oci" && -f "$stamp" && "$(cat "$stamp")" == "$packages $recipe" ]]; then
+    echo "$oci"
     exit 0
 fi
 mkdir -p "$cache"
@@ -37,5 +39,10 @@ mmdebstrap --quiet --format=tar --variant=essential --include="$packages" \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*' \
     bookworm "$tmp" "$mirror" >&2
 mv "$tmp" "$out"
+rm -rf "$oci"
+umoci init --layout "$oci" >&2
+umoci new --image "$oci:bookworm-python" >&2
+umoci raw add-layer --image "$oci:bookworm-python" "$out" >&2
+umoci config --image "$oci:bookworm-python" --config.cmd python3 --config.env PATH=/usr/local/bin:/usr/bin:/bin >&2
 echo "$packages $recipe" > "$stamp"
-echo "$out"
+echo "$oci"
