@@ -12,6 +12,10 @@
 //! cargo run --release --example eif -- build --kernel bzImage --cmdline "console=ttyS0" \
 //!     --init init --module nsm.ko --image app.tar --private-key key.pem \
 //!     --signing-certificate cert.pem --output-file app.eif
+//! # From a registry, without Docker (`docker://` prefix; credentials from ~/.docker/config.json;
+//! # the platform is the kernel's; the manifest digest pulled is printed as "image_digest"):
+//! cargo run --release --example eif -- build --kernel bzImage --cmdline "console=ttyS0" \
+//!     --init init --image docker://ghcr.io/example/app:1.2 --output-file app.eif
 //! # --private-key also takes a KMS key ARN (credentials from the AWS environment variables):
 //! cargo run --release --example eif -- sign --eif-path app.eif \
 //!     --private-key arn:aws:kms:us-east-1:111122223333:key/ID --signing-certificate cert.pem
@@ -38,7 +42,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use nitro_eif::{
     Arch, BootstrapRamdisk, CustomerRamdisk, EifBuilder, EifReader, ImageOptions, Pcr, PemSigner,
-    SectionKind, SignRequest, sign_eif, sign_eif_async,
+    RegistryOptions, SectionKind, SignRequest, sign_eif, sign_eif_async,
 };
 use nitro_kms::KmsClient;
 use nitro_kms::credentials::EnvironmentCredentials;
@@ -171,9 +175,14 @@ struct Build {
     /// Root file system directory of the application.
     #[arg(long, group = "customer")]
     rootfs: Option<PathBuf>,
-    /// Container image: OCI layout (directory or tar) or `docker save` archive.
+    /// Container image: OCI layout (directory or tar), `docker save` archive, or a registry
+    /// reference prefixed with `docker://` (`docker://host[:port]/repo:tag`,
+    /// `docker://repo@sha256:...`).
     #[arg(long, group = "customer")]
     image: Option<PathBuf>,
+    /// Speak plain HTTP to the registry of a `docker://` image (a local test registry).
+    #[arg(long, requires = "image")]
+    insecure_registry: bool,
     /// Image to pick when the archive holds several (e.g. `app:1`).
     #[arg(long, requires = "image")]
     image_ref: Option<String>,
@@ -284,6 +293,7 @@ fn build(a: Build) -> anyhow::Result<()> {
     let mut b = EifBuilder::new(&a.kernel, a.cmdline)
         .name(name)
         .version(a.version);
+    let mut image_digest = None;
     if let Some(init) = &a.init {
         let mut boot = BootstrapRamdisk::new(init);
         for m in &a.module {
@@ -302,7 +312,15 @@ fn build(a: Build) -> anyhow::Result<()> {
                 if let Some(arch) = kernel_arch(&a.kernel, a.arch.as_deref())? {
                     opts = opts.arch(arch);
                 }
-                CustomerRamdisk::from_image_with(image, &opts)?
+                match image.to_str().and_then(|s| s.strip_prefix("docker://")) {
+                    Some(reference) => {
+                        let reg = RegistryOptions::default().insecure(a.insecure_registry);
+                        let c = CustomerRamdisk::from_registry(reference, &opts, &reg)?;
+                        image_digest = c.image_digest().map(str::to_owned);
+                        c
+                    }
+                    None => CustomerRamdisk::from_image_with(image, &opts)?,
+                }
             }
             _ => bail!("give --rootfs DIR or --image PATH with --init"),
         };
@@ -370,10 +388,16 @@ fn build(a: Build) -> anyhow::Result<()> {
     if let Some((arn, cert)) = kms_key {
         sign_with(&a.output, &a.output, &arn, &cert)?;
     }
-    println!(
-        "{}",
-        EifReader::open(&a.output)?.describe()?.to_json_pretty()
-    );
+    let described = EifReader::open(&a.output)?.describe()?.to_json_pretty();
+    match image_digest {
+        // A registry image: the manifest digest pulled, to pin it (`repo@digest`).
+        Some(d) => {
+            let mut v: serde_json::Value = serde_json::from_str(&described)?;
+            v["image_digest"] = serde_json::Value::String(d);
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        None => println!("{described}"),
+    }
     Ok(())
 }
 

@@ -26,7 +26,8 @@ fi
 # Everything the tests use as a real peer or a build input.
 # (g++: libfuzzer-sys builds libFuzzer, which is C++. iptables for iptables-legacy and
 # ip6tables-legacy, dnsutils for dig, dnsmasq-base as an upstream resolver and dnsperf: the
-# nitro-net transparent egress test and DNS bench.)
+# nitro-net transparent egress test and DNS bench; docker-registry, skopeo and apache2-utils's
+# htpasswd: nitro-eif's registry pull test.)
 apt_install \
     ca-certificates curl xz-utils bzip2 cpio pkgconf gcc g++ make \
     musl-tools \
@@ -34,6 +35,7 @@ apt_install \
     socat iperf3 libssl-dev strace \
     nbdkit libnbd-bin \
     iptables dnsutils dnsmasq-base dnsperf \
+    docker-registry skopeo apache2-utils \
     python3-venv python3-pip
 # qemu-img / qemu-io / qemu-nbd: QEMU 10 from backports.
 apt_install -t bookworm-backports qemu-utils

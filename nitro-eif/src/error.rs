@@ -84,6 +84,23 @@ pub enum Error {
         limit: u64,
     },
 
+    /// Pulling a container image from a registry failed
+    /// ([`CustomerRamdisk::from_registry`](crate::CustomerRamdisk::from_registry),
+    /// [`pull_image`](crate::pull_image)): `failure` says what went wrong, `source` carries the
+    /// registry client's or the I/O error when there is one.
+    #[cfg(feature = "registry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+    #[error("registry image {reference}: {failure}")]
+    Registry {
+        /// The image reference as given.
+        reference: String,
+        /// What went wrong.
+        failure: RegistryFailure,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<crate::BoxError>,
+    },
+
     /// A build input produced a different number of bytes than announced (e.g. a file changed
     /// while the image was being built).
     #[error("{what}: expected {expected} bytes, got {actual}")]
@@ -147,6 +164,65 @@ impl Error {
             source,
         }
     }
+}
+
+/// What went wrong while pulling an image from a registry ([`Error::Registry`]).
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryFailure {
+    /// The reference cannot be parsed (`host[:port]/repo[:tag][@alg:hex]`).
+    #[error("invalid reference: {0}")]
+    InvalidReference(String),
+    /// The Docker config file cannot be read or parsed.
+    #[error("credentials: {0}")]
+    Credentials(String),
+    /// The registry refused the credentials (or asked for some and none were configured).
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The registry has no such repository, tag, manifest or blob.
+    #[error("not found")]
+    NotFound,
+    /// A manifest or blob does not match the digest that names it.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: String,
+        /// The digest of what the registry sent.
+        actual: String,
+    },
+    /// A manifest or index is larger than [`MAX_MANIFEST`](crate::MAX_MANIFEST).
+    #[error("manifest of {size} bytes exceeds the limit of {limit} bytes")]
+    ManifestTooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A manifest lists more than [`MAX_LAYERS`](crate::MAX_LAYERS) layers.
+    #[error("{count} layers exceed the limit of {limit}")]
+    TooManyLayers {
+        /// How many the manifest lists.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The image index has no `linux/<arch>` image.
+    #[error("no image for linux/{}", arch.oci_name())]
+    NoPlatform {
+        /// The architecture looked for.
+        arch: Arch,
+    },
+    /// A manifest, config or blob is not what the OCI image specification describes.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// A well-formed image this importer does not handle (a media type, a nested index).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The connection or the HTTP exchange failed (see the source).
+    #[error("transport error")]
+    Transport,
 }
 
 /// A structural problem in an EIF file.

@@ -30,10 +30,19 @@ pub use cpio::{CpioArchive, CpioReader};
 pub use detached::{
     AsyncSigner, Blocking, BoxError, EifSignature, SignRequest, sign_eif, sign_eif_async,
 };
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+pub use error::RegistryFailure;
 pub use error::{Error, FormatError, Result, SignatureError};
 pub use format::{
     Arch, DEFAULT_CPUS, DEFAULT_MEM, EifHeader, FLAG_ARM64, HEADER_SIZE, MAGIC, MAX_SECTIONS,
     SectionKind, VERSION,
+};
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+pub use image::registry::{
+    MAX_INDEX_ENTRIES, MAX_LAYERS, MAX_MANIFEST, PulledImage, RegistryOptions, pull as pull_image,
+    pull_blocking as pull_image_blocking,
 };
 #[cfg(feature = "image")]
 #[cfg_attr(docsrs, doc(cfg(feature = "image")))]

@@ -176,6 +176,8 @@ pub struct CustomerRamdisk {
     workdir: Option<String>,
     #[cfg(feature = "image")]
     config: Option<ImageConfig>,
+    #[cfg(feature = "registry")]
+    image_digest: Option<String>,
     source: String,
 }
 
@@ -203,6 +205,8 @@ impl CustomerRamdisk {
             workdir: None,
             #[cfg(feature = "image")]
             config: None,
+            #[cfg(feature = "registry")]
+            image_digest: None,
             source: dir.as_ref().display().to_string(),
         })
     }
@@ -253,8 +257,68 @@ impl CustomerRamdisk {
             env: config.env.clone(),
             workdir,
             config: Some(config),
+            #[cfg(feature = "registry")]
+            image_digest: None,
             source: label,
         })
+    }
+
+    /// Pulls `reference` (`host[:port]/repo:tag`, `repo@sha256:…`; Docker Hub for names
+    /// without a host) from its registry and uses it like [`from_image`](Self::from_image).
+    /// `image` picks the platform of a multi-platform image (`linux/amd64` unless
+    /// [`ImageOptions::arch`] says otherwise) and caps the download and the unpacked size
+    /// ([`ImageOptions::max_unpacked`]); `registry` sets the transport and credentials. The
+    /// digest of the manifest pulled is [`image_digest`](Self::image_digest).
+    ///
+    /// This blocks (it runs the registry client on a private runtime); from async code use
+    /// [`pull_image`](crate::pull_image) and [`from_pulled`](Self::from_pulled).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), nitro_eif::Error> {
+    /// use nitro_eif::{Arch, CustomerRamdisk, ImageOptions, RegistryOptions};
+    /// let app = CustomerRamdisk::from_registry(
+    ///     "ghcr.io/example/app:1.2",
+    ///     &ImageOptions::default().arch(Arch::Aarch64),
+    ///     &RegistryOptions::default(),
+    /// )?;
+    /// println!("pinned: {}", app.image_digest().unwrap_or_default());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "registry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+    pub fn from_registry(
+        reference: &str,
+        image: &ImageOptions,
+        registry: &crate::RegistryOptions,
+    ) -> Result<Self> {
+        let pulled = crate::pull_image_blocking(reference, image, registry)?;
+        Self::from_pulled(&pulled, image)
+    }
+
+    /// Uses an image pulled with [`pull_image`](crate::pull_image) (its layout can be dropped
+    /// afterwards: the files are in the ramdisk's spool).
+    #[cfg(feature = "registry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+    pub fn from_pulled(pulled: &crate::PulledImage, image: &ImageOptions) -> Result<Self> {
+        let mut opts = image.clone();
+        opts.reference = None;
+        let mut c = Self::from_image_with(pulled.layout_path(), &opts)?;
+        c.image_digest = Some(pulled.digest().to_owned());
+        c.source = pulled.reference().to_owned();
+        c.tree.arch = c
+            .tree
+            .arch
+            .take()
+            .map(|(a, _)| (a, format!("container image {}", pulled.reference())));
+        Ok(c)
+    }
+
+    /// The digest of the image manifest (`sha256:…`), when the ramdisk was pulled from a
+    /// registry: the `repo@digest` that builds the same image again.
+    #[cfg(feature = "registry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+    pub fn image_digest(&self) -> Option<&str> {
+        self.image_digest.as_deref()
     }
 
     /// Replaces the command (argv, one element per line in `cmd`).

@@ -79,6 +79,15 @@ impl<R> Hashing<R> {
         }
     }
 
+    /// Hashes `data` as if it had been read through.
+    #[cfg(feature = "registry")]
+    pub(super) fn update(&mut self, data: &[u8]) {
+        if let Some(c) = &mut self.ctx {
+            c.update(data);
+        }
+        self.count += data.len() as u64;
+    }
+
     pub(super) fn finish(&mut self) -> Option<Vec<u8>> {
         self.ctx.take().map(|c| c.finish().as_ref().to_vec())
     }

@@ -11,6 +11,8 @@ mod decompress;
 mod digest;
 mod layers;
 mod manifest;
+#[cfg(feature = "registry")]
+pub(crate) mod registry;
 mod store;
 
 use std::path::Path;
