@@ -16,6 +16,11 @@
 //! # the platform is the kernel's; the manifest digest pulled is printed as "image_digest"):
 //! cargo run --release --example eif -- build --kernel bzImage --cmdline "console=ttyS0" \
 //!     --init init --image docker://ghcr.io/example/app:1.2 --output-file app.eif
+//! # From an enclave manifest (nitro-manifest): its image, with nitro-supervisor as the command
+//! # and the manifest at /etc/nitro/enclave.toml (so PCR2 measures the policy it carries):
+//! cargo run --release --example eif -- build --kernel bzImage --cmdline "console=ttyS0" \
+//!     --init nitro-init --module nsm.ko --manifest enclave.toml \
+//!     --supervisor target/x86_64-unknown-linux-musl/release/nitro-supervisor -o app.eif
 //! # --private-key also takes a KMS key ARN (credentials from the AWS environment variables):
 //! cargo run --release --example eif -- sign --eif-path app.eif \
 //!     --private-key arn:aws:kms:us-east-1:111122223333:key/ID --signing-certificate cert.pem
@@ -175,20 +180,28 @@ struct Build {
     /// Root file system directory of the application.
     #[arg(long, group = "customer")]
     rootfs: Option<PathBuf>,
+    /// Enclave manifest (`enclave.toml`, nitro-manifest): the image comes from its `[image]`
+    /// (paths relative to the manifest), the manifest is stored at `/etc/nitro/enclave.toml`
+    /// and `--supervisor` becomes the command, with the image's own command after `--`.
+    #[arg(long, group = "customer", requires = "supervisor", conflicts_with_all = ["cmd", "image_ref"])]
+    manifest: Option<PathBuf>,
+    /// The in-enclave supervisor binary (static), stored at `/usr/bin/nitro-supervisor`.
+    #[arg(long, requires = "manifest")]
+    supervisor: Option<PathBuf>,
     /// Container image: OCI layout (directory or tar), `docker save` archive, or a registry
     /// reference prefixed with `docker://` (`docker://host[:port]/repo:tag`,
     /// `docker://repo@sha256:...`).
     #[arg(long, group = "customer")]
     image: Option<PathBuf>,
     /// Speak plain HTTP to the registry of a `docker://` image (a local test registry).
-    #[arg(long, requires = "image")]
+    #[arg(long)]
     insecure_registry: bool,
     /// Image to pick when the archive holds several (e.g. `app:1`).
     #[arg(long, requires = "image")]
     image_ref: Option<String>,
     /// Cap on the unpacked size of the container image in MiB (files' logical sizes and every
     /// decompression; default 4096).
-    #[arg(long, requires = "image")]
+    #[arg(long)]
     max_unpacked_mib: Option<u64>,
     /// Command (argv) to run; replaces the image's Entrypoint + Cmd.
     #[arg(long, num_args = 1.., requires = "init")]
@@ -299,11 +312,23 @@ fn build(a: Build) -> anyhow::Result<()> {
         for m in &a.module {
             boot = boot.module(m);
         }
-        let mut customer = match (&a.rootfs, &a.image) {
+        let manifest = match &a.manifest {
+            Some(path) => Some(load_manifest(path)?),
+            None => None,
+        };
+        let image = match &manifest {
+            Some((_, _, source)) => Some(source.path.clone()),
+            None => a.image.clone(),
+        };
+        let image_ref = match &manifest {
+            Some((_, _, source)) => source.tag.clone(),
+            None => a.image_ref.clone(),
+        };
+        let mut customer = match (&a.rootfs, &image) {
             (Some(dir), None) => CustomerRamdisk::from_dir(dir)?,
             (None, Some(image)) => {
                 let mut opts = ImageOptions::default();
-                if let Some(r) = &a.image_ref {
+                if let Some(r) = &image_ref {
                     opts = opts.reference(r.clone());
                 }
                 if let Some(mib) = a.max_unpacked_mib {
@@ -322,7 +347,7 @@ fn build(a: Build) -> anyhow::Result<()> {
                     None => CustomerRamdisk::from_image_with(image, &opts)?,
                 }
             }
-            _ => bail!("give --rootfs DIR or --image PATH with --init"),
+            _ => bail!("give --rootfs DIR, --image PATH or --manifest FILE with --init"),
         };
         if !a.cmd.is_empty() {
             customer = customer.cmd(a.cmd.iter().cloned());
@@ -333,10 +358,27 @@ fn build(a: Build) -> anyhow::Result<()> {
                 .with_context(|| format!("--env {kv:?}: expected NAME=VALUE"))?;
             customer = customer.env(k, v);
         }
-        if customer.command().is_empty() {
-            eprintln!("warning: empty cmd; the AWS init then runs `sh`");
+        if let (Some((text, _, _)), Some(supervisor)) = (&manifest, &a.supervisor) {
+            // The supervisor runs the manifest's entrypoint, or else the image's own command.
+            let argv: Vec<String> = [SUPERVISOR_IN_IMAGE.to_owned(), "--".to_owned()]
+                .into_iter()
+                .chain(customer.command().iter().cloned())
+                .collect();
+            customer = customer.cmd(argv);
+            let mut archive = customer.into_archive()?;
+            archive.file(
+                format!("rootfs{}", nitro_manifest::PATH_IN_IMAGE),
+                0o444,
+                text.clone().into_bytes(),
+            )?;
+            archive.file_from_disk(format!("rootfs{SUPERVISOR_IN_IMAGE}"), 0o755, supervisor)?;
+            b = b.ramdisk(boot).ramdisk(archive);
+        } else {
+            if customer.command().is_empty() {
+                eprintln!("warning: empty cmd; the AWS init then runs `sh`");
+            }
+            b = b.ramdisk(boot).ramdisk(customer);
         }
-        b = b.ramdisk(boot).ramdisk(customer);
     } else if a.ramdisk.is_empty() {
         bail!("give either --ramdisk FILE... or --init FILE with --rootfs DIR / --image PATH");
     } else {
@@ -410,6 +452,56 @@ fn parse_arch(s: &str) -> anyhow::Result<Arch> {
 }
 
 /// The architecture to pick from a multi-platform image: given, or the kernel's.
+/// Where `build --manifest` puts the supervisor in the image.
+const SUPERVISOR_IN_IMAGE: &str = "/usr/bin/nitro-supervisor";
+
+/// Where a manifest's image comes from, as `build` takes it.
+struct ManifestImage {
+    /// An OCI layout or `docker save` archive (relative to the manifest), or `docker://REF`.
+    path: PathBuf,
+    /// The tag to pick in an OCI layout.
+    tag: Option<String>,
+}
+
+/// Reads and validates a manifest: (its text, the manifest, its image source).
+fn load_manifest(
+    path: &std::path::Path,
+) -> anyhow::Result<(String, nitro_manifest::Manifest, ManifestImage)> {
+    use nitro_manifest::ImageSource;
+    let manifest = nitro_manifest::Manifest::load(path)
+        .with_context(|| format!("manifest {}", path.display()))?;
+    // The bytes stored in the image are the bytes validated (load bounds the size).
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let image = match manifest.image.source() {
+        ImageSource::Oci(spec) => {
+            // `dir:tag`; a `:` inside the path is kept when no tag follows the last one.
+            let (dir, tag) = match spec.rsplit_once(':') {
+                Some((d, t)) if !t.contains('/') && !t.is_empty() => (d, Some(t.to_owned())),
+                _ => (spec, None),
+            };
+            ManifestImage {
+                path: base.join(dir),
+                tag,
+            }
+        }
+        ImageSource::DockerArchive(archive) => ManifestImage {
+            path: base.join(archive),
+            tag: None,
+        },
+        ImageSource::Reference(reference) => ManifestImage {
+            path: PathBuf::from(format!("docker://{reference}")),
+            tag: None,
+        },
+        other => bail!(
+            "manifest {}: image source {other:?} is not supported",
+            path.display()
+        ),
+    };
+    Ok((text, manifest, image))
+}
+
 fn kernel_arch(kernel: &PathBuf, given: Option<&str>) -> anyhow::Result<Option<Arch>> {
     if let Some(g) = given {
         return parse_arch(g).map(Some);
