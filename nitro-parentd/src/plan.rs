@@ -509,9 +509,10 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Two TCP listen addresses that cannot both be bound.
+/// Two TCP listen addresses that cannot both be bound (port 0 is any free port).
 fn tcp_conflict(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
+    a.port() != 0
+        && a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
