@@ -61,12 +61,9 @@ pub struct Terminated {
 /// The `nitro-cli run-enclave` arguments for an enclave of the plan: resources from its
 /// manifest, the CID and debug mode from the configuration.
 ///
-/// ```
-/// # let plan_args = |cpus: u32| vec!["run-enclave".to_string()];
-/// // run_enclave_args(&enclave) ==
-/// // ["run-enclave", "--enclave-name", "web", "--eif-path", "/srv/web.eif",
-/// //  "--cpu-count", "2", "--memory", "1024", "--enclave-cid", "16"]
-/// ```
+/// For an enclave `web` with 2 CPUs, 1024 MiB and CID 16:
+/// `run-enclave --enclave-name web --eif-path /srv/web.eif --cpu-count 2 --memory 1024
+/// --enclave-cid 16` (`--debug-mode` added in debug mode; no `--enclave-cid` for `"auto"`).
 pub fn run_enclave_args(e: &EnclavePlan) -> Vec<String> {
     run_args(
         &e.name,
