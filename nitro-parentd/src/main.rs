@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nitro_parentd::config::Cid;
 use nitro_parentd::daemon::{Daemon, RunOptions};
@@ -31,7 +31,8 @@ enum Command {
         /// vsock ingress).
         #[arg(long)]
         no_launch: bool,
-        /// Launch with the local emulator instead of nitro-cli (not available yet).
+        /// Launch with the local emulator (nitro-emulator, QEMU) instead of nitro-cli: the same
+        /// services on the hybrid vsock transport (build with the `emulate` feature).
         #[arg(long)]
         emulate: bool,
     },
@@ -118,9 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             emulate,
         } => {
             if emulate {
-                bail!(
-                    "--emulate is not available in this build yet: use `emulate` from nitro-emulator with `run --no-launch`"
-                );
+                return run_emulated(&config).await;
             }
             let plan = nitro_parentd::check(&config)
                 .with_context(|| format!("{} is not valid", config.display()))?;
@@ -171,4 +170,72 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(not(feature = "emulate"))]
+async fn run_emulated(_config: &std::path::Path) -> anyhow::Result<u8> {
+    anyhow::bail!("this build has no emulator: build nitro-parentd with `--features emulate`")
+}
+
+/// `run --emulate`: every enclave boots under QEMU through nitro-emulator's driver; the
+/// daemon's services listen on each enclave's hybrid vsock socket. Returns the application's
+/// exit status of the first enclave that stops.
+#[cfg(feature = "emulate")]
+async fn run_emulated(config: &std::path::Path) -> anyhow::Result<u8> {
+    use nitro_emulator::{Enclave, EnclaveConfig, Tools, hybrid_uds};
+    use nitro_parentd::plan::Transport;
+
+    let mut plan = nitro_parentd::check(config)
+        .with_context(|| format!("{} is not valid", config.display()))?;
+    let tools = Tools::locate().context("locating the emulator's tools")?;
+    let base = std::env::temp_dir().join(format!("nitro-parentd-{}", std::process::id()));
+    let mut run_dirs = Vec::new();
+    for e in &mut plan.enclaves {
+        let dir = base.join(&e.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        e.transport = Transport::Hybrid(hybrid_uds(&dir));
+        run_dirs.push(dir);
+    }
+    // The emulator answers the heartbeat and the exit report itself.
+    let opts = RunOptions::new().max_write(Some(nitro_net::EMULATOR_MAX_WRITE));
+    let mut daemon = Daemon::start(&plan, opts).await?;
+    let mut running = tokio::task::JoinSet::new();
+    for (i, (e, dir)) in plan.enclaves.iter().zip(run_dirs).enumerate() {
+        let mut cfg = EnclaveConfig::new(&e.eif);
+        cfg.run_dir = Some(dir);
+        cfg.cpus = e.manifest.resources.cpus;
+        cfg.memory_mib = e.manifest.resources.memory_mib;
+        cfg.guest_cid = match e.cid {
+            Cid::Fixed(c) => c,
+            _ => 16 + u32::try_from(i).unwrap_or(0),
+        };
+        cfg.timeout = std::time::Duration::from_secs(365 * 24 * 3600);
+        let enclave = Enclave::start(&tools, cfg)
+            .await
+            .with_context(|| format!("booting {} under the emulator", e.name))?;
+        daemon
+            .attach(&e.name, None)
+            .await
+            .with_context(|| format!("ingress of {}", e.name))?;
+        let name = e.name.clone();
+        running.spawn(async move { (name, enclave.wait().await) });
+    }
+    notify("READY=1")?;
+    tracing::info!("ready (emulated)");
+    let status = tokio::select! {
+        r = wait_for_signal() => { r?; 0 }
+        Some(done) = running.join_next() => {
+            let (name, outcome) = done.context("enclave task")?;
+            let outcome = outcome.with_context(|| format!("{name} under the emulator"))?;
+            let status = outcome.app_status().with_context(|| name.clone())?;
+            tracing::info!(enclave = %name, status, "the enclave stopped");
+            status
+        }
+    };
+    notify("STOPPING=1")?;
+    // Dropping the remaining enclaves kills them; then the services drain.
+    running.abort_all();
+    daemon.shutdown().await;
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(status)
 }
