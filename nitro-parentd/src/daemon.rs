@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nitro_kms::ProvideCredentials;
@@ -76,6 +77,8 @@ pub struct Daemon {
     enclaves: BTreeMap<String, EnclavePlan>,
     ingress: Vec<(String, u16, SocketAddr)>,
     exits: mpsc::UnboundedReceiver<(String, u8)>,
+    /// Per enclave: its CID once known (0 = not yet); vsock peers with another CID are refused.
+    cids: BTreeMap<String, Arc<AtomicU32>>,
 }
 
 impl Daemon {
@@ -95,6 +98,7 @@ impl Daemon {
             enclaves: BTreeMap::new(),
             ingress: Vec::new(),
             exits,
+            cids: BTreeMap::new(),
         };
         let mut outputs: BTreeMap<String, LogOutput> = BTreeMap::new();
         for e in &plan.enclaves {
@@ -125,6 +129,8 @@ impl Daemon {
         opts: &RunOptions,
         exit_tx: &mpsc::UnboundedSender<(String, u8)>,
     ) -> Result<(), Error> {
+        let cid = Arc::new(AtomicU32::new(0));
+        self.cids.insert(e.name.clone(), cid.clone());
         let mut services: Vec<(u32, ServiceKind)> =
             e.services.iter().map(|(p, k)| (*p, k.clone())).collect();
         if opts.exit_report {
@@ -162,7 +168,7 @@ impl Daemon {
                     let Some(src) = credentials.clone() else {
                         continue;
                     };
-                    self.service(listener, "credentials", move |s| {
+                    self.service(listener, cid.clone(), "credentials", move |s| {
                         let src = src.clone();
                         let name = name.clone();
                         async move {
@@ -176,7 +182,7 @@ impl Daemon {
                 }
                 ServiceKind::Secrets => {
                     let dirs = Arc::new(e.secrets.clone());
-                    self.service(listener, "sealed secrets", move |s| {
+                    self.service(listener, cid.clone(), "sealed secrets", move |s| {
                         let dirs = dirs.clone();
                         let name = name.clone();
                         async move {
@@ -195,7 +201,7 @@ impl Daemon {
                         continue;
                     };
                     let server = Arc::new(open_volume(&v.name, &v.file, v.size)?);
-                    self.service(listener, "volume", move |s| {
+                    self.service(listener, cid.clone(), "volume", move |s| {
                         let server = server.clone();
                         let name = name.clone();
                         async move {
@@ -207,7 +213,7 @@ impl Daemon {
                 }
                 ServiceKind::Log => {
                     let out = out.clone();
-                    self.service(listener, "log sink", move |s| {
+                    self.service(listener, cid.clone(), "log sink", move |s| {
                         let out = out.clone();
                         let name = name.clone();
                         async move {
@@ -219,7 +225,7 @@ impl Daemon {
                 }
                 ServiceKind::ExitReport => {
                     let tx = exit_tx.clone();
-                    self.service(listener, "exit report", move |s| {
+                    self.service(listener, cid.clone(), "exit report", move |s| {
                         let tx = tx.clone();
                         let name = name.clone();
                         async move {
@@ -238,8 +244,13 @@ impl Daemon {
     }
 
     /// Accept loop of one of our own services: bounded connections, drained on shutdown.
-    fn service<H, F>(&mut self, listener: Listener, what: &'static str, handler: H)
-    where
+    fn service<H, F>(
+        &mut self,
+        listener: Listener,
+        cid: Arc<AtomicU32>,
+        what: &'static str,
+        handler: H,
+    ) where
         H: Fn(Stream) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
@@ -256,6 +267,14 @@ impl Daemon {
                         Ok((mut s, peer)) => {
                             if conns.len() >= MAX_SERVICE_CONNECTIONS {
                                 tracing::warn!(%peer, "{what}: too many connections, closing");
+                                continue;
+                            }
+                            let expected = cid.load(Ordering::Relaxed);
+                            if let nitro_net::PeerAddr::Vsock { cid: from, .. } = peer
+                                && expected != 0
+                                && from != expected
+                            {
+                                tracing::warn!(%peer, "{what}: not this enclave's CID {expected}, closing");
                                 continue;
                             }
                             s.limit_writes(max_write);
@@ -283,11 +302,16 @@ impl Daemon {
     }
 
     /// Starts the ingress listeners of enclave `name`, now that its CID is known (`None` for
-    /// transports that need none).
+    /// transports that need none). From then on, vsock connections to the daemon's own
+    /// services of this enclave (credentials, secrets, volumes, logs) from another CID are
+    /// closed; the nitro-net servers (egress, time) do not check it.
     pub async fn attach(&mut self, name: &str, cid: Option<u32>) -> Result<(), Error> {
         let Some(e) = self.enclaves.get(name) else {
             return Err(crate::error::invalid(name, "no such enclave"));
         };
+        if let (Some(c), Some(slot)) = (cid, self.cids.get(name)) {
+            slot.store(c, Ordering::Relaxed);
+        }
         let mut started = Vec::new();
         for i in &e.ingress {
             let Some(target) = e.transport.enclave_connect(cid, i.vsock_port) else {
