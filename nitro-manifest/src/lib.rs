@@ -71,6 +71,9 @@ pub const VERSION: u32 = 1;
 /// Where the manifest is placed in the image (and where the supervisor reads it).
 pub const PATH_IN_IMAGE: &str = "/etc/nitro/enclave.toml";
 
+/// The default vsock port of the parent's credentials service (`kms.credentials_vsock_port`).
+pub const DEFAULT_CREDENTIALS_VSOCK_PORT: u32 = 8002;
+
 /// The first default NBD export port of volumes (volume `i` uses this + `i`).
 pub const VOLUME_VSOCK_BASE: u32 = 9100;
 

@@ -229,8 +229,18 @@ pub struct Kms {
     pub proxy_port: Option<u16>,
     /// The AWS region (default: the parent's, delivered with the credentials).
     pub region: Option<String>,
-    /// The parent's credentials service vsock port (default 8002).
+    /// The parent's credentials service vsock port (default
+    /// [`DEFAULT_CREDENTIALS_VSOCK_PORT`](crate::DEFAULT_CREDENTIALS_VSOCK_PORT); see
+    /// [`Kms::credentials_port`]).
     pub credentials_vsock_port: Option<u32>,
+}
+
+impl Kms {
+    /// The parent's credentials service vsock port, defaulted.
+    pub fn credentials_port(&self) -> u32 {
+        self.credentials_vsock_port
+            .unwrap_or(crate::DEFAULT_CREDENTIALS_VSOCK_PORT)
+    }
 }
 
 /// The in-enclave attestation API (`POST /v1/attestation` on loopback).

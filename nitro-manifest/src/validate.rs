@@ -267,7 +267,7 @@ fn ports(m: &Manifest) -> Result<(), Error> {
     }
     if m.kms.proxy_port.is_some() || !m.volumes.is_empty() || !m.secrets.is_empty() {
         claim_parent(
-            m.kms.credentials_vsock_port.unwrap_or(8002),
+            m.kms.credentials_port(),
             "kms.credentials_vsock_port".into(),
         )?;
     }

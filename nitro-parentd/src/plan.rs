@@ -14,7 +14,7 @@ use crate::config::{Cid, Config, Credentials, CredentialsSource, Inputs};
 use crate::error::{Error, invalid};
 
 /// The default credentials port (`kms.credentials_vsock_port`).
-const DEFAULT_CREDENTIALS_PORT: u32 = 8002;
+const DEFAULT_CREDENTIALS_PORT: u32 = nitro_manifest::DEFAULT_CREDENTIALS_VSOCK_PORT;
 
 /// How the daemon reaches one enclave.
 #[derive(Debug, Clone, PartialEq, Eq)]
