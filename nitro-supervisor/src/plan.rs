@@ -441,7 +441,9 @@ mod tests {
 
     #[test]
     fn proxy_mode_and_image_command() {
-        let m = manifest("[egress]\nmode = \"proxy\"\n[clock]\nsync = false\n");
+        let m = manifest(
+            "[egress]\nmode = \"proxy\"\n[[egress.allow]]\nhost = \"a.example\"\n[clock]\nsync = false\n",
+        );
         let plan = Plan::new(&m, &["/app".into(), "serve".into()]).unwrap();
         assert_eq!(plan.steps[0], Step::Loopback);
         assert_eq!(
@@ -471,7 +473,7 @@ mod tests {
         assert!(e.to_string().contains("sealed secrets"), "{e}");
 
         let no_synth = manifest(
-            "[app]\nentrypoint = [\"/a\"]\n[egress]\nmode = \"transparent\"\nsynthetic_dns = false\n",
+            "[app]\nentrypoint = [\"/a\"]\n[egress]\nmode = \"transparent\"\nsynthetic_dns = false\n[[egress.allow]]\nhost = \"a.example\"\n",
         );
         let e = Plan::new(&no_synth, &[]).unwrap_err();
         assert!(matches!(&e, Error::Plan { field, .. } if field == "egress.synthetic_dns"), "{e}");
