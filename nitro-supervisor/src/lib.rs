@@ -265,12 +265,12 @@ async fn start(
     let needs_nsm = plan.kms.is_some() || manifest.attestation.api_port.is_some();
     let nsm: Option<Arc<dyn Nsm>> = match (&o.nsm, needs_nsm) {
         (Some(n), _) => Some(n.clone()),
-        (None, true) => Some(Arc::new(nitro_attest::NsmDevice::open().map_err(|source| {
-            Error::Attest {
+        (None, true) => Some(Arc::new(nitro_attest::NsmDevice::open().map_err(
+            |source| Error::Attest {
                 context: "opening /dev/nsm".into(),
                 source,
-            }
-        })?)),
+            },
+        )?)),
         (None, false) => None,
     };
     let kms = match (&plan.kms, &nsm) {
@@ -394,14 +394,13 @@ async fn start(
             }
             Step::AttestationApi { port } => {
                 let Some(nsm) = &nsm else { continue };
-                let listener = nitro_attest::AttestationApi::<dyn Nsm>::bind_loopback(
-                    loopback(*port),
-                )
-                .await
-                .map_err(|source| Error::Attest {
-                    context: format!("attestation.api_port: binding port {port}"),
-                    source,
-                })?;
+                let listener =
+                    nitro_attest::AttestationApi::<dyn Nsm>::bind_loopback(loopback(*port))
+                        .await
+                        .map_err(|source| Error::Attest {
+                            context: format!("attestation.api_port: binding port {port}"),
+                            source,
+                        })?;
                 let api = nitro_attest::AttestationApi::new(nsm.clone());
                 running.tasks.push(tokio::spawn(async move {
                     if let Err(e) = api.serve(listener).await {
@@ -439,11 +438,9 @@ async fn start(
                 device,
             } => {
                 let Some(kms) = &kms else { continue };
-                let device = o.dev_dir.join(
-                    std::path::Path::new(device)
-                        .file_name()
-                        .unwrap_or_default(),
-                );
+                let device = o
+                    .dev_dir
+                    .join(std::path::Path::new(device).file_name().unwrap_or_default());
                 let spec = volumes::VolumeSpec {
                     name: name.clone(),
                     addr: o.parent_port(*vsock_port)?,
@@ -515,14 +512,19 @@ fn kms_client(k: &plan::KmsPlan, o: &Options, nsm: Arc<dyn Nsm>) -> Result<KmsCl
         }
     }));
     let allowed = endpoint_host_port(&endpoint).ok_or_else(|| {
-        Error::InvalidArgument(format!("the KMS endpoint {endpoint:?} is not https://HOST[:PORT]"))
+        Error::InvalidArgument(format!(
+            "the KMS endpoint {endpoint:?} is not https://HOST[:PORT]"
+        ))
     })?;
     let mut builder = KmsClient::builder(&k.region)
         .endpoint(&endpoint)
         .connector(move |host: String, port: u16| {
             let egress = egress.clone();
             let ok = host.eq_ignore_ascii_case(&allowed.0) && port == allowed.1;
-            let refused = format!("the supervisor's KMS tunnel only reaches {}:{}", allowed.0, allowed.1);
+            let refused = format!(
+                "the supervisor's KMS tunnel only reaches {}:{}",
+                allowed.0, allowed.1
+            );
             async move {
                 if !ok {
                     return Err(std::io::Error::new(
@@ -539,9 +541,8 @@ fn kms_client(k: &plan::KmsPlan, o: &Options, nsm: Arc<dyn Nsm>) -> Result<KmsCl
         .credentials(credentials)
         .recipient(Recipient::new(nsm));
     if let Some(pem) = &o.kms_ca_pem {
-        builder = builder.tls_roots(
-            TlsRoots::from_pem(pem).map_err(|e| Error::kms("the KMS trust roots", e))?,
-        );
+        builder = builder
+            .tls_roots(TlsRoots::from_pem(pem).map_err(|e| Error::kms("the KMS trust roots", e))?);
     }
     builder
         .build()
@@ -570,7 +571,10 @@ mod tests {
             e("https://kms.eu-west-1.amazonaws.com"),
             Some(("kms.eu-west-1.amazonaws.com".into(), 443))
         );
-        assert_eq!(e("https://localhost:8443/"), Some(("localhost".into(), 8443)));
+        assert_eq!(
+            e("https://localhost:8443/"),
+            Some(("localhost".into(), 8443))
+        );
         assert_eq!(e("http://x"), None);
         assert_eq!(e("https://"), None);
     }

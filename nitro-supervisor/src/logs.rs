@@ -65,7 +65,10 @@ where
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                crate::say(format_args!("reading the application's {}: {e}", stream.as_str()));
+                crate::say(format_args!(
+                    "reading the application's {}: {e}",
+                    stream.as_str()
+                ));
                 break;
             }
         };

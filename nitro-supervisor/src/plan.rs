@@ -424,10 +424,10 @@ mod tests {
         assert_eq!(app.argv, ["/bin/sh", "-c", "exit 0"]);
         assert_eq!(app.stop_timeout, Duration::from_secs(3));
         assert_eq!(app.log_vsock_port, 8005);
-        assert!(
-            app.env
-                .contains(&("AWS_ENDPOINT_URL_KMS".into(), "http://127.0.0.1:4000".into()))
-        );
+        assert!(app.env.contains(&(
+            "AWS_ENDPOINT_URL_KMS".into(),
+            "http://127.0.0.1:4000".into()
+        )));
         assert_eq!(
             plan.kms,
             Some(KmsPlan {
@@ -463,19 +463,27 @@ mod tests {
     fn fails_fast_naming_the_field() {
         let no_cmd = manifest("");
         let e = Plan::new(&no_cmd, &[]).unwrap_err();
-        assert!(matches!(&e, Error::Plan { field, .. } if field == "app.entrypoint"), "{e}");
-
-        let no_region = manifest(
-            "[app]\nentrypoint = [\"/a\"]\n[[secret]]\nname = \"pw\"\nenv = \"PW\"\n",
+        assert!(
+            matches!(&e, Error::Plan { field, .. } if field == "app.entrypoint"),
+            "{e}"
         );
+
+        let no_region =
+            manifest("[app]\nentrypoint = [\"/a\"]\n[[secret]]\nname = \"pw\"\nenv = \"PW\"\n");
         let e = Plan::new(&no_region, &[]).unwrap_err();
-        assert!(matches!(&e, Error::Plan { field, .. } if field == "kms.region"), "{e}");
+        assert!(
+            matches!(&e, Error::Plan { field, .. } if field == "kms.region"),
+            "{e}"
+        );
         assert!(e.to_string().contains("sealed secrets"), "{e}");
 
         let no_synth = manifest(
             "[app]\nentrypoint = [\"/a\"]\n[egress]\nmode = \"transparent\"\nsynthetic_dns = false\n[[egress.allow]]\nhost = \"a.example\"\n",
         );
         let e = Plan::new(&no_synth, &[]).unwrap_err();
-        assert!(matches!(&e, Error::Plan { field, .. } if field == "egress.synthetic_dns"), "{e}");
+        assert!(
+            matches!(&e, Error::Plan { field, .. } if field == "egress.synthetic_dns"),
+            "{e}"
+        );
     }
 }

@@ -34,7 +34,10 @@ pub fn ensure_nbd(device: &Path, modprobe: &Path) -> Result<(), String> {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            format!("`modprobe nbd` succeeded but {} did not appear", device.display())
+            format!(
+                "`modprobe nbd` succeeded but {} did not appear",
+                device.display()
+            )
         }
         Ok(o) => format!(
             "no {} and `{} nbd` failed: {}",
@@ -133,15 +136,22 @@ pub async fn open(spec: &VolumeSpec, kms: &KmsClient) -> Result<Mounted> {
         ClientConfig::new(name),
     )
     .await
-    .map_err(fs_err(name, format!("connecting to the NBD export at {}", spec.addr)))?;
+    .map_err(fs_err(
+        name,
+        format!("connecting to the NBD export at {}", spec.addr),
+    ))?;
     let wrap = KmsKeyWrap::new(kms.clone(), &spec.key).context("volume", name);
     let (sealed, created) = SealedDevice::open_volume(nbd, &wrap, SealedConfig::default(), name)
         .await
         .map_err(fs_err(name, "opening the sealed device"))?;
     let sealed = Arc::new(sealed);
-    let attached = kernel::attach(&spec.device, sealed.clone(), kernel::AttachOptions::default())
-        .await
-        .map_err(fs_err(name, format!("attaching {}", spec.device.display())))?;
+    let attached = kernel::attach(
+        &spec.device,
+        sealed.clone(),
+        kernel::AttachOptions::default(),
+    )
+    .await
+    .map_err(fs_err(name, format!("attaching {}", spec.device.display())))?;
     let mut mounted = Mounted {
         name: name.to_owned(),
         mount: spec.mount.clone(),
@@ -202,7 +212,10 @@ impl Mounted {
                     )),
                 ));
             }
-            crate::say(format_args!("volume {name}: formatted {device} ({})", spec.fs));
+            crate::say(format_args!(
+                "volume {name}: formatted {device} ({})",
+                spec.fs
+            ));
         }
         let (mount, fs) = (self.mount.clone(), spec.fs.clone());
         let dev = self.device.clone();

@@ -157,7 +157,13 @@ async fn parent(secrets: &[(&str, &[u8])]) -> Parent {
         dir: dir.clone(),
         port: p,
     };
-    let nsm = Arc::new(SimulatedNsm::builder().seed(17).pcr(0, PCR0).build().unwrap());
+    let nsm = Arc::new(
+        SimulatedNsm::builder()
+            .seed(17)
+            .pcr(0, PCR0)
+            .build()
+            .unwrap(),
+    );
 
     // The local KMS over TLS, trusting the simulator's root.
     let kms = Arc::new(
@@ -174,10 +180,8 @@ async fn parent(secrets: &[(&str, &[u8])]) -> Parent {
     let kms_url = format!("https://localhost:{}", kms_server.local_addr().port());
 
     // The parent's egress server: any name, loopback addresses allowed (the test's servers).
-    let policy = Policy::from_toml(
-        "[[allow]]\nhost = \"*\"\n[[allow]]\ncidr = \"127.0.0.0/8\"\n",
-    )
-    .unwrap();
+    let policy =
+        Policy::from_toml("[[allow]]\nhost = \"*\"\n[[allow]]\ncidr = \"127.0.0.0/8\"\n").unwrap();
     let resolver = StaticResolver::new()
         .with("localhost", [IpAddr::V4(Ipv4Addr::LOCALHOST)])
         .with("parent-web.test", [IpAddr::V4(Ipv4Addr::LOCALHOST)])
@@ -187,7 +191,8 @@ async fn parent(secrets: &[(&str, &[u8])]) -> Parent {
         .spawn(port(8000).bind().await.unwrap());
 
     // The time service on its own port, as the parent daemon serves it: egress denied.
-    let time = EgressServer::new(Policy::from_toml("").unwrap()).spawn(port(8003).bind().await.unwrap());
+    let time =
+        EgressServer::new(Policy::from_toml("").unwrap()).spawn(port(8003).bind().await.unwrap());
 
     // Credentials.
     let listener = port(8002).bind().await.unwrap();
@@ -241,7 +246,9 @@ async fn parent(secrets: &[(&str, &[u8])]) -> Parent {
             let docs = docs.clone();
             tokio::spawn(async move {
                 let _ = nitro_kms::sealed::serve_sealed(s, |name| {
-                    docs.get(name).cloned().ok_or_else(|| format!("no secret {name}"))
+                    docs.get(name)
+                        .cloned()
+                        .ok_or_else(|| format!("no secret {name}"))
                 })
                 .await;
             });
@@ -279,7 +286,11 @@ async fn full_run_against_the_parents_services() {
     if curl().is_none() {
         return;
     }
-    let p = parent(&[("db-password", b"env-secret-value"), ("tls-key", b"file-secret-value")]).await;
+    let p = parent(&[
+        ("db-password", b"env-secret-value"),
+        ("tls-key", b"file-secret-value"),
+    ])
+    .await;
     let web = http_server("hello from the parent side").await;
     let app_port = http_server("hello through ingress").await;
     let (kms_port, api_port, http_port, socks_port) =
@@ -365,7 +376,10 @@ file = "{file}"
         assert!(out.contains(line), "{line:?} missing from {short}");
     }
     assert!(!out.contains("secret-value"), "the secrets are not printed");
-    assert!(out.contains(&format!("\n{}\n", "x".repeat(200_000))), "nothing lost: {short}");
+    assert!(
+        out.contains(&format!("\n{}\n", "x".repeat(200_000))),
+        "nothing lost: {short}"
+    );
     assert_eq!(err, "to stderr\n");
     // The attestation document carries the nonce.
     let json = out
@@ -466,7 +480,10 @@ key = "alias/none"
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(err.to_string().contains("the kernel has no NBD driver"), "{err}");
+    assert!(
+        err.to_string().contains("the kernel has no NBD driver"),
+        "{err}"
+    );
 }
 
 /// Runs the binary with `app` as the application; waits for `ready` at the log sink, sends
@@ -503,7 +520,10 @@ sync = false
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !text(&p.received, LogStream::Stdout).0.contains("ready") {
-        assert!(Instant::now() < deadline, "the application never said ready");
+        assert!(
+            Instant::now() < deadline,
+            "the application never said ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
@@ -520,7 +540,11 @@ sync = false
         assert!(Instant::now() < deadline, "no EOF on stdout");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (status.code().unwrap(), took, text(&p.received, LogStream::Stdout).0)
+    (
+        status.code().unwrap(),
+        took,
+        text(&p.received, LogStream::Stdout).0,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,4 +567,3 @@ async fn an_application_ignoring_sigterm_is_killed_after_the_stop_timeout() {
     assert!(took >= Duration::from_secs(1), "{took:?}");
     assert!(took < Duration::from_secs(4), "{took:?}");
 }
-
