@@ -9,7 +9,7 @@
 pub enum Error {
     /// The manifest could not be read or is invalid.
     #[error("the manifest")]
-    Manifest(#[source] nitro_manifest::Error),
+    Manifest(#[from] nitro_manifest::Error),
     /// The manifest asks for something this supervisor cannot do, or lacks something it needs.
     #[error("manifest field `{field}`: {message}")]
     Plan {
