@@ -172,7 +172,7 @@ impl Options {
 #[derive(Default)]
 struct Running {
     servers: Vec<nitro_net::ServerHandle>,
-    transparent: Option<nitro_net::transparent::TransparentHandle>,
+    transparent: Vec<nitro_net::transparent::TransparentHandle>,
     dns: Option<nitro_net::dns::DnsHandle>,
     redirect: Option<nitro_net::transparent::RedirectRules>,
     kms_proxy: Option<nitro_kms::proxy::RunningProxy>,
@@ -202,7 +202,7 @@ impl Running {
             d.shutdown();
         }
         drop(self.kms_proxy.take());
-        if let Some(t) = self.transparent.take() {
+        for t in self.transparent.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(1), t.shutdown()).await;
         }
         for s in self.servers.drain(..) {
@@ -325,19 +325,44 @@ async fn start(
                 .bind()
                 .await
                 .map_err(|e| Error::net("egress.transparent_port: binding", e))?;
-                running.transparent = Some(
+                let proxy =
                     nitro_net::transparent::TransparentProxy::new(client.clone(), names.clone())
-                        .limits(limits.clone())
-                        .spawn(listener),
-                );
+                        .limits(limits.clone());
+                running.transparent.push(proxy.clone().spawn(listener));
+                // IPv6 too when `lo` has ::1; otherwise the DNS server answers no AAAA and no
+                // ip6tables rules are installed.
+                let v6 = Addr::Tcp {
+                    addr: format!("[::1]:{listen_port}"),
+                }
+                .bind()
+                .await;
+                let ipv6 = match v6 {
+                    Ok(l) => {
+                        running.transparent.push(proxy.spawn(l));
+                        true
+                    }
+                    Err(e) => {
+                        say(format_args!(
+                            "egress: no IPv6 on lo ({}): IPv4 only",
+                            chain(&e)
+                        ));
+                        false
+                    }
+                };
+                let mut dns_config = nitro_net::dns::DnsConfig::default();
+                dns_config.ipv6 = ipv6;
                 running.dns = Some(
                     nitro_net::dns::DnsServer::new(client, names)
+                        .config(dns_config)
                         .bind(loopback(plan::DNS_PORT))
                         .await
                         .map_err(|e| Error::net("egress: binding the DNS server on port 53", e))?,
                 );
                 if o.system {
-                    let rules = nitro_net::transparent::RedirectRules::new(*listen_port);
+                    let mut rules = nitro_net::transparent::RedirectRules::new(*listen_port);
+                    if !ipv6 {
+                        rules.ip6tables = None;
+                    }
                     rules
                         .install()
                         .map_err(|e| Error::net("egress: installing the redirect rules", e))?;
