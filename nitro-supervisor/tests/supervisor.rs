@@ -13,11 +13,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nitro_attest::SimulatedNsm;
-use nitro_init::{LogStream, MAX_LOG_HEADER, parse_log_header};
+use nitro_init::LogStream;
 use nitro_kms::local::{AttestationTrust, LocalKms, LocalKmsConfig, server};
 use nitro_kms::model::CreateKeyRequest;
 use nitro_kms::sealed::{SealOptions, seal};
@@ -28,7 +28,6 @@ use nitro_supervisor::{Options, secrets::secret_context};
 
 mod common;
 use common::{Received, free_port, http_server, log_sink, text};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REGION: &str = "eu-west-1";
 const PCR0: [u8; 48] = [0x5a; 48];
