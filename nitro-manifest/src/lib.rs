@@ -31,6 +31,7 @@
 //!
 //!     [kms]
 //!     proxy_port = 4000
+//!     region = "eu-west-1"
 //!
 //!     [[volume]]
 //!     name = "data"

@@ -227,7 +227,8 @@ impl Ingress {
 pub struct Kms {
     /// Loopback port of the proxy; absent: no proxy.
     pub proxy_port: Option<u16>,
-    /// The AWS region (default: the parent's, delivered with the credentials).
+    /// The AWS region of the KMS endpoint; required when KMS is used (the KMS proxy, sealed
+    /// volumes or secrets): the parent's credentials do not carry a region.
     pub region: Option<String>,
     /// The parent's credentials service vsock port (default
     /// [`DEFAULT_CREDENTIALS_VSOCK_PORT`](crate::DEFAULT_CREDENTIALS_VSOCK_PORT); see

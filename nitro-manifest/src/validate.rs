@@ -28,6 +28,14 @@ pub(crate) fn manifest(m: &Manifest) -> Result<(), Error> {
     ports(m)?;
     volumes(m)?;
     secrets(m)?;
+    // Checked after the volumes and secrets themselves, so that their own errors come first.
+    let uses_kms = m.kms.proxy_port.is_some() || !m.volumes.is_empty() || !m.secrets.is_empty();
+    if uses_kms && m.kms.region.is_none() {
+        return Err(invalid(
+            "kms.region",
+            "required when the KMS proxy, volumes or secrets are used",
+        ));
+    }
     if m.resources.cpus == 0 || m.resources.cpus > 1024 {
         return Err(invalid("resources.cpus", "must be between 1 and 1024"));
     }

@@ -27,6 +27,7 @@ host = "example.com"
 port = 8080
 [kms]
 proxy_port = 4000
+region = "eu-west-1"
 [[volume]]
 name = "data"
 size = "1MiB"
