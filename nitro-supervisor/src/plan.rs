@@ -6,8 +6,6 @@ use nitro_manifest::{EgressMode, Manifest, SecretTarget};
 
 use crate::{Error, Result};
 
-/// The default credentials vsock port of the parent (`kms.credentials_vsock_port`).
-pub const DEFAULT_CREDENTIALS_PORT: u32 = 8002;
 /// The default time between SIGTERM and SIGKILL when the application is stopped.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The DNS server's port in transparent mode.
@@ -259,10 +257,7 @@ impl Plan {
             })?;
             Some(KmsPlan {
                 region,
-                credentials_vsock_port: manifest
-                    .kms
-                    .credentials_vsock_port
-                    .unwrap_or(DEFAULT_CREDENTIALS_PORT),
+                credentials_vsock_port: manifest.kms.credentials_port(),
                 egress_vsock_port: eg.vsock_port,
             })
         } else {
@@ -432,7 +427,7 @@ mod tests {
             plan.kms,
             Some(KmsPlan {
                 region: "eu-west-1".into(),
-                credentials_vsock_port: 8002,
+                credentials_vsock_port: nitro_manifest::DEFAULT_CREDENTIALS_VSOCK_PORT,
                 egress_vsock_port: 8000
             })
         );
