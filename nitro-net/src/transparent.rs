@@ -340,10 +340,12 @@ pub struct RedirectRules {
     pub redirect_dns: bool,
     /// Users whose connections are not redirected (`-m owner --uid-owner`).
     pub exclude_uids: Vec<u32>,
-    /// Also add `default` routes through `lo` (`ip route replace default dev lo`, IPv4 and
-    /// IPv6) when there is none, so that connecting to a non-local address reaches the
-    /// `OUTPUT` chain instead of failing with "network unreachable" (default on; an enclave
-    /// has no other interface).
+    /// Also add `local default` routes on `lo` (`ip route replace local default dev lo`, IPv4
+    /// and IPv6) when there is no default route, so that connecting to a non-local address
+    /// reaches the `OUTPUT` chain instead of failing with "network unreachable" (default on; an
+    /// enclave has no other interface). The route is `local`: a plain route through `lo` would
+    /// send packets with a loopback source to a non-local address, which the kernel drops as
+    /// martians, so the redirected connection would never be accepted.
     pub default_route: bool,
 }
 
@@ -473,7 +475,8 @@ impl RedirectRules {
                 if !has {
                     run(
                         &PathBuf::from("ip"),
-                        &[fam, "route", "replace", "default", "dev", "lo"].map(str::to_owned),
+                        &[fam, "route", "replace", "local", "default", "dev", "lo"]
+                            .map(str::to_owned),
                     )?;
                 }
             }

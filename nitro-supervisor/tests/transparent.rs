@@ -32,7 +32,7 @@ const TOOLS: &[&str] = &[
 ];
 
 #[test]
-#[ignore = "work in progress: curl through the transparent listener times out in the namespace (under investigation)"]
+
 fn transparent_egress_in_a_network_namespace() {
     if !nix::unistd::geteuid().is_root() {
         assert!(
