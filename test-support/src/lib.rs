@@ -203,8 +203,10 @@ impl Moto {
             port,
             url: format!("http://127.0.0.1:{port}"),
         };
+        // Ready means an HTTP answer, not only an open port: a port accepted before the server
+        // is serving has been seen to refuse the first request.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !Self::answers(port) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "moto_server did not start within 30 s"
@@ -212,6 +214,20 @@ impl Moto {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         Some(moto)
+    }
+
+    /// Whether an HTTP request to moto's API gets an HTTP response.
+    fn answers(port: u16) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let request = "GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let mut head = [0u8; 5];
+        s.write_all(request.as_bytes()).is_ok()
+            && s.read_exact(&mut head).is_ok()
+            && &head == b"HTTP/"
     }
 
     /// The loopback port it listens on.
