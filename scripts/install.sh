@@ -36,6 +36,7 @@ apt_install \
     nbdkit libnbd-bin \
     iptables dnsutils dnsmasq-base dnsperf \
     docker-registry skopeo apache2-utils \
+    mmdebstrap umoci \
     python3-venv python3-pip
 # qemu-img / qemu-io / qemu-nbd: QEMU 10 from backports.
 apt_install -t bookworm-backports qemu-utils
@@ -99,3 +100,6 @@ cargo_install cargo-fuzz 0.13.1
 if [ -x scripts/setup-emulator.sh ]; then
     scripts/setup-emulator.sh
 fi
+
+# --- the Python example's root file system (mmdebstrap + umoci, cached) ----------------------
+log "python example root file system: $(scripts/python-rootfs.sh)"

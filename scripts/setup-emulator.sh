@@ -32,8 +32,12 @@ PYCOTAP_VERSION=1.3.1
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 KERNEL_SERIES=6.12
 # The modules an enclave init loads, in load order (virtio_mmio first: the nitro-enclave machine
-# puts its devices on virtio-mmio; vsock before its transports; nbd and nsm have no dependencies).
-KERNEL_MODULES="virtio_mmio vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport nbd nsm"
+# puts its devices on virtio-mmio; vsock before its transports; nbd and nsm have no dependencies),
+# then the legacy iptables NAT `REDIRECT` with the owner and port matches, which the stock enclave
+# kernel has built in (the supervisor's transparent egress), each after its dependencies.
+KERNEL_MODULES="virtio_mmio vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport nbd nsm \
+libcrc32c nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack nf_nat x_tables ip_tables iptable_nat \
+ip6_tables ip6table_nat xt_tcpudp xt_owner xt_REDIRECT"
 # Recipe versions: bump one when its component's recipe changes (invalidates only that one).
 QEMU_RECIPE=2
 FW_RECIPE=2

@@ -37,7 +37,7 @@ mod enclave;
 mod tools;
 
 pub use enclave::{Enclave, EnclaveConfig, Outcome, boot_tuning, hybrid_listen_path, hybrid_uds};
-pub use tools::{Tools, build_example, build_init, tools_or_skip};
+pub use tools::{Tools, build_example, build_init, build_supervisor, tools_or_skip};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -258,6 +258,28 @@ pub fn build_init() -> Result<PathBuf, Error> {
     )
 }
 
+/// Builds the `nitro-supervisor` binary static for musl (release, stripped) and returns its
+/// path, like [`build_init`].
+pub fn build_supervisor() -> Result<PathBuf, Error> {
+    cargo_build(
+        &[
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "--config",
+            "profile.release.debug=false",
+            "--config",
+            "profile.release.strip=true",
+            "-p",
+            "nitro-supervisor",
+            "--bin",
+            "nitro-supervisor",
+        ],
+        "nitro-supervisor",
+        " (musl)",
+    )
+}
+
 /// Builds an example of the `nitro-examples` package (`quickstart`, `attest`, `enclave-app`,
 /// ...) or the `emulate` binary of this package for this machine (glibc) and returns its path,
 /// the binary that `cargo test --workspace --all-features` builds.

@@ -75,6 +75,13 @@ pub const PATH_IN_IMAGE: &str = "/etc/nitro/enclave.toml";
 /// The default vsock port of the parent's credentials service (`kms.credentials_vsock_port`).
 pub const DEFAULT_CREDENTIALS_VSOCK_PORT: u32 = 8002;
 
+/// The placeholder `AWS_ACCESS_KEY_ID` the application gets with the KMS proxy (see
+/// [`Manifest::app_environment`]): the proxy ignores the caller's signature.
+pub const PROXY_PLACEHOLDER_KEY_ID: &str = "AKIDNITROKMSPROXY";
+
+/// The placeholder `AWS_SECRET_ACCESS_KEY` that goes with [`PROXY_PLACEHOLDER_KEY_ID`].
+pub const PROXY_PLACEHOLDER_SECRET: &str = "the-kms-proxy-re-signs-with-the-parent-credentials";
+
 /// The first default NBD export port of volumes (volume `i` uses this + `i`).
 pub const VOLUME_VSOCK_BASE: u32 = 9100;
 

@@ -234,6 +234,14 @@ pub struct Kms {
     /// [`DEFAULT_CREDENTIALS_VSOCK_PORT`](crate::DEFAULT_CREDENTIALS_VSOCK_PORT); see
     /// [`Kms::credentials_port`]).
     pub credentials_vsock_port: Option<u32>,
+    /// The KMS endpoint, `https://HOST[:PORT]` (default `https://kms.<region>.amazonaws.com`):
+    /// the private DNS name of a KMS VPC endpoint, or a local KMS in development. The
+    /// supervisor's KMS tunnel reaches only this host and port; the parent's policy must admit
+    /// them.
+    pub endpoint: Option<String>,
+    /// A PEM file in the image whose CA certificates the supervisor trusts for the KMS
+    /// endpoint besides the Web PKI roots (a private CA).
+    pub ca_file: Option<String>,
 }
 
 impl Kms {
@@ -457,7 +465,8 @@ impl Manifest {
 
     /// The environment the supervisor gives the application on top of the image's and
     /// [`App::env`]: the endpoints of the in-enclave services this manifest enables
-    /// (`AWS_ENDPOINT_URL_KMS`, `NITRO_ATTESTATION_URL`, the proxy variables in `proxy`
+    /// (`AWS_ENDPOINT_URL_KMS` with `AWS_REGION`, `AWS_DEFAULT_REGION` and placeholder
+    /// credentials for the SDK to sign with, `NITRO_ATTESTATION_URL`, the proxy variables in `proxy`
     /// mode), then `App::env` (which wins), then the secrets delivered by environment are
     /// added by the supervisor once unsealed. Sorted by name.
     pub fn app_environment(&self) -> Vec<(String, String)> {
@@ -468,8 +477,22 @@ impl Manifest {
                 format!("http://127.0.0.1:{p}"),
             );
             if let Some(r) = &self.kms.region {
+                // AWS_DEFAULT_REGION too: older SDKs (boto3 before 1.28) read only that one.
                 env.insert("AWS_REGION".to_owned(), r.clone());
+                env.insert("AWS_DEFAULT_REGION".to_owned(), r.clone());
             }
+            // An SDK signs every request and stops without credentials (after looking for
+            // the instance metadata service, which an enclave cannot reach). The proxy ignores
+            // the caller's signature and re-signs with the parent's credentials, so these
+            // placeholders are all the application needs; `app.env` may replace them.
+            env.insert(
+                "AWS_ACCESS_KEY_ID".to_owned(),
+                crate::PROXY_PLACEHOLDER_KEY_ID.to_owned(),
+            );
+            env.insert(
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                crate::PROXY_PLACEHOLDER_SECRET.to_owned(),
+            );
         }
         if let Some(p) = self.attestation.api_port {
             env.insert(

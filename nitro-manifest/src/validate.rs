@@ -282,6 +282,17 @@ fn ports(m: &Manifest) -> Result<(), Error> {
     for (i, (_, port)) in m.volume_ports().into_iter().enumerate() {
         claim_parent(port, format!("volume[{i}].vsock_port"))?;
     }
+    if let Some(e) = &m.kms.endpoint {
+        kms_endpoint(e)?;
+    }
+    if let Some(f) = &m.kms.ca_file
+        && !(f.starts_with('/') && f.len() <= 4096 && !f.contains('\0'))
+    {
+        return Err(invalid(
+            "kms.ca_file",
+            format!("{:?} is not an absolute path in the image", short(f)),
+        ));
+    }
     if let Some(r) = &m.kms.region {
         let ok = !r.is_empty()
             && r.len() <= 64
@@ -293,6 +304,49 @@ fn ports(m: &Manifest) -> Result<(), Error> {
                 format!("{:?} is not a region", short(r)),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `https://HOST[:PORT]`, optionally with a trailing `/`: no user, path, query or fragment.
+fn kms_endpoint(e: &str) -> Result<(), Error> {
+    let bad = |why: &str| invalid("kms.endpoint", format!("{:?}: {why}", short(e)));
+    let rest = e
+        .strip_prefix("https://")
+        .ok_or_else(|| bad("must start with https:// (TLS ends in the enclave)"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(bad("must be https://HOST[:PORT] only"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        // An IPv6 literal: `[addr]` or `[addr]:port`.
+        Some(v6) => {
+            let (h, tail) = v6.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("no valid IPv6 address in brackets"));
+            }
+            match tail {
+                "" => (h, None),
+                t => (h, Some(t.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if let Some(p) = port
+        && p.parse::<u16>().ok().is_none_or(|p| p == 0)
+    {
+        return Err(bad("the port must be 1-65535"));
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':')
+        });
+    if !host_ok {
+        return Err(bad("no valid host name"));
     }
     Ok(())
 }

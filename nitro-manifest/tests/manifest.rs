@@ -148,6 +148,46 @@ fn invalid_values_name_their_field() {
             "kms.region",
         ),
         (
+            &format!("{MINIMAL}[kms]\nendpoint = \"http://kms.local\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nendpoint = \"https://\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nendpoint = \"https://u@kms.local\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nendpoint = \"https://kms.local/path\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nendpoint = \"https://kms.local:0\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nendpoint = \"https://kms.local:99999\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nendpoint = \"https://[::1\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nendpoint = \"https://[zz]:443\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nendpoint = \"https://kms local\"\n"),
+            "kms.endpoint",
+        ),
+        (
+            &format!("{MINIMAL}[kms]\nca_file = \"ca.pem\"\n"),
+            "kms.ca_file",
+        ),
+        (
             &format!(
                 "{MINIMAL}[[volume]]\nname = \"d\"\nsize = \"1000\"\nmount = \"/d\"\nkey = \"k\"\n"
             ),
@@ -338,5 +378,22 @@ proptest! {
     fn sizes_round_trip(n in 1u64..(1 << 24), shift in prop::sample::select(vec![0u32, 10, 20, 30])) {
         let s = nitro_manifest::Size::from_bytes(n << shift);
         prop_assert_eq!(s.to_string().parse::<nitro_manifest::Size>().unwrap(), s);
+    }
+}
+
+#[test]
+fn kms_endpoint_forms() {
+    for ok in [
+        "https://kms.eu-west-1.amazonaws.com",
+        "https://vpce-0abc-kms.eu-west-1.vpce.amazonaws.com/",
+        "https://kms.local.test:8443",
+        "https://127.0.0.1:4443",
+        "https://[::1]:4443",
+    ] {
+        let m = Manifest::from_toml(&format!(
+            "{MINIMAL}[kms]\nendpoint = \"{ok}\"\nca_file = \"/etc/ssl/certs/ca-certificates.crt\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(m.kms.endpoint.as_deref(), Some(ok));
     }
 }

@@ -83,6 +83,11 @@ pub struct EnclaveConfig {
     /// manifest's own policy.
     #[serde(default)]
     pub egress_policy: Option<toml::Table>,
+    /// Names the egress server resolves to fixed addresses before asking the system resolver,
+    /// like `/etc/hosts` or docker's `--add-host`: `{ "db.internal" = ["10.0.0.5"] }`. The
+    /// parent policy still decides on the name and on these addresses.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Vec<std::net::IpAddr>>,
     /// Where the credentials served to the enclave come from (default `default-chain`).
     #[serde(default)]
     pub credentials: Credentials,

@@ -152,6 +152,7 @@ impl Daemon {
             match kind {
                 ServiceKind::Egress { time } => {
                     let h = EgressServer::new(e.egress_policy.clone())
+                        .resolver(PinnedHosts(e.hosts.clone(), Default::default()))
                         .limits(self.limits.clone())
                         .time_service(time)
                         .spawn_with_shutdown(listener, self.shutdown.clone());
@@ -454,4 +455,25 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The egress resolver: the configuration's pinned names, then the system's.
+struct PinnedHosts(
+    BTreeMap<String, Vec<std::net::IpAddr>>,
+    nitro_net::SystemResolver,
+);
+
+impl nitro_net::Resolve for PinnedHosts {
+    fn resolve<'a>(
+        &'a self,
+        name: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = std::io::Result<Vec<std::net::IpAddr>>> + Send + 'a>,
+    > {
+        match self.0.get(name) {
+            Some(addrs) => Box::pin(std::future::ready(Ok(addrs.clone()))),
+            None => self.1.resolve(name, port),
+        }
+    }
 }

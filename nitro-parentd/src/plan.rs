@@ -189,6 +189,8 @@ pub struct EnclavePlan {
     pub unexposed: Vec<u16>,
     /// The parent's egress policy.
     pub egress_policy: Policy,
+    /// Pinned names (lower case, no trailing dot) and their addresses.
+    pub hosts: BTreeMap<String, Vec<std::net::IpAddr>>,
     /// The credentials source.
     pub credentials: Credentials,
     /// Sealed-secret directories by secret name.
@@ -474,6 +476,28 @@ pub fn plan(config: &Config, inputs: &Inputs, base: &Path) -> Result<Plan, Error
             }
         };
 
+        let mut hosts = BTreeMap::new();
+        for (name, addrs) in &e.hosts {
+            let field = f(&format!("hosts.{name}"));
+            let norm = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+            let ok = !norm.is_empty()
+                && norm.len() <= 253
+                && norm.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(invalid(&field, "not a DNS name"));
+            }
+            if addrs.is_empty() {
+                return Err(invalid(&field, "no address"));
+            }
+            if hosts.insert(norm, addrs.clone()).is_some() {
+                return Err(invalid(&field, "given twice"));
+            }
+        }
+
         enclaves.push(EnclavePlan {
             name: e.name.clone(),
             eif: base.join(&e.eif),
@@ -484,6 +508,7 @@ pub fn plan(config: &Config, inputs: &Inputs, base: &Path) -> Result<Plan, Error
             ingress,
             unexposed,
             egress_policy,
+            hosts,
             credentials: e.credentials.clone(),
             secrets,
             volumes,

@@ -123,6 +123,18 @@ fn check_reports_field_paths() {
             "enclave[0].manifest",
         ),
         (
+            good.replace("secrets = {", "hosts = { \"bad name\" = [\"10.0.0.5\"] }\nsecrets = {"),
+            "enclave[0].hosts.bad name",
+        ),
+        (
+            good.replace("secrets = {", "hosts = { \"db.internal\" = [] }\nsecrets = {"),
+            "enclave[0].hosts.db.internal",
+        ),
+        (
+            good.replace("secrets = {", "hosts = { \"db.internal\" = [\"10.0.0\"] }\nsecrets = {"),
+            "invalid IP address",
+        ),
+        (
             good.replace("version = 1\n[daemon]", "version = 2\n[daemon]"),
             "version 2",
         ),

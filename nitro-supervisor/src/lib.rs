@@ -86,9 +86,11 @@ pub struct Options {
     pub write_cap: Option<usize>,
     /// The NSM; `None`: `/dev/nsm` is opened when a step needs it.
     pub nsm: Option<Arc<dyn Nsm>>,
-    /// The KMS endpoint (default `https://kms.<region>.amazonaws.com`).
+    /// The KMS endpoint (default: the manifest's `kms.endpoint`, else
+    /// `https://kms.<region>.amazonaws.com`).
     pub kms_endpoint: Option<String>,
-    /// Extra trust roots (PEM) for the KMS endpoint (default: the Web PKI roots).
+    /// Extra trust roots (PEM) for the KMS endpoint (default: the manifest's `kms.ca_file`,
+    /// else only the Web PKI roots).
     pub kms_ca_pem: Option<Vec<u8>>,
     /// Change the system: `lo` up, iptables rules, `resolv_conf`, mounts, clock steps.
     /// Off in tests that run on a development machine.
@@ -522,6 +524,7 @@ fn kms_client(k: &plan::KmsPlan, o: &Options, nsm: Arc<dyn Nsm>) -> Result<KmsCl
     let endpoint = o
         .kms_endpoint
         .clone()
+        .or_else(|| k.endpoint.clone())
         .unwrap_or_else(|| nitro_kms::default_endpoint(&k.region, false));
     let mut config = ClientConfig::default();
     config.max_write = o.write_cap;
@@ -565,7 +568,13 @@ fn kms_client(k: &plan::KmsPlan, o: &Options, nsm: Arc<dyn Nsm>) -> Result<KmsCl
         })
         .credentials(credentials)
         .recipient(Recipient::new(nsm));
-    if let Some(pem) = &o.kms_ca_pem {
+    let manifest_ca = match (&o.kms_ca_pem, &k.ca_file) {
+        (None, Some(path)) => Some(std::fs::read(path).map_err(|e| {
+            Error::io(format!("kms.ca_file: reading {path}"), e)
+        })?),
+        _ => None,
+    };
+    if let Some(pem) = o.kms_ca_pem.as_ref().or(manifest_ca.as_ref()) {
         builder = builder
             .tls_roots(TlsRoots::from_pem(pem).map_err(|e| Error::kms("the KMS trust roots", e))?);
     }

@@ -119,6 +119,10 @@ pub struct KmsPlan {
     pub credentials_vsock_port: u32,
     /// The parent's egress vsock port, through which KMS is reached.
     pub egress_vsock_port: u32,
+    /// The endpoint (`kms.endpoint`; default `https://kms.<region>.amazonaws.com`).
+    pub endpoint: Option<String>,
+    /// Extra trust roots for it, a PEM file in the image (`kms.ca_file`).
+    pub ca_file: Option<String>,
 }
 
 /// The ordered start plan of a manifest.
@@ -259,6 +263,8 @@ impl Plan {
                 region,
                 credentials_vsock_port: manifest.kms.credentials_port(),
                 egress_vsock_port: eg.vsock_port,
+                endpoint: manifest.kms.endpoint.clone(),
+                ca_file: manifest.kms.ca_file.clone(),
             })
         } else {
             None
@@ -428,7 +434,9 @@ mod tests {
             Some(KmsPlan {
                 region: "eu-west-1".into(),
                 credentials_vsock_port: nitro_manifest::DEFAULT_CREDENTIALS_VSOCK_PORT,
-                egress_vsock_port: 8000
+                egress_vsock_port: 8000,
+                endpoint: None,
+                ca_file: None,
             })
         );
         assert_eq!(plan.secrets_vsock_port, 8004);

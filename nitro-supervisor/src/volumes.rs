@@ -22,7 +22,11 @@ pub fn ensure_nbd(device: &Path, modprobe: &Path) -> Result<(), String> {
     if device.exists() {
         return Ok(());
     }
-    let loaded = std::process::Command::new(modprobe)
+    let program = match modprobe.to_str() {
+        Some(name) if !name.contains('/') => system_program(name),
+        _ => modprobe.to_owned(),
+    };
+    let loaded = std::process::Command::new(program)
         .args(["nbd", "nbds_max=16"])
         .output();
     let why = match loaded {
@@ -52,6 +56,17 @@ pub fn ensure_nbd(device: &Path, modprobe: &Path) -> Result<(), String> {
         ),
     };
     Err(why)
+}
+
+/// A system program (`mkfs.ext4`) looked up in the sbin and bin directories, whatever the
+/// supervisor's `PATH`: images often leave the sbin directories out of it (Debian's OCI images
+/// set `PATH=/usr/local/bin:/usr/bin:/bin`). The bare name when none has it.
+pub fn system_program(name: &str) -> PathBuf {
+    ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The `mkfs` command line for file system `fs` on `device` (`mkfs.<fs>`; ext2/3/4 get a
@@ -197,7 +212,7 @@ impl Mounted {
         let device = self.device.display().to_string();
         if created {
             let argv = mkfs_command(&spec.fs, &device);
-            let output = tokio::process::Command::new(&argv[0])
+            let output = tokio::process::Command::new(system_program(&argv[0]))
                 .args(&argv[1..])
                 .output()
                 .await
@@ -323,6 +338,16 @@ impl Mounted {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_programs_are_found_outside_path() {
+        let sh = system_program("sh");
+        assert!(sh.is_absolute() && sh.is_file(), "{}", sh.display());
+        assert_eq!(
+            system_program("no-such-program-here"),
+            PathBuf::from("no-such-program-here")
+        );
+    }
 
     #[test]
     fn mkfs_lines() {

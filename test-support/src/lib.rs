@@ -29,7 +29,7 @@ pub const FIXTURES_VAR: &str = "NITRO_FIXTURES";
 pub struct TlsMaterial {
     /// The CA certificate: the trust root to give the client.
     pub ca_pem: String,
-    /// The server certificate (SANs `127.0.0.1` and `localhost`).
+    /// The server certificate (SANs `127.0.0.1` and `localhost`, or the names asked for).
     pub cert_pem: String,
     /// The server certificate's private key (PKCS#8).
     pub key_pem: String,
@@ -45,6 +45,12 @@ impl TlsMaterial {
 /// A throwaway CA whose common name is `ca_name`, and a certificate for `127.0.0.1` and
 /// `localhost` issued by it (fresh keys at every call).
 pub fn try_tls_material(ca_name: &str) -> Result<TlsMaterial, rcgen::Error> {
+    try_tls_material_for(ca_name, &["127.0.0.1", "localhost"])
+}
+
+/// A throwaway CA whose common name is `ca_name`, and a certificate for `names` (DNS names or
+/// IP addresses) issued by it (fresh keys at every call).
+pub fn try_tls_material_for(ca_name: &str, names: &[&str]) -> Result<TlsMaterial, rcgen::Error> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -53,8 +59,8 @@ pub fn try_tls_material(ca_name: &str) -> Result<TlsMaterial, rcgen::Error> {
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
-        .signed_by(&key, &issuer)?;
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &issuer)?;
     Ok(TlsMaterial {
         ca_pem: ca_cert.pem(),
         cert_pem: cert.pem(),
