@@ -216,6 +216,34 @@ impl Boot {
             .with_context(|| format!("no {step:?} line\n{}", self.dump()))
     }
 
+    /// The guest uptime in the console line containing `needle`: nitro-init's
+    /// `... at 3.442 s`, the supervisor's `nitro-supervisor: [    3.912] ...`.
+    fn uptime_at(&self, needle: &str) -> Option<f64> {
+        let line = self.stderr.iter().find(|l| l.contains(needle))?;
+        let text = match line.split_once("nitro-supervisor: [") {
+            Some((_, rest)) => rest.split_once(']')?.0,
+            None => line.rsplit_once(" at ")?.1.strip_suffix(" s")?,
+        };
+        text.trim().parse().ok()
+    }
+
+    /// Prints where the boot's time went (guest uptimes from the console).
+    fn timeline(&self, label: &str) {
+        let kernel = self.uptime_at("nitro-init: started /usr/bin/nitro-supervisor");
+        let app = self.uptime_at("] started python3");
+        let fmt = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.3} s"));
+        eprintln!(
+            "{label}: guest uptime at the supervisor's start {}, at the program's start {} \
+             (the supervisor's own set-up {}); first program line {:.1?} after the daemon \
+             started; the daemon ran {:.1?}",
+            fmt(kernel),
+            fmt(app),
+            fmt(kernel.zip(app).map(|(k, a)| a - k)),
+            self.first_line.unwrap_or_default(),
+            self.elapsed
+        );
+    }
+
     fn dump(&self) -> String {
         format!(
             "--- daemon stdout ---\n{}\n--- daemon stderr ---\n{}",
@@ -489,11 +517,7 @@ allow = [
 
     // Boot 1.
     let first = boot(&config, ingress_port, "boot 1").await?;
-    eprintln!(
-        "boot 1: first program line after {:.1?}, daemon ran {:.1?}",
-        first.first_line.unwrap_or_default(),
-        first.elapsed
-    );
+    first.timeline("boot 1");
     let journal = check_boot(&first, "boot 1")?;
     ensure!(journal == "boot unnamed", "boot 1: journal {journal:?}");
     ensure!(hits.load(Ordering::SeqCst) == 1, "the HTTPS server was not reached once");
@@ -514,15 +538,69 @@ allow = [
 
     // Boot 2 of the same EIF: the volume keeps the first boot's line.
     let second = boot(&config, ingress_port, "boot 2").await?;
-    eprintln!(
-        "boot 2: first program line after {:.1?}, daemon ran {:.1?}",
-        second.first_line.unwrap_or_default(),
-        second.elapsed
-    );
+    second.timeline("boot 2");
     let journal = check_boot(&second, "boot 2")?;
     if journal != "boot unnamed | boot unnamed" {
         bail!("boot 2 did not read the first boot's line back: {journal:?}");
     }
     ensure!(hits.load(Ordering::SeqCst) == 2, "the HTTPS server was not reached twice");
+
+    // Another image (one more variable in its manifest: another PCR2, so another PCR0) under
+    // the same configuration: the key policy refuses it, so its secrets stay sealed and the
+    // program never starts.
+    let other_manifest = manifest(&image, https_port, kms_port)?.replace(
+        "[app.env]",
+        "[app.env]\nVARIANT = \"another image\"",
+    );
+    ensure!(other_manifest.contains("VARIANT"), "no [app.env] table to extend");
+    std::fs::write(dir.join("other.toml"), &other_manifest)?;
+    let other_eif = dir.join("other.eif");
+    let mut build = std::process::Command::new(&eif_cli);
+    build
+        .arg("build")
+        .arg("--kernel")
+        .arg(&tools.kernel)
+        .args(["--cmdline", CMDLINE, "--init"])
+        .arg(&init);
+    for module in tools.module_files() {
+        build.arg("--module").arg(module);
+    }
+    build
+        .arg("--manifest")
+        .arg(dir.join("other.toml"))
+        .arg("--supervisor")
+        .arg(&supervisor)
+        .arg("-o")
+        .arg(&other_eif);
+    let other: serde_json::Value = serde_json::from_str(&run(&mut build)?)?;
+    let other_pcr0 = other["Measurements"]["PCR0"].as_str().unwrap_or_default();
+    ensure!(!other_pcr0.is_empty() && other_pcr0 != pcr0, "the PCR0s do not differ");
+    let other_config = dir.join("other-parentd.toml");
+    std::fs::write(
+        &other_config,
+        std::fs::read_to_string(&config)?
+            .replace("manifest = \"enclave.toml\"", "manifest = \"other.toml\"")
+            .replace("eif = \"hello-python.eif\"", "eif = \"other.eif\""),
+    )?;
+    let third = boot(&other_config, ingress_port, "other image").await?;
+    ensure!(
+        third.status == Some(125),
+        "the other image: the daemon exited with {:?}\n{}",
+        third.status,
+        third.dump()
+    );
+    ensure!(
+        !third.stdout.iter().any(|l| l.starts_with(&format!("[{NAME}] "))),
+        "the other image's program ran\n{}",
+        third.dump()
+    );
+    ensure!(
+        third
+            .stderr
+            .iter()
+            .any(|l| l.contains("secret") && l.contains("AccessDenied")),
+        "the other image was not refused by the key policy\n{}",
+        third.dump()
+    );
     Ok(())
 }
