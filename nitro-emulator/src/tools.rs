@@ -281,14 +281,16 @@ pub fn build_supervisor() -> Result<PathBuf, Error> {
 }
 
 /// Builds an example of the `nitro-examples` package (`quickstart`, `attest`, `enclave-app`,
-/// ...) or the `emulate` binary of this package for this machine (glibc) and returns its path,
-/// the binary that `cargo test --workspace --all-features` builds.
+/// `eif`, ...) for this machine (glibc) and returns its path, the binary that
+/// `cargo test --workspace --all-features` builds.
 ///
-/// Runs `cargo build --workspace --all-features --example NAME` (`--bin emulate` for
-/// `emulate`) in the profile of the calling test binary (`--release` when it runs from
-/// `target/release`): the same packages and features as that `cargo test`, so after it the
-/// build is a no-op that only checks freshness, and a test run alone
-/// (`cargo test --release --test X`) still gets an up-to-date binary.
+/// Runs `cargo build --workspace --all-features --example NAME` in the profile of the calling
+/// test binary (`--release` when it runs from `target/release`): the same packages and
+/// features as that `cargo test` (an example needs the dev-dependencies, as tests do), so after
+/// it the build is a no-op that only checks freshness, and a test run alone
+/// (`cargo test --release --test X`) still gets an up-to-date binary. A package's own binaries
+/// are not built this way: `cargo build --bin` resolves features without the dev-dependencies
+/// and rebuilt most of the workspace (3 minutes in CI); tests use `env!("CARGO_BIN_EXE_...")`.
 pub fn build_example(name: &str) -> Result<PathBuf, Error> {
     let profile = std::env::current_exe()
         .ok()
@@ -302,18 +304,13 @@ pub fn build_example(name: &str) -> Result<PathBuf, Error> {
     } else {
         profile
     };
-    let kind = if name == "emulate" {
-        "--bin"
-    } else {
-        "--example"
-    };
     cargo_build(
         &[
             "--workspace",
             "--all-features",
             "--profile",
             &profile,
-            kind,
+            "--example",
             name,
         ],
         name,

@@ -327,7 +327,10 @@ fn kms_endpoint(e: &str) -> Result<(), Error> {
             }
             match tail {
                 "" => (h, None),
-                t => (h, Some(t.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?)),
+                t => (
+                    h,
+                    Some(t.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?),
+                ),
             }
         }
         None => match authority.split_once(':') {
@@ -342,9 +345,9 @@ fn kms_endpoint(e: &str) -> Result<(), Error> {
     }
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':')
-        });
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':'));
     if !host_ok {
         return Err(bad("no valid host name"));
     }

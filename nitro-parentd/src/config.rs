@@ -168,13 +168,24 @@ pub enum CredentialsSource {
     DefaultChain,
 }
 
-/// `[enclave.secrets] NAME = { dir = "..." }`.
+/// `[enclave.secrets] NAME = { dir = "..." }` or `{ s3 = "s3://BUCKET/KEY" }`: exactly one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SecretSource {
     /// A directory holding the sealed file named like the secret.
-    pub dir: PathBuf,
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// An S3 object holding the sealed document, `s3://BUCKET/KEY`, fetched with the
+    /// enclave's credentials when the daemon starts.
+    #[serde(default)]
+    pub s3: Option<String>,
+    /// `s3` only: the bucket's region (default: the manifest's `kms.region`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `s3` only: another endpoint (an S3 VPC endpoint or an S3-compatible store).
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// `[enclave.volumes] NAME = { file = "..." }`.

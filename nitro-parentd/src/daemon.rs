@@ -19,7 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::config::CredentialsSource;
 use crate::error::Error;
 use crate::logsink::{LogOutput, serve_log};
-use crate::plan::{EnclavePlan, LogDestination, Plan, ServiceKind};
+use crate::plan::{EnclavePlan, LogDestination, Plan, SecretPlan, ServiceKind};
 
 /// Connections one service of one enclave handles at the same time (credentials, secrets,
 /// volumes, logs, exit report); more are closed at once.
@@ -137,7 +137,11 @@ impl Daemon {
             services.push((nitro_init::DEFAULT_EXIT_PORT, ServiceKind::ExitReport));
         }
         let credentials: Option<Arc<dyn ProvideCredentials>> =
-            if services.iter().any(|(_, k)| *k == ServiceKind::Credentials) {
+            if services.iter().any(|(_, k)| *k == ServiceKind::Credentials)
+                || e.secrets
+                    .values()
+                    .any(|s| matches!(s, SecretPlan::S3 { .. }))
+            {
                 Some(credentials_source(e).await?)
             } else {
                 None
@@ -182,13 +186,20 @@ impl Daemon {
                     });
                 }
                 ServiceKind::Secrets => {
-                    let dirs = Arc::new(e.secrets.clone());
+                    let fetched = Arc::new(fetch_s3_secrets(e, credentials.clone()).await?);
+                    let sources = Arc::new(e.secrets.clone());
                     self.service(listener, cid.clone(), "sealed secrets", move |s| {
-                        let dirs = dirs.clone();
+                        let (sources, fetched) = (sources.clone(), fetched.clone());
                         let name = name.clone();
                         async move {
-                            let lookup = |secret: &str| match dirs.get(secret) {
-                                Some(dir) => nitro_kms::sealed::directory_lookup(dir.clone())(secret),
+                            let lookup = |secret: &str| match sources.get(secret) {
+                                Some(SecretPlan::Dir(dir)) => {
+                                    nitro_kms::sealed::directory_lookup(dir.clone())(secret)
+                                }
+                                Some(_) => fetched
+                                    .get(secret)
+                                    .cloned()
+                                    .ok_or_else(|| format!("secret {secret:?} was not fetched")),
                                 None => Err(format!("no secret named {secret:?} for this enclave")),
                             };
                             if let Err(err) = nitro_kms::sealed::serve_sealed(s, lookup).await {
@@ -398,6 +409,54 @@ async fn credentials_source(e: &EnclavePlan) -> Result<Arc<dyn ProvideCredential
     })
 }
 
+/// Fetches the enclave's S3-held sealed secrets (the documents stay sealed: the daemon only
+/// carries them).
+async fn fetch_s3_secrets(
+    e: &EnclavePlan,
+    credentials: Option<Arc<dyn ProvideCredentials>>,
+) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    let mut fetched = BTreeMap::new();
+    for (secret, src) in &e.secrets {
+        let SecretPlan::S3 {
+            bucket,
+            key,
+            region,
+            endpoint,
+        } = src
+        else {
+            continue;
+        };
+        let kms = |context: String, source| Error::Kms {
+            context: format!("{}: secret {secret}: {context}", e.name),
+            source,
+        };
+        let mut builder = nitro_kms::S3Client::builder(region.clone());
+        if let Some(url) = endpoint {
+            builder = builder.endpoint(url.clone());
+            if url.starts_with("http://") {
+                // The daemon carries sealed documents only (their plaintext never leaves the
+                // enclave), so a plain-HTTP store (a test or S3-compatible one) exposes no
+                // secret; say it anyway.
+                tracing::warn!(enclave = %e.name, secret = %secret, endpoint = %url, "fetching a sealed secret over plain HTTP");
+                builder = builder.dangerous_allow_plain_http();
+            }
+        }
+        if let Some(c) = &credentials {
+            builder = builder.credentials(c.clone());
+        }
+        let client = builder
+            .build()
+            .map_err(|s| kms("the S3 client".into(), s))?;
+        let doc = client
+            .get_object(&nitro_kms::S3Location::new(bucket.clone(), key.clone()))
+            .await
+            .map_err(|s| kms(format!("fetching s3://{bucket}/{key}"), s))?;
+        tracing::info!(enclave = %e.name, secret = %secret, bytes = doc.len(), "sealed secret fetched from S3");
+        fetched.insert(secret.clone(), doc);
+    }
+    Ok(fetched)
+}
+
 fn open_volume(name: &str, file: &Path, size: u64) -> Result<nitro_fs::Server, Error> {
     let ctx = || format!("volume {name}: {}", file.display());
     let dev = nitro_fs::FileDevice::create(file, size).map_err(|source| Error::Volume {
@@ -468,9 +527,8 @@ impl nitro_net::Resolve for PinnedHosts {
         &'a self,
         name: &'a str,
         port: u16,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = std::io::Result<Vec<std::net::IpAddr>>> + Send + 'a>,
-    > {
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Vec<std::net::IpAddr>>> + Send + 'a>>
+    {
         match self.0.get(name) {
             Some(addrs) => Box::pin(std::future::ready(Ok(addrs.clone()))),
             None => self.1.resolve(name, port),

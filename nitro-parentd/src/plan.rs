@@ -193,8 +193,8 @@ pub struct EnclavePlan {
     pub hosts: BTreeMap<String, Vec<std::net::IpAddr>>,
     /// The credentials source.
     pub credentials: Credentials,
-    /// Sealed-secret directories by secret name.
-    pub secrets: BTreeMap<String, PathBuf>,
+    /// Where each sealed secret comes from, by secret name.
+    pub secrets: BTreeMap<String, SecretPlan>,
     /// Volume exports.
     pub volumes: Vec<VolumePlan>,
     /// Log destination.
@@ -425,7 +425,37 @@ pub fn plan(config: &Config, inputs: &Inputs, base: &Path) -> Result<Plan, Error
                     "the manifest asks for this secret: give its source",
                 ));
             };
-            secrets.insert(s.name.clone(), base.join(&src.dir));
+            let field = f(&format!("secrets.{}", s.name));
+            let plan = match (&src.dir, &src.s3) {
+                (Some(dir), None) => {
+                    if src.region.is_some() || src.endpoint.is_some() {
+                        return Err(invalid(&field, "`region` and `endpoint` go with `s3`"));
+                    }
+                    SecretPlan::Dir(base.join(dir))
+                }
+                (None, Some(url)) => {
+                    let (bucket, key) = parse_s3_url(url).map_err(|why| invalid(&field, why))?;
+                    let region = match (&src.region, &m.kms.region) {
+                        (Some(r), _) | (None, Some(r)) => r.clone(),
+                        (None, None) => {
+                            return Err(invalid(&field, "give the bucket's `region`"));
+                        }
+                    };
+                    if let Some(e) = &src.endpoint
+                        && !(e.starts_with("https://") || e.starts_with("http://"))
+                    {
+                        return Err(invalid(&field, "`endpoint` is not an http(s) URL"));
+                    }
+                    SecretPlan::S3 {
+                        bucket,
+                        key,
+                        region,
+                        endpoint: src.endpoint.clone(),
+                    }
+                }
+                _ => return Err(invalid(&field, "give exactly one of `dir` and `s3`")),
+            };
+            secrets.insert(s.name.clone(), plan);
         }
         if let Some(extra) = e
             .secrets
@@ -522,6 +552,47 @@ pub fn plan(config: &Config, inputs: &Inputs, base: &Path) -> Result<Plan, Error
     })
 }
 
+/// Where one sealed secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SecretPlan {
+    /// The file named like the secret in this directory, read at each request.
+    Dir(PathBuf),
+    /// An S3 object, fetched when the daemon starts.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+        /// The bucket's region.
+        region: String,
+        /// Another endpoint than `https://s3.<region>.amazonaws.com`.
+        endpoint: Option<String>,
+    },
+}
+
+/// `s3://BUCKET/KEY` → (bucket, key): a bucket name of 3–63 of `a-z 0-9 . -`, a key of 1–1024
+/// bytes.
+pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| format!("{url:?} is not s3://BUCKET/KEY"))?;
+    let (bucket, key) = rest
+        .split_once('/')
+        .ok_or_else(|| format!("{url:?} has no object key"))?;
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if !bucket_ok {
+        return Err(format!("{bucket:?} is not an S3 bucket name"));
+    }
+    if key.is_empty() || key.len() > 1024 || key.contains('\0') {
+        return Err(format!("{url:?}: the object key must be 1 to 1024 bytes"));
+    }
+    Ok((bucket.to_owned(), key.to_owned()))
+}
+
 fn check_name(name: &str) -> Result<(), String> {
     let ok = (1..=63).contains(&name.len())
         && name
@@ -586,8 +657,16 @@ impl fmt::Display for Plan {
                     v.size
                 )?;
             }
-            for (s, d) in &e.secrets {
-                writeln!(f, "  secret {s}: {}", d.join(s).display())?;
+            for (s, src) in &e.secrets {
+                match src {
+                    SecretPlan::Dir(d) => writeln!(f, "  secret {s}: {}", d.join(s).display())?,
+                    SecretPlan::S3 {
+                        bucket,
+                        key,
+                        region,
+                        ..
+                    } => writeln!(f, "  secret {s}: s3://{bucket}/{key} ({region})")?,
+                }
             }
             let log = match &e.log {
                 LogDestination::Stdout => "stdout".to_owned(),

@@ -123,15 +123,46 @@ fn check_reports_field_paths() {
             "enclave[0].manifest",
         ),
         (
-            good.replace("secrets = {", "hosts = { \"bad name\" = [\"10.0.0.5\"] }\nsecrets = {"),
+            good.replace(
+                "{ dir = \"secrets\" }",
+                "{ dir = \"secrets\", s3 = \"s3://bucket/key\" }",
+            ),
+            "exactly one of `dir` and `s3`",
+        ),
+        (
+            good.replace("{ dir = \"secrets\" }", "{ s3 = \"https://bucket/key\" }"),
+            "is not s3://BUCKET/KEY",
+        ),
+        (
+            good.replace("{ dir = \"secrets\" }", "{ s3 = \"s3://Bucket_1/key\" }"),
+            "is not an S3 bucket name",
+        ),
+        (
+            good.replace(
+                "{ dir = \"secrets\" }",
+                "{ dir = \"secrets\", region = \"eu-west-1\" }",
+            ),
+            "go with `s3`",
+        ),
+        (
+            good.replace(
+                "secrets = {",
+                "hosts = { \"bad name\" = [\"10.0.0.5\"] }\nsecrets = {",
+            ),
             "enclave[0].hosts.bad name",
         ),
         (
-            good.replace("secrets = {", "hosts = { \"db.internal\" = [] }\nsecrets = {"),
+            good.replace(
+                "secrets = {",
+                "hosts = { \"db.internal\" = [] }\nsecrets = {",
+            ),
             "enclave[0].hosts.db.internal",
         ),
         (
-            good.replace("secrets = {", "hosts = { \"db.internal\" = [\"10.0.0\"] }\nsecrets = {"),
+            good.replace(
+                "secrets = {",
+                "hosts = { \"db.internal\" = [\"10.0.0\"] }\nsecrets = {",
+            ),
             "invalid IP address",
         ),
         (
@@ -377,4 +408,72 @@ fn sd_notify_reaches_a_datagram_socket() {
     .unwrap();
     let n = sock.recv(&mut b).unwrap();
     assert_eq!(&b[..n], b"STOPPING=1");
+}
+
+/// A sealed secret held in S3 (moto's S3): fetched with the enclave's credentials when the
+/// daemon starts and served by name like a file secret; a missing object stops the start with
+/// an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_secrets_from_s3() {
+    let Some(moto) = nitro_test_support::Moto::start() else {
+        return;
+    };
+    let endpoint = format!("http://127.0.0.1:{}", moto.port());
+    let s3 = nitro_kms::S3Client::builder("eu-west-1")
+        .endpoint(endpoint.clone())
+        .credentials(nitro_kms::Credentials::new(
+            "AKIDTEST", "s3cr3t", None, None,
+        ))
+        .dangerous_allow_plain_http()
+        .build()
+        .unwrap();
+    s3.create_bucket("nitro-secrets").await.unwrap();
+    s3.put_object(
+        &nitro_kms::S3Location::new("nitro-secrets", "web/db-password"),
+        b"sealed-in-s3".to_vec(),
+    )
+    .await
+    .unwrap();
+
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "web.toml", MANIFEST);
+    let with_s3 = |key: &str| {
+        config(d.path(), 9).replace(
+            "db-password = { dir = \"secrets\" }",
+            &format!(
+                "db-password = {{ s3 = \"s3://nitro-secrets/{key}\", endpoint = \"{endpoint}\" }}"
+            ),
+        )
+    };
+    let plan =
+        nitro_parentd::check(write(d.path(), "c.toml", &with_s3("web/db-password"))).unwrap();
+    assert!(
+        plan.to_string()
+            .contains("secret db-password: s3://nitro-secrets/web/db-password (eu-west-1)"),
+        "{plan}"
+    );
+    let mut daemon = Daemon::start(&plan, RunOptions::new()).await.unwrap();
+    daemon.attach("web", None).await.unwrap();
+    let parent = Addr::UnixDir {
+        dir: d.path().join("sock/parent"),
+        port: 8004,
+    };
+    let mut s = parent.connect().await.unwrap();
+    let doc = nitro_kms::sealed::fetch_sealed(&mut s, "db-password")
+        .await
+        .unwrap();
+    assert_eq!(doc, b"sealed-in-s3");
+    drop(s);
+    daemon.shutdown().await;
+
+    // A missing object: the daemon does not start, and says which.
+    let plan = nitro_parentd::check(write(d.path(), "c.toml", &with_s3("web/missing"))).unwrap();
+    let Err(e) = Daemon::start(&plan, RunOptions::new()).await else {
+        panic!("the daemon started without its secret");
+    };
+    let msg = err_chain(&e);
+    assert!(
+        msg.contains("secret db-password") && msg.contains("s3://nitro-secrets/web/missing"),
+        "{msg}"
+    );
 }

@@ -69,14 +69,18 @@ fn run(cmd: &mut std::process::Command) -> anyhow::Result<String> {
 
 /// The cached Python OCI layout (`scripts/python-rootfs.sh`).
 fn python_oci() -> anyhow::Result<Option<PathBuf>> {
-    if nitro_test_support::tool("mmdebstrap").is_none() || nitro_test_support::tool("umoci").is_none()
+    if nitro_test_support::tool("mmdebstrap").is_none()
+        || nitro_test_support::tool("umoci").is_none()
     {
         return Ok(None);
     }
     let out = run(&mut std::process::Command::new(
         repo().join("scripts/python-rootfs.sh"),
     ))?;
-    let path = out.lines().last().context("python-rootfs.sh printed nothing")?;
+    let path = out
+        .lines()
+        .last()
+        .context("python-rootfs.sh printed nothing")?;
     Ok(Some(PathBuf::from(path.trim())))
 }
 
@@ -84,7 +88,10 @@ fn python_oci() -> anyhow::Result<Option<PathBuf>> {
 /// test's CA. Returns the image reference (`DIR:app`).
 fn app_image(base: &Path, dir: &Path, ca_pem: &str) -> anyhow::Result<String> {
     let oci = dir.join("oci");
-    run(std::process::Command::new("cp").arg("-a").arg(base).arg(&oci))?;
+    run(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(base)
+        .arg(&oci))?;
     let layer = dir.join("layer");
     std::fs::create_dir_all(layer.join("app"))?;
     std::fs::create_dir_all(layer.join(CA_BUNDLE).parent().unwrap())?;
@@ -387,7 +394,10 @@ async fn python_app_in_the_emulator_through_the_daemon() -> anyhow::Result<()> {
 
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let tls = nitro_test_support::try_tls_material_for("python e2e CA", &[SERVICE_HOST, KMS_HOST, "127.0.0.1"])?;
+    let tls = nitro_test_support::try_tls_material_for(
+        "python e2e CA",
+        &[SERVICE_HOST, KMS_HOST, "127.0.0.1"],
+    )?;
 
     // The parent's network: the local KMS and the HTTPS service.
     let kms = Arc::new(LocalKms::new(
@@ -399,7 +409,8 @@ async fn python_app_in_the_emulator_through_the_daemon() -> anyhow::Result<()> {
     let kms_server = server::spawn(kms, "127.0.0.1:0", Some(server_tls.clone())).await?;
     let kms_port = kms_server.local_addr().port();
     let token = format!("token {}", std::process::id());
-    let (https_port, hits) = https_server(server_tls, format!("hello from the parent, {token}")).await?;
+    let (https_port, hits) =
+        https_server(server_tls, format!("hello from the parent, {token}")).await?;
 
     // The image and the EIF.
     let image = {
@@ -440,7 +451,7 @@ async fn python_app_in_the_emulator_through_the_daemon() -> anyhow::Result<()> {
 
     // The operator: a key admitting only this image, its alias, and the sealed secrets.
     let admin = KmsClient::builder(REGION)
-        .endpoint(&format!("https://127.0.0.1:{kms_port}"))
+        .endpoint(format!("https://127.0.0.1:{kms_port}"))
         .tls_roots(TlsRoots::from_pem(tls.ca_pem.as_bytes())?)
         .credentials(creds())
         .retry(RetryConfig::new(1))
@@ -510,9 +521,11 @@ allow = [
 "#
         ),
     )?;
-    let check = run(std::process::Command::new(env!("CARGO_BIN_EXE_nitro-parentd"))
-        .arg("check")
-        .arg(&config))?;
+    let check = run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_nitro-parentd"))
+            .arg("check")
+            .arg(&config),
+    )?;
     eprintln!("nitro-parentd check:\n{check}");
 
     // Boot 1.
@@ -520,7 +533,10 @@ allow = [
     first.timeline("boot 1");
     let journal = check_boot(&first, "boot 1")?;
     ensure!(journal == "boot unnamed", "boot 1: journal {journal:?}");
-    ensure!(hits.load(Ordering::SeqCst) == 1, "the HTTPS server was not reached once");
+    ensure!(
+        hits.load(Ordering::SeqCst) == 1,
+        "the HTTPS server was not reached once"
+    );
 
     // The parent's files hold no plaintext.
     for (file, secret) in [
@@ -543,16 +559,20 @@ allow = [
     if journal != "boot unnamed | boot unnamed" {
         bail!("boot 2 did not read the first boot's line back: {journal:?}");
     }
-    ensure!(hits.load(Ordering::SeqCst) == 2, "the HTTPS server was not reached twice");
+    ensure!(
+        hits.load(Ordering::SeqCst) == 2,
+        "the HTTPS server was not reached twice"
+    );
 
     // Another image (one more variable in its manifest: another PCR2, so another PCR0) under
     // the same configuration: the key policy refuses it, so its secrets stay sealed and the
     // program never starts.
-    let other_manifest = manifest(&image, https_port, kms_port)?.replace(
-        "[app.env]",
-        "[app.env]\nVARIANT = \"another image\"",
+    let other_manifest = manifest(&image, https_port, kms_port)?
+        .replace("[app.env]", "[app.env]\nVARIANT = \"another image\"");
+    ensure!(
+        other_manifest.contains("VARIANT"),
+        "no [app.env] table to extend"
     );
-    ensure!(other_manifest.contains("VARIANT"), "no [app.env] table to extend");
     std::fs::write(dir.join("other.toml"), &other_manifest)?;
     let other_eif = dir.join("other.eif");
     let mut build = std::process::Command::new(&eif_cli);
@@ -574,7 +594,10 @@ allow = [
         .arg(&other_eif);
     let other: serde_json::Value = serde_json::from_str(&run(&mut build)?)?;
     let other_pcr0 = other["Measurements"]["PCR0"].as_str().unwrap_or_default();
-    ensure!(!other_pcr0.is_empty() && other_pcr0 != pcr0, "the PCR0s do not differ");
+    ensure!(
+        !other_pcr0.is_empty() && other_pcr0 != pcr0,
+        "the PCR0s do not differ"
+    );
     let other_config = dir.join("other-parentd.toml");
     std::fs::write(
         &other_config,
@@ -590,7 +613,10 @@ allow = [
         third.dump()
     );
     ensure!(
-        !third.stdout.iter().any(|l| l.starts_with(&format!("[{NAME}] "))),
+        !third
+            .stdout
+            .iter()
+            .any(|l| l.starts_with(&format!("[{NAME}] "))),
         "the other image's program ran\n{}",
         third.dump()
     );

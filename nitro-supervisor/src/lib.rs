@@ -578,9 +578,10 @@ fn kms_client(k: &plan::KmsPlan, o: &Options, nsm: Arc<dyn Nsm>) -> Result<KmsCl
         .credentials(credentials)
         .recipient(Recipient::new(nsm));
     let manifest_ca = match (&o.kms_ca_pem, &k.ca_file) {
-        (None, Some(path)) => Some(std::fs::read(path).map_err(|e| {
-            Error::io(format!("kms.ca_file: reading {path}"), e)
-        })?),
+        (None, Some(path)) => Some(
+            std::fs::read(path)
+                .map_err(|e| Error::io(format!("kms.ca_file: reading {path}"), e))?,
+        ),
         _ => None,
     };
     if let Some(pem) = o.kms_ca_pem.as_ref().or(manifest_ca.as_ref()) {

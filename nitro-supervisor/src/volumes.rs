@@ -62,11 +62,18 @@ pub fn ensure_nbd(device: &Path, modprobe: &Path) -> Result<(), String> {
 /// supervisor's `PATH`: images often leave the sbin directories out of it (Debian's OCI images
 /// set `PATH=/usr/local/bin:/usr/bin:/bin`). The bare name when none has it.
 pub fn system_program(name: &str) -> PathBuf {
-    ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
+    [
+        "/usr/local/sbin",
+        "/usr/sbin",
+        "/sbin",
+        "/usr/local/bin",
+        "/usr/bin",
+        "/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(name))
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The `mkfs` command line for file system `fs` on `device` (`mkfs.<fs>`; ext2/3/4 get a
