@@ -239,28 +239,17 @@ fn workspace_manifest() -> PathBuf {
 /// so the musl build does not compile the whole crate family. Uses `$CARGO` (set by cargo for
 /// tests) or `cargo`.
 pub fn build_init() -> Result<PathBuf, Error> {
-    cargo_build(
-        &[
-            "--release",
-            "--target",
-            "x86_64-unknown-linux-musl",
-            "--config",
-            "profile.release.debug=false",
-            "--config",
-            "profile.release.strip=true",
-            "-p",
-            "nitro-init",
-            "--bin",
-            "nitro-init",
-        ],
-        "nitro-init",
-        " (musl)",
-    )
+    build_musl("nitro-init")
 }
 
 /// Builds the `nitro-supervisor` binary static for musl (release, stripped) and returns its
 /// path, like [`build_init`].
 pub fn build_supervisor() -> Result<PathBuf, Error> {
+    build_musl("nitro-supervisor")
+}
+
+/// `cargo build` of the binary named like `package`, static for musl, release, stripped.
+fn build_musl(package: &str) -> Result<PathBuf, Error> {
     cargo_build(
         &[
             "--release",
@@ -271,11 +260,11 @@ pub fn build_supervisor() -> Result<PathBuf, Error> {
             "--config",
             "profile.release.strip=true",
             "-p",
-            "nitro-supervisor",
+            package,
             "--bin",
-            "nitro-supervisor",
+            package,
         ],
-        "nitro-supervisor",
+        package,
         " (musl)",
     )
 }

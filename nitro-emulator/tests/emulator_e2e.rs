@@ -28,7 +28,7 @@ use anyhow::{Context as _, bail, ensure};
 use nitro_attest::{Policy, Timestamp, UnverifiedDocument, dangerous};
 use nitro_eif::{BootstrapRamdisk, CustomerRamdisk, EifBuilder, Measurements};
 use nitro_emulator::{self as emulator, Tools};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The AWS command line without `nomodules` and the i8042 words (as in `emulator_boot.rs`).
@@ -47,21 +47,9 @@ async fn http_server(body: String) -> anyhow::Result<(u16, Arc<AtomicUsize>)> {
             let body = body.clone();
             let counter = counter.clone();
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16384 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
+                if nitro_test_support::answer_http(&mut stream, &body).await {
+                    counter.fetch_add(1, Ordering::SeqCst);
                 }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
             });
         }
     });

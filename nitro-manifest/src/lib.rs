@@ -61,8 +61,8 @@ mod validate;
 
 pub use error::Error;
 pub use schema::{
-    App, Attestation, Clock, Egress, EgressMode, Image, ImageSource, Ingress, Kms, Manifest,
-    Parent, Resources, Secret, SecretTarget, Volume,
+    App, Attestation, Clock, DEFAULT_CLOCK_INTERVAL_SECS, Egress, EgressMode, Image, ImageSource,
+    Ingress, Kms, Manifest, Parent, Resources, Secret, SecretTarget, Volume,
 };
 pub use size::Size;
 

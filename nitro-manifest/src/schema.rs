@@ -327,6 +327,16 @@ pub struct Clock {
     /// The parent's time service vsock port (default 8003).
     #[serde(default = "default_time_vsock")]
     pub vsock_port: u32,
+    /// Seconds between synchronisations after the one at boot (default 600; 10 to 86400).
+    #[serde(default = "default_clock_interval")]
+    pub interval_secs: u32,
+}
+
+/// The default of [`Clock::interval_secs`].
+pub const DEFAULT_CLOCK_INTERVAL_SECS: u32 = 600;
+
+fn default_clock_interval() -> u32 {
+    DEFAULT_CLOCK_INTERVAL_SECS
 }
 
 impl Default for Clock {
@@ -334,6 +344,7 @@ impl Default for Clock {
         Clock {
             sync: true,
             vsock_port: default_time_vsock(),
+            interval_secs: DEFAULT_CLOCK_INTERVAL_SECS,
         }
     }
 }

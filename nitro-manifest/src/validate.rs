@@ -270,6 +270,12 @@ fn ports(m: &Manifest) -> Result<(), Error> {
     if m.egress.mode != EgressMode::None {
         claim_parent(m.egress.vsock_port, "egress.vsock_port".into())?;
     }
+    if !(10..=86_400).contains(&m.clock.interval_secs) {
+        return Err(invalid(
+            "clock.interval_secs",
+            "must be between 10 and 86400 seconds",
+        ));
+    }
     if m.clock.sync {
         claim_parent(m.clock.vsock_port, "clock.vsock_port".into())?;
     }

@@ -188,6 +188,10 @@ fn invalid_values_name_their_field() {
             "kms.ca_file",
         ),
         (
+            &format!("{MINIMAL}[clock]\ninterval_secs = 5\n"),
+            "clock.interval_secs",
+        ),
+        (
             &format!(
                 "{MINIMAL}[[volume]]\nname = \"d\"\nsize = \"1000\"\nmount = \"/d\"\nkey = \"k\"\n"
             ),

@@ -34,7 +34,7 @@ use nitro_kms::local::{AttestationTrust, LocalKms, LocalKmsConfig, server};
 use nitro_kms::model::CreateKeyRequest;
 use nitro_kms::sealed::{SealOptions, seal};
 use nitro_kms::{Credentials, KmsClient, RetryConfig, TlsRoots};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
 const NAME: &str = "hello-python";
@@ -118,6 +118,42 @@ fn table(v: &mut toml::Value) -> anyhow::Result<&mut toml::Table> {
     v.as_table_mut().context("not a table")
 }
 
+/// What `eif build --manifest` needs.
+struct Binaries<'a> {
+    eif_cli: &'a Path,
+    init: &'a Path,
+    supervisor: &'a Path,
+    tools: &'a nitro_emulator::Tools,
+}
+
+impl Binaries<'_> {
+    /// `eif build --manifest` for the emulator's kernel and modules; returns PCR0 (hex).
+    fn build_eif(&self, manifest: &Path, out: &Path) -> anyhow::Result<String> {
+        let mut build = std::process::Command::new(self.eif_cli);
+        build
+            .arg("build")
+            .arg("--kernel")
+            .arg(&self.tools.kernel)
+            .args(["--cmdline", CMDLINE, "--init"])
+            .arg(self.init);
+        for module in self.tools.module_files() {
+            build.arg("--module").arg(module);
+        }
+        build
+            .arg("--manifest")
+            .arg(manifest)
+            .arg("--supervisor")
+            .arg(self.supervisor)
+            .arg("-o")
+            .arg(out);
+        let built: serde_json::Value = serde_json::from_str(&run(&mut build)?)?;
+        Ok(built["Measurements"]["PCR0"]
+            .as_str()
+            .context("no PCR0 in the build output")?
+            .to_owned())
+    }
+}
+
 /// The example's manifest with the test's image, ports and KMS endpoint.
 fn manifest(image: &str, https_port: u16, kms_port: u16) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(repo().join("examples/python-app/enclave.toml"))?;
@@ -172,21 +208,9 @@ async fn https_server(
                 let Ok(mut stream) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16384 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
+                if nitro_test_support::answer_http(&mut stream, &body).await {
+                    counter.fetch_add(1, Ordering::SeqCst);
                 }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
             });
         }
     });
@@ -421,28 +445,13 @@ async fn python_app_in_the_emulator_through_the_daemon() -> anyhow::Result<()> {
     std::fs::write(&manifest_path, manifest(&image, https_port, kms_port)?)?;
     let eif = dir.join("hello-python.eif");
     let t = Instant::now();
-    let mut build = std::process::Command::new(&eif_cli);
-    build
-        .arg("build")
-        .arg("--kernel")
-        .arg(&tools.kernel)
-        .args(["--cmdline", CMDLINE, "--init"])
-        .arg(&init);
-    for module in tools.module_files() {
-        build.arg("--module").arg(module);
-    }
-    build
-        .arg("--manifest")
-        .arg(&manifest_path)
-        .arg("--supervisor")
-        .arg(&supervisor)
-        .arg("-o")
-        .arg(&eif);
-    let built: serde_json::Value = serde_json::from_str(&run(&mut build)?)?;
-    let pcr0 = built["Measurements"]["PCR0"]
-        .as_str()
-        .context("no PCR0 in the build output")?
-        .to_owned();
+    let bins = Binaries {
+        eif_cli: &eif_cli,
+        init: &init,
+        supervisor: &supervisor,
+        tools: &tools,
+    };
+    let pcr0 = bins.build_eif(&manifest_path, &eif)?;
     eprintln!(
         "EIF built in {:.1?}: {} MiB, PCR0 {pcr0}",
         t.elapsed(),
@@ -575,25 +584,7 @@ allow = [
     );
     std::fs::write(dir.join("other.toml"), &other_manifest)?;
     let other_eif = dir.join("other.eif");
-    let mut build = std::process::Command::new(&eif_cli);
-    build
-        .arg("build")
-        .arg("--kernel")
-        .arg(&tools.kernel)
-        .args(["--cmdline", CMDLINE, "--init"])
-        .arg(&init);
-    for module in tools.module_files() {
-        build.arg("--module").arg(module);
-    }
-    build
-        .arg("--manifest")
-        .arg(dir.join("other.toml"))
-        .arg("--supervisor")
-        .arg(&supervisor)
-        .arg("-o")
-        .arg(&other_eif);
-    let other: serde_json::Value = serde_json::from_str(&run(&mut build)?)?;
-    let other_pcr0 = other["Measurements"]["PCR0"].as_str().unwrap_or_default();
+    let other_pcr0 = bins.build_eif(&dir.join("other.toml"), &other_eif)?;
     ensure!(
         !other_pcr0.is_empty() && other_pcr0 != pcr0,
         "the PCR0s do not differ"

@@ -67,6 +67,24 @@ pub(crate) fn say(message: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// Synchronises the clock every `interval` until aborted; says when it stepped the clock or
+/// could not reach the parent (and tries again at the next tick).
+async fn resync_clock(client: nitro_net::time::TimeClient, interval: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match client.sync().await {
+            Ok(r) if r.stepped => say(format_args!(
+                "clock: stepped by {} to the parent's time",
+                r.sample.offset
+            )),
+            Ok(r) => tracing::debug!(offset = %r.sample.offset, "clock: in sync"),
+            Err(e) => say(format_args!("clock: resynchronising failed: {}", chain(&e))),
+        }
+    }
+}
+
 /// An error and its sources, `: `-separated.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -298,7 +316,10 @@ async fn start(
                         .map_err(|e| Error::net("bringing up lo", e))?;
                 }
             }
-            Step::ClockSync { vsock_port } => {
+            Step::ClockSync {
+                vsock_port,
+                interval,
+            } => {
                 let mut config = nitro_net::time::TimeConfig::default();
                 config.max_rtt = Duration::from_secs(1);
                 if o.system {
@@ -307,21 +328,22 @@ async fn start(
                     };
                 }
                 let addr = o.parent_port(*vsock_port)?;
-                let report = nitro_net::time::TimeClient::new(addr.clone())
-                    .config(config)
-                    .sync()
-                    .await
-                    .map_err(|e| {
-                        Error::net(
-                            format!("clock.sync: synchronising with the parent at {addr}"),
-                            e,
-                        )
-                    })?;
+                let client = nitro_net::time::TimeClient::new(addr.clone()).config(config);
+                let report = client.sync().await.map_err(|e| {
+                    Error::net(
+                        format!("clock.sync: synchronising with the parent at {addr}"),
+                        e,
+                    )
+                })?;
                 say(format_args!(
-                    "clock: offset to the parent {}{}",
+                    "clock: offset to the parent {}{}; again every {} s",
                     report.sample.offset,
-                    if report.stepped { ", stepped" } else { "" }
+                    if report.stepped { ", stepped" } else { "" },
+                    interval.as_secs()
                 ));
+                running
+                    .tasks
+                    .push(tokio::spawn(resync_clock(client, *interval)));
             }
             Step::TransparentEgress {
                 vsock_port,
@@ -621,5 +643,57 @@ mod tests {
         );
         assert_eq!(e("http://x"), None);
         assert_eq!(e("https://"), None);
+    }
+
+    /// The periodic resynchronisation asks the parent's time service (nitro-net's, over Unix
+    /// sockets) again at every interval, and keeps going when the parent is unreachable.
+    #[tokio::test]
+    async fn the_clock_is_resynchronised_periodically() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+
+        use nitro_net::{Addr, EgressServer, Policy};
+
+        let dir = tempfile::tempdir().unwrap();
+        let at = |port: u32| Addr::UnixDir {
+            dir: dir.path().to_owned(),
+            port,
+        };
+        let _time = EgressServer::new(Policy::deny_all())
+            .time_service(true)
+            .spawn(at(8003).bind().await.unwrap());
+        // A counting relay in front of it: one connection per synchronisation.
+        let relay = at(7003).bind().await.unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let upstream = at(8003);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = relay.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut up = upstream.connect().await.unwrap();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                });
+            }
+        });
+        let client = nitro_net::time::TimeClient::new(at(7003));
+        let task = tokio::spawn(super::resync_clock(client, Duration::from_millis(50)));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            count.load(Ordering::SeqCst) >= 3,
+            "fewer than 3 resynchronisations"
+        );
+        task.abort();
+
+        // An unreachable parent: the loop survives its failures.
+        let client = nitro_net::time::TimeClient::new(at(9999));
+        let task = tokio::spawn(super::resync_clock(client, Duration::from_millis(20)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!task.is_finished(), "the loop stopped after a failure");
+        task.abort();
     }
 }

@@ -17,10 +17,13 @@ pub const DNS_PORT: u16 = 53;
 pub enum Step {
     /// Bring up `lo`.
     Loopback,
-    /// Synchronise the clock with the parent's time service (step allowed).
+    /// Synchronise the clock with the parent's time service (step allowed), then again every
+    /// `interval` while the application runs.
     ClockSync {
         /// The parent's vsock port (`clock.vsock_port`).
         vsock_port: u32,
+        /// `clock.interval_secs`.
+        interval: Duration,
     },
     /// Transparent egress: the transparent listener, the iptables `REDIRECT` rules, the DNS
     /// server on 127.0.0.1:53 and `/etc/resolv.conf`.
@@ -175,6 +178,7 @@ impl Plan {
         if manifest.clock.sync {
             steps.push(Step::ClockSync {
                 vsock_port: manifest.clock.vsock_port,
+                interval: Duration::from_secs(u64::from(manifest.clock.interval_secs)),
             });
         }
         let eg = &manifest.egress;
@@ -396,7 +400,10 @@ mod tests {
             vsock_port: 8000,
             listen_port: 15001
         }));
-        assert!(plan.steps.contains(&Step::ClockSync { vsock_port: 8003 }));
+        assert!(plan.steps.contains(&Step::ClockSync {
+            vsock_port: 8003,
+            interval: Duration::from_secs(600)
+        }));
         assert!(plan.steps.contains(&Step::Volume {
             name: "data".into(),
             vsock_port: 9100,

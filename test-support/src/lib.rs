@@ -7,6 +7,7 @@
 //!   the workspace root, or `$NITRO_FIXTURES`), with the skip-or-fail rule of the test suite:
 //!   a missing fixture skips a test with a printed reason, except under `CI=true`
 //!   ([`strict`]), where it fails it;
+//! - [`answer_http`]: one HTTP/1.1 answer, for test servers standing for a service;
 //! - [`tool`]: an external program (on `PATH` or in the test venv), [`example`]: an example
 //!   binary of the package under test, [`Moto`]: moto's AWS emulation in server mode, each
 //!   skipped the same way when absent.
@@ -66,6 +67,35 @@ pub fn try_tls_material_for(ca_name: &str, names: &[&str]) -> Result<TlsMaterial
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// Answers one HTTP/1.1 request on `stream` with `200 OK` and `body` (`text/plain`,
+/// `Connection: close`), for a test server standing for a service: reads the request head (at
+/// most 16 KiB), writes the response and shuts the stream down. Returns whether a whole
+/// request head came (nothing is written otherwise).
+pub async fn answer_http<S>(stream: &mut S, body: &str) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        if request.len() >= 16384 {
+            return false;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    true
 }
 
 /// For tests: [`try_tls_material`] as `(ca_pem, cert_pem, key_pem)`.
