@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use nitro_init::{LogStream, MAX_LOG_HEADER, parse_log_header};
 use nitro_net::Addr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A free loopback TCP port (bound and released).
 pub fn free_port() -> u16 {
@@ -70,20 +70,7 @@ pub async fn http_server(body: &'static str) -> u16 {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-                let _ = s.shutdown().await;
+                nitro_test_support::answer_http(&mut s, body).await;
             });
         }
     });
