@@ -38,17 +38,25 @@ impl S3Location {
 impl std::str::FromStr for S3Location {
     type Err = Error;
 
-    /// Parses `s3://bucket/key`.
+    /// Parses `s3://BUCKET/KEY`: a bucket name of 3–63 of `a-z 0-9 . -` (what requests
+    /// check anyway) and a key of 1–1024 bytes (S3's limit) without NUL.
     fn from_str(s: &str) -> Result<Self, Error> {
-        let rest = s.strip_prefix("s3://").ok_or_else(|| {
-            Error::InvalidArgument(format!("{s:?} is not an s3://bucket/key URL"))
-        })?;
+        let bad = |why: String| Error::InvalidArgument(why);
+        let rest = s
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad(format!("{s:?} is not s3://BUCKET/KEY")))?;
         let (bucket, key) = rest
             .split_once('/')
             .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("{s:?} is not an s3://bucket/key URL"))
-            })?;
+            .ok_or_else(|| bad(format!("{s:?} is not s3://BUCKET/KEY")))?;
+        if !valid_bucket(bucket) {
+            return Err(bad(format!("{bucket:?} is not an S3 bucket name")));
+        }
+        if key.len() > 1024 || key.contains('\0') {
+            return Err(bad(format!(
+                "{s:?}: the object key must be 1 to 1024 bytes"
+            )));
+        }
         Ok(Self::new(bucket, key))
     }
 }
@@ -279,7 +287,16 @@ mod tests {
             ("bucket", "dir/key.json")
         );
         assert_eq!(l.to_string(), "s3://bucket/dir/key.json");
-        for bad in ["bucket/key", "s3://bucket", "s3:///key", "s3://bucket/"] {
+        let long = format!("s3://bucket/{}", "k".repeat(1025));
+        for bad in [
+            "bucket/key",
+            "s3://bucket",
+            "s3:///key",
+            "s3://bucket/",
+            "s3://My_Bucket/key",
+            "s3://bucket/a\0b",
+            &long,
+        ] {
             assert!(bad.parse::<S3Location>().is_err(), "{bad}");
         }
         assert_eq!(encode_key("a b/c+d"), "a%20b/c%2Bd");

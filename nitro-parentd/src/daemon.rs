@@ -418,8 +418,7 @@ async fn fetch_s3_secrets(
     let mut fetched = BTreeMap::new();
     for (secret, src) in &e.secrets {
         let SecretPlan::S3 {
-            bucket,
-            key,
+            location,
             region,
             endpoint,
         } = src
@@ -448,9 +447,9 @@ async fn fetch_s3_secrets(
             .build()
             .map_err(|s| kms("the S3 client".into(), s))?;
         let doc = client
-            .get_object(&nitro_kms::S3Location::new(bucket.clone(), key.clone()))
+            .get_object(location)
             .await
-            .map_err(|s| kms(format!("fetching s3://{bucket}/{key}"), s))?;
+            .map_err(|s| kms(format!("fetching {location}"), s))?;
         tracing::info!(enclave = %e.name, secret = %secret, bytes = doc.len(), "sealed secret fetched from S3");
         fetched.insert(secret.clone(), doc);
     }

@@ -434,7 +434,9 @@ pub fn plan(config: &Config, inputs: &Inputs, base: &Path) -> Result<Plan, Error
                     SecretPlan::Dir(base.join(dir))
                 }
                 (None, Some(url)) => {
-                    let (bucket, key) = parse_s3_url(url).map_err(|why| invalid(&field, why))?;
+                    let location: nitro_kms::S3Location = url
+                        .parse()
+                        .map_err(|e: nitro_kms::Error| invalid(&field, e.to_string()))?;
                     let region = match (&src.region, &m.kms.region) {
                         (Some(r), _) | (None, Some(r)) => r.clone(),
                         (None, None) => {
@@ -447,8 +449,7 @@ pub fn plan(config: &Config, inputs: &Inputs, base: &Path) -> Result<Plan, Error
                         return Err(invalid(&field, "`endpoint` is not an http(s) URL"));
                     }
                     SecretPlan::S3 {
-                        bucket,
-                        key,
+                        location,
                         region,
                         endpoint: src.endpoint.clone(),
                     }
@@ -560,37 +561,13 @@ pub enum SecretPlan {
     Dir(PathBuf),
     /// An S3 object, fetched when the daemon starts.
     S3 {
-        /// The bucket.
-        bucket: String,
-        /// The object key.
-        key: String,
+        /// The object.
+        location: nitro_kms::S3Location,
         /// The bucket's region.
         region: String,
         /// Another endpoint than `https://s3.<region>.amazonaws.com`.
         endpoint: Option<String>,
     },
-}
-
-/// `s3://BUCKET/KEY` → (bucket, key): a bucket name of 3–63 of `a-z 0-9 . -`, a key of 1–1024
-/// bytes.
-pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("s3://")
-        .ok_or_else(|| format!("{url:?} is not s3://BUCKET/KEY"))?;
-    let (bucket, key) = rest
-        .split_once('/')
-        .ok_or_else(|| format!("{url:?} has no object key"))?;
-    let bucket_ok = (3..=63).contains(&bucket.len())
-        && bucket
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-    if !bucket_ok {
-        return Err(format!("{bucket:?} is not an S3 bucket name"));
-    }
-    if key.is_empty() || key.len() > 1024 || key.contains('\0') {
-        return Err(format!("{url:?}: the object key must be 1 to 1024 bytes"));
-    }
-    Ok((bucket.to_owned(), key.to_owned()))
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -661,11 +638,8 @@ impl fmt::Display for Plan {
                 match src {
                     SecretPlan::Dir(d) => writeln!(f, "  secret {s}: {}", d.join(s).display())?,
                     SecretPlan::S3 {
-                        bucket,
-                        key,
-                        region,
-                        ..
-                    } => writeln!(f, "  secret {s}: s3://{bucket}/{key} ({region})")?,
+                        location, region, ..
+                    } => writeln!(f, "  secret {s}: {location} ({region})")?,
                 }
             }
             let log = match &e.log {
