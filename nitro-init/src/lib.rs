@@ -47,6 +47,14 @@ pub use protocol::{
     resolve_program,
 };
 
+/// Seconds since boot (`CLOCK_BOOTTIME`, which clock steps do not move): the console's
+/// timeline, printed by the init and by the programs it starts.
+pub fn uptime() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
 /// Errors of the protocol's parsers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -35,7 +35,7 @@
 //! The wire formats are in this package's library (`nitro_init`).
 
 use anyhow::{Context, Result, bail};
-use nitro_init::{self as protocol, BootParams};
+use nitro_init::{self as protocol, BootParams, uptime};
 use nix::errno::Errno;
 use nix::kmod::{ModuleInitFlags, finit_module};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -185,13 +185,6 @@ fn open_console() {
         let _ = dup2_stdout(&console);
         let _ = dup2_stderr(&console);
     }
-}
-
-/// Seconds since boot (CLOCK_BOOTTIME), for the console timeline.
-fn uptime() -> f64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
-        .unwrap_or(0.0)
 }
 
 fn load_modules() -> Result<()> {

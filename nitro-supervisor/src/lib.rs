@@ -51,19 +51,14 @@ use zeroize::Zeroizing;
 pub use error::{Error, Result};
 use plan::{Plan, SecretDelivery, Step};
 
-/// Seconds since boot (`CLOCK_BOOTTIME`, which clock steps do not move), as nitro-init prints
-/// them: the console's timeline.
-pub(crate) fn uptime() -> f64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
-        .unwrap_or(0.0)
-}
-
 /// Prints one line on the console (the supervisor's stderr), with the uptime as the kernel
 /// prints it: `nitro-supervisor: [    3.912] message`.
 pub(crate) fn say(message: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
-    let line = format!("nitro-supervisor: [{:>9.3}] {message}\n", uptime());
+    let line = format!(
+        "nitro-supervisor: [{:>9.3}] {message}\n",
+        nitro_init::uptime()
+    );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
